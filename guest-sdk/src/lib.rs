@@ -1,0 +1,165 @@
+//! stepd-sdk: everything a step plugin author needs, without touching
+//! wit-bindgen.
+//!
+//! A plugin is a `cdylib` crate built with
+//! `cargo build --release --target wasm32-wasip2`. It implements [`Step`] for
+//! one type and names that type in [`export_step!`]:
+//!
+//! ```ignore
+//! use stepd_sdk::{Step, StepContext, StepError, StepOutput};
+//!
+//! struct Hello;
+//!
+//! impl Step for Hello {
+//!     fn run(ctx: StepContext) -> Result<StepOutput, StepError> {
+//!         stepd_sdk::log(&format!("hello from {}", ctx.step_id));
+//!         std::fs::write(stepd_sdk::workspace_path("hello.txt"), "hi\n")
+//!             .map_err(|e| StepError::Retry(e.to_string()))?;
+//!         Ok(StepOutput::summary("wrote hello.txt"))
+//!     }
+//! }
+//!
+//! stepd_sdk::export_step!(Hello);
+//! ```
+//!
+//! The step sees only its workspace, preopened at [`WORKSPACE`]; everything it
+//! prints (with [`log`], [`log_error`] or plain `println!`) is captured by the
+//! host and keeps the step's idle timer from firing.
+
+use std::path::{Path, PathBuf};
+
+/// The generated bindings of the `stepd:plugin` world. Public only so that
+/// [`export_step!`] can reach them from a plugin crate; plugin code should
+/// use the re-exports at the crate root instead.
+#[doc(hidden)]
+#[allow(unsafe_code, missing_docs)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        world: "step",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "__export_step_world",
+        default_bindings_module: "stepd_sdk::bindings",
+    });
+}
+
+pub use bindings::stepd::plugin::types::{RetryContext, StepContext, StepError, StepOutput};
+
+/// Where the host mounts the step's workspace inside the sandbox.
+pub const WORKSPACE: &str = "/workspace";
+
+/// The one thing a plugin implements: run this step once.
+///
+/// Returning `Err(StepError::Retry(..))` tells the host another attempt may
+/// succeed; `Contract`, `Policy` and `Repo` say no attempt will; `Other` lets
+/// the host classify the message. A panic or a trap counts as a transient
+/// runtime failure.
+pub trait Step {
+    /// Run one attempt of the step described by `ctx`.
+    fn run(ctx: StepContext) -> Result<StepOutput, StepError>;
+}
+
+impl StepContext {
+    /// The step's `inputs` object, parsed. Malformed inputs are the job's
+    /// fault, so they come back as a `Contract` error the step can return.
+    pub fn inputs_json(&self) -> Result<serde_json::Value, StepError> {
+        if self.inputs.trim().is_empty() {
+            return Ok(serde_json::Value::Object(Default::default()));
+        }
+        serde_json::from_str(&self.inputs)
+            .map_err(|e| StepError::Contract(format!("step inputs are not valid JSON: {e}")))
+    }
+
+    /// A string input, or a `Contract` error naming the missing field.
+    pub fn required_str(&self, field: &str) -> Result<String, StepError> {
+        self.inputs_json()?
+            .get(field)
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| StepError::Contract(format!("inputs.{field} is required (a string)")))
+    }
+
+    /// True when this attempt's number appears in the integer list
+    /// `inputs.<field>` (how test plugins pick the attempts they misbehave on).
+    pub fn attempt_listed_in(&self, field: &str) -> Result<bool, StepError> {
+        let inputs = self.inputs_json()?;
+        let Some(list) = inputs.get(field) else {
+            return Ok(false);
+        };
+        let list = list
+            .as_array()
+            .ok_or_else(|| StepError::Contract(format!("inputs.{field} must be a list of attempt numbers")))?;
+        Ok(list.iter().any(|v| v.as_u64() == Some(u64::from(self.attempt))))
+    }
+}
+
+impl StepOutput {
+    /// A successful result with only a summary line.
+    pub fn summary(text: impl Into<String>) -> Self {
+        StepOutput {
+            summary: text.into(),
+            data: None,
+        }
+    }
+
+    /// A successful result with a summary and structured JSON data.
+    pub fn with_data(text: impl Into<String>, data: &serde_json::Value) -> Self {
+        StepOutput {
+            summary: text.into(),
+            data: Some(data.to_string()),
+        }
+    }
+}
+
+/// Write a line to the step log (stdout stream). Resets the idle timer.
+pub fn log(line: &str) {
+    bindings::stepd::plugin::host::emit(
+        bindings::stepd::plugin::host::OutputStream::Stdout,
+        &format!("{line}\n"),
+    );
+}
+
+/// Write a line to the step log's stderr stream. Resets the idle timer.
+pub fn log_error(line: &str) {
+    bindings::stepd::plugin::host::emit(
+        bindings::stepd::plugin::host::OutputStream::Stderr,
+        &format!("{line}\n"),
+    );
+}
+
+/// Tell the host the step is alive without writing output: long silent work
+/// (a big computation, a slow write) should call this to keep the idle timer
+/// from firing.
+pub fn progress(msg: &str) {
+    bindings::stepd::plugin::host::progress(msg);
+}
+
+/// The workspace root as a path.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(WORKSPACE)
+}
+
+/// A path inside the workspace, from a path relative to its root.
+pub fn workspace_path(relative: impl AsRef<Path>) -> PathBuf {
+    workspace().join(relative)
+}
+
+/// Export a type implementing [`Step`] as the plugin's `run` function.
+/// Invoke it once per plugin crate.
+#[macro_export]
+macro_rules! export_step {
+    ($step:ty) => {
+        #[allow(unsafe_code)]
+        const _: () = {
+            struct __StepdExport;
+
+            impl $crate::bindings::Guest for __StepdExport {
+                fn run(ctx: $crate::StepContext) -> ::core::result::Result<$crate::StepOutput, $crate::StepError> {
+                    <$step as $crate::Step>::run(ctx)
+                }
+            }
+
+            $crate::bindings::__export_step_world!(__StepdExport with_types_in $crate::bindings);
+        };
+    };
+}

@@ -1,0 +1,241 @@
+//! The `stepd` command line: subcommands parse their arguments here and call
+//! into the library. `main.rs` only hands over to [`main`].
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{mib_to_bytes, RuntimeSettings};
+use crate::runtime::{
+    resolve_plugin_path, AttemptLimits, AttemptRequest, CancelToken, OutputStreamKind, Runtime, StepContext,
+};
+
+/// Where plugins are looked up by name when neither `--plugins` nor
+/// `STEPD_PLUGIN_DIR` says otherwise: where the project's build puts them.
+pub const DEFAULT_PLUGIN_DIR: &str = "target/plugins/dist";
+
+/// Exit code of a command whose step ran and did not succeed.
+pub const EXIT_ATTEMPT_FAILED: u8 = 1;
+/// Exit code of a command given bad input (a bad plugin, workspace, flag).
+pub const EXIT_INVALID_INPUT: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stepd",
+    version,
+    about = "Self-healing step runner: each step is a sandboxed WASI 0.2 component"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run or check a single step plugin.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Measure the runtime and print a report.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Run one attempt of a plugin over a workspace and print its outcome.
+    Run(PluginRunArgs),
+    /// Say whether a file is a valid step component, and if not, why.
+    Check {
+        /// The `.wasm` file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PluginRunArgs {
+    /// A plugin name (looked up in the plugin directory) or a `.wasm` path.
+    plugin: String,
+    /// The directory the step sees as `/workspace` (created if missing).
+    #[arg(long)]
+    workspace: PathBuf,
+    /// The step's inputs, a JSON object.
+    #[arg(long, default_value = "{}")]
+    input: String,
+    /// Wall-clock deadline in seconds.
+    #[arg(long, default_value_t = 900.0)]
+    timeout: f64,
+    /// Idle deadline in seconds (no output, no progress).
+    #[arg(long, default_value_t = 300.0)]
+    idle_timeout: f64,
+    /// Fuel budget for the attempt (default: STEPD_FUEL_PER_ATTEMPT or 1e11).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Memory ceiling per instance, in MiB (default: STEPD_MEMORY_MB or 512).
+    #[arg(long)]
+    memory_mb: Option<String>,
+    /// The attempt number the step is told (1-based).
+    #[arg(long, default_value_t = 1)]
+    attempt: u32,
+    /// Directory of named plugins.
+    #[arg(long, env = "STEPD_PLUGIN_DIR", default_value = DEFAULT_PLUGIN_DIR)]
+    plugins: PathBuf,
+    /// Print the full report as JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Instantiate/teardown latency, soft-reset latency, deadline lateness,
+    /// epoch and fuel overhead, against process spawns.
+    Runtime(crate::bench::RuntimeBenchArgs),
+}
+
+/// Parse the command line, run the command, and turn the result into an
+/// exit code (errors are printed with their context chain).
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STEPD_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::from(EXIT_INVALID_INPUT);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_INVALID_INPUT)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Plugin(PluginCommand::Run(args)) => plugin_run(args).await,
+        Command::Plugin(PluginCommand::Check { file }) => plugin_check(&file),
+        Command::Bench(BenchCommand::Runtime(args)) => {
+            crate::bench::run_runtime_bench(&args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn plugin_run(args: PluginRunArgs) -> anyhow::Result<ExitCode> {
+    let mut settings = RuntimeSettings::from_env().context("reading STEPD_* settings")?;
+    if let Some(fuel) = args.fuel {
+        if fuel == 0 {
+            bail!("--fuel must be >= 1");
+        }
+        settings.fuel_per_attempt = Some(fuel);
+    }
+    if let Some(mb) = &args.memory_mb {
+        settings.memory_limit_bytes = mib_to_bytes("--memory-mb", mb)?;
+    }
+    let wall_timeout = seconds("--timeout", args.timeout)?;
+    let idle_timeout = seconds("--idle-timeout", args.idle_timeout)?;
+    let inputs: serde_json::Value =
+        serde_json::from_str(&args.input).with_context(|| format!("--input is not valid JSON: {}", args.input))?;
+    if !inputs.is_object() {
+        bail!("--input must be a JSON object, got {}", args.input);
+    }
+    if args.attempt == 0 {
+        bail!("--attempt is 1-based and must be >= 1");
+    }
+
+    let path = resolve_plugin_path(&args.plugin, &args.plugins)?;
+    std::fs::create_dir_all(&args.workspace)
+        .with_context(|| format!("creating workspace {}", args.workspace.display()))?;
+    let runtime = Runtime::new(settings)?;
+    let plugin = runtime.load_plugin(&path)?;
+    let context = StepContext {
+        job_id: "cli".into(),
+        step_id: plugin.name().to_owned(),
+        step_index: 0,
+        attempt: args.attempt,
+        objective: String::new(),
+        title: format!("stepd plugin run {}", plugin.name()),
+        instructions: String::new(),
+        inputs: inputs.to_string(),
+        retry_context: None,
+    };
+    let cancel = CancelToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        });
+    }
+    let request = AttemptRequest {
+        workspace: args.workspace.clone(),
+        context,
+        limits: AttemptLimits::new(wall_timeout, idle_timeout),
+        cancel,
+    };
+    let report = runtime.run_attempt(&plugin, request).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for chunk in &report.output.chunks {
+            match chunk.stream {
+                OutputStreamKind::Progress => println!("[{:>8.3}s progress] {}", chunk.at_seconds, chunk.text),
+                OutputStreamKind::Stdout | OutputStreamKind::Stderr => print!("{}", chunk.text),
+            }
+        }
+        if report.output.truncated() {
+            println!("[output truncated: {} more bytes dropped]", report.output.dropped_bytes);
+        }
+        println!("outcome: {}", report.outcome);
+        println!(
+            "wall {:.3}s, idle {:.3}s, fuel {}",
+            report.wall_clock_seconds,
+            report.idle_seconds,
+            report
+                .fuel_consumed
+                .map_or_else(|| "unmetered".to_owned(), |f| f.to_string())
+        );
+    }
+    Ok(if report.outcome.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_ATTEMPT_FAILED)
+    })
+}
+
+fn plugin_check(file: &Path) -> anyhow::Result<ExitCode> {
+    let mut settings = RuntimeSettings::from_env().context("reading STEPD_* settings")?;
+    // Checking compiles the component; it runs nothing, so no pool is needed.
+    settings.pooling = false;
+    let runtime = Runtime::new(settings)?;
+    match runtime.load_plugin(file) {
+        Ok(plugin) => {
+            println!(
+                "ok: {} is a stepd:plugin/step component (sha256 {})",
+                file.display(),
+                plugin.sha256()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("invalid: {e}");
+            Ok(ExitCode::from(EXIT_INVALID_INPUT))
+        }
+    }
+}
+
+fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
+    if !(value.is_finite() && value > 0.0) {
+        bail!("{flag} must be a positive number of seconds, got {value}");
+    }
+    Duration::try_from_secs_f64(value).with_context(|| format!("{flag} {value} is out of range"))
+}

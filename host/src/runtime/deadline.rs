@@ -1,0 +1,219 @@
+//! Deadlines of one attempt: the wall deadline, the idle deadline (time since
+//! the last output chunk or progress call) and the operator's cancel flag.
+//!
+//! Two paths enforce them, because neither alone stops every guest:
+//! - the store's epoch-deadline callback runs [`AttemptClock::check`] every
+//!   tick while guest code executes, trapping a CPU-bound guest;
+//! - [`AttemptClock::watch`] is raced against the call on the tokio side,
+//!   stopping a guest that is blocked in a host call (a WASI sleep or poll),
+//!   where epochs never fire.
+//!
+//! Both compare real-clock [`Instant`]s, never tick counts (which drift).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::capture::ActivityClock;
+
+/// Why the host stopped an attempt before it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The attempt ran past its wall-clock deadline.
+    #[error("wall-clock deadline passed")]
+    WallTimeout,
+    /// The attempt produced no output and no progress for too long.
+    #[error("idle deadline passed (no output or progress)")]
+    IdleTimeout,
+    /// An operator (or the host) cancelled the attempt.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// A cancel flag shared between whoever may cancel (an operator action, the
+/// worker) and the running attempt. Cloning shares the flag.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken {
+    inner: Arc<CancelInner>,
+}
+
+#[derive(Debug, Default)]
+struct CancelInner {
+    cancelled: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl CancelToken {
+    /// A token nobody has cancelled yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancel: the running attempt stops at the next check or at once if it
+    /// is waiting in a host call.
+    pub fn cancel(&self) {
+        self.inner.cancelled.store(true, Ordering::SeqCst);
+        self.inner.notify.notify_waiters();
+    }
+
+    /// True once [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancelled.load(Ordering::SeqCst)
+    }
+
+    async fn cancelled(&self) {
+        loop {
+            let notified = self.inner.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The deadlines of one attempt, checked against the real clock.
+#[derive(Debug)]
+pub struct AttemptClock {
+    wall_deadline: Instant,
+    idle_timeout: Duration,
+    activity: Arc<ActivityClock>,
+    cancel: CancelToken,
+}
+
+impl AttemptClock {
+    /// Deadlines for an attempt that started when `activity` did.
+    pub fn new(
+        wall_timeout: Duration,
+        idle_timeout: Duration,
+        activity: Arc<ActivityClock>,
+        cancel: CancelToken,
+    ) -> Self {
+        AttemptClock {
+            wall_deadline: activity.started() + wall_timeout,
+            idle_timeout,
+            activity,
+            cancel,
+        }
+    }
+
+    /// The instant the idle deadline falls on, given the activity so far.
+    pub fn idle_deadline(&self) -> Instant {
+        self.activity.last() + self.idle_timeout
+    }
+
+    /// The instant the wall deadline falls on.
+    pub fn wall_deadline(&self) -> Instant {
+        self.wall_deadline
+    }
+
+    /// The deadline that `reason` refers to (for measuring how late a stop
+    /// was); `None` for a cancel.
+    pub fn deadline_of(&self, reason: StopReason) -> Option<Instant> {
+        match reason {
+            StopReason::WallTimeout => Some(self.wall_deadline),
+            StopReason::IdleTimeout => Some(self.idle_deadline()),
+            StopReason::Cancelled => None,
+        }
+    }
+
+    /// Whether the attempt must stop at `now`: a cancel first, then the
+    /// wall deadline, then the idle deadline.
+    pub fn check(&self, now: Instant) -> Option<StopReason> {
+        if self.cancel.is_cancelled() {
+            Some(StopReason::Cancelled)
+        } else if now >= self.wall_deadline {
+            Some(StopReason::WallTimeout)
+        } else if now >= self.idle_deadline() {
+            Some(StopReason::IdleTimeout)
+        } else {
+            None
+        }
+    }
+
+    /// Resolves when the attempt must stop. Sleeps until the nearer deadline,
+    /// then checks again (output may have moved the idle deadline).
+    pub async fn watch(&self) -> StopReason {
+        loop {
+            if let Some(reason) = self.check(Instant::now()) {
+                return reason;
+            }
+            let next = self.wall_deadline.min(self.idle_deadline());
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return StopReason::Cancelled,
+                () = tokio::time::sleep_until(next.into()) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock(wall_ms: u64, idle_ms: u64) -> (AttemptClock, Arc<ActivityClock>, CancelToken) {
+        let activity = Arc::new(ActivityClock::new(Instant::now()));
+        let cancel = CancelToken::new();
+        let clock = AttemptClock::new(
+            Duration::from_millis(wall_ms),
+            Duration::from_millis(idle_ms),
+            activity.clone(),
+            cancel.clone(),
+        );
+        (clock, activity, cancel)
+    }
+
+    #[test]
+    fn cancel_wins_over_deadlines_and_wall_over_idle() {
+        let (clock, activity, cancel) = clock(10, 10);
+        let later = activity.started() + Duration::from_millis(20);
+        assert_eq!(clock.check(later), Some(StopReason::WallTimeout));
+        cancel.cancel();
+        assert_eq!(clock.check(later), Some(StopReason::Cancelled));
+    }
+
+    #[test]
+    fn activity_pushes_the_idle_deadline_back() {
+        let (clock, activity, _cancel) = clock(10_000, 5);
+        std::thread::sleep(Duration::from_millis(6));
+        assert_eq!(clock.check(Instant::now()), Some(StopReason::IdleTimeout));
+        activity.touch();
+        assert_eq!(clock.check(Instant::now()), None);
+    }
+
+    #[tokio::test]
+    async fn watch_resolves_on_the_idle_deadline_unless_output_arrives() {
+        let (clock, activity, _cancel) = clock(10_000, 40);
+        let toucher = {
+            let activity = activity.clone();
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    activity.touch();
+                }
+            })
+        };
+        let reason = clock.watch().await;
+        let elapsed = activity.started().elapsed();
+        toucher.await.expect("toucher task");
+        assert_eq!(reason, StopReason::IdleTimeout);
+        // Five touches 20 ms apart keep it alive for at least ~100 ms.
+        assert!(elapsed >= Duration::from_millis(100), "stopped after {elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn watch_resolves_at_once_on_cancel() {
+        let (clock, _activity, cancel) = clock(10_000, 10_000);
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            cancel.cancel();
+        });
+        let reason = tokio::time::timeout(Duration::from_secs(5), clock.watch())
+            .await
+            .expect("cancel stops the watch");
+        canceller.await.expect("canceller task");
+        assert_eq!(reason, StopReason::Cancelled);
+    }
+}

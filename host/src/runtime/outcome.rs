@@ -1,0 +1,141 @@
+//! The one typed value an attempt ends in, and the measurements that go with
+//! it. Self-heal classifies failures from these variants; nothing downstream
+//! parses trap messages.
+
+use super::capture::CapturedOutput;
+
+/// Which `step-error` variant a guest returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestErrorKind {
+    /// `retry(msg)`: another attempt may succeed.
+    Retry,
+    /// `contract(msg)`: the input or contract is wrong.
+    Contract,
+    /// `policy(msg)`: not allowed.
+    Policy,
+    /// `repo(msg)`: the repository is in a state the step cannot handle.
+    Repo,
+    /// `other(msg)`: unclassified, the host classifies the text.
+    Other,
+}
+
+impl GuestErrorKind {
+    /// The variant's name as it appears in the WIT and in signatures.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestErrorKind::Retry => "retry",
+            GuestErrorKind::Contract => "contract",
+            GuestErrorKind::Policy => "policy",
+            GuestErrorKind::Repo => "repo",
+            GuestErrorKind::Other => "other",
+        }
+    }
+}
+
+/// How one attempt of one step ended.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// `run` returned `ok`.
+    Succeeded {
+        /// The step's one-line summary.
+        summary: String,
+        /// Optional structured result (JSON text).
+        data: Option<String>,
+    },
+    /// `run` returned `err(step-error)`.
+    GuestError {
+        /// Which variant.
+        kind: GuestErrorKind,
+        /// The guest's message.
+        message: String,
+    },
+    /// Stopped at the wall-clock deadline.
+    WallTimeout,
+    /// Stopped at the idle deadline (no output, no progress).
+    IdleTimeout,
+    /// Ran out of its fuel budget.
+    OutOfFuel,
+    /// Tried to grow a memory past the per-instance limit.
+    MemoryLimit {
+        /// The size the guest asked for.
+        requested_bytes: u64,
+        /// The limit it hit.
+        limit_bytes: u64,
+    },
+    /// Overflowed the wasm stack.
+    StackOverflow,
+    /// Any other trap (a guest panic, `unreachable`, a failed instantiation).
+    Trap {
+        /// The trap as wasmtime reported it.
+        message: String,
+    },
+    /// Cancelled by an operator or the host.
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    /// True only for [`AttemptOutcome::Succeeded`].
+    pub fn is_success(&self) -> bool {
+        matches!(self, AttemptOutcome::Succeeded { .. })
+    }
+
+    /// A stable short name of the variant (`wall_timeout`, `out_of_fuel`, ...)
+    /// for logs, signatures and the CLI.
+    pub fn name(&self) -> &'static str {
+        match self {
+            AttemptOutcome::Succeeded { .. } => "succeeded",
+            AttemptOutcome::GuestError { .. } => "guest_error",
+            AttemptOutcome::WallTimeout => "wall_timeout",
+            AttemptOutcome::IdleTimeout => "idle_timeout",
+            AttemptOutcome::OutOfFuel => "out_of_fuel",
+            AttemptOutcome::MemoryLimit { .. } => "memory_limit",
+            AttemptOutcome::StackOverflow => "stack_overflow",
+            AttemptOutcome::Trap { .. } => "trap",
+            AttemptOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttemptOutcome::Succeeded { summary, .. } => write!(f, "succeeded: {summary}"),
+            AttemptOutcome::GuestError { kind, message } => write!(f, "step error ({}): {message}", kind.as_str()),
+            AttemptOutcome::WallTimeout => f.write_str("stopped: wall-clock deadline passed"),
+            AttemptOutcome::IdleTimeout => f.write_str("stopped: idle deadline passed (no output or progress)"),
+            AttemptOutcome::OutOfFuel => f.write_str("stopped: fuel budget exhausted"),
+            AttemptOutcome::MemoryLimit {
+                requested_bytes,
+                limit_bytes,
+            } => write!(
+                f,
+                "stopped: memory limit ({} MiB) hit growing to {} MiB",
+                limit_bytes >> 20,
+                requested_bytes >> 20
+            ),
+            AttemptOutcome::StackOverflow => f.write_str("stopped: wasm stack overflow"),
+            AttemptOutcome::Trap { message } => write!(f, "trap: {message}"),
+            AttemptOutcome::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
+/// The outcome of one attempt and what it cost.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AttemptReport {
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// From the start of instantiation until the instance was dropped.
+    pub wall_clock_seconds: f64,
+    /// Time since the last output or progress when the attempt ended.
+    pub idle_seconds: f64,
+    /// Fuel burned; `None` when metering is off.
+    pub fuel_consumed: Option<u64>,
+    /// For a wall or idle stop: how long after the deadline the guest was
+    /// stopped (the precision of the deadline machinery).
+    pub deadline_overrun_seconds: Option<f64>,
+    /// What the guest wrote.
+    pub output: CapturedOutput,
+}

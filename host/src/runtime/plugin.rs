@@ -1,0 +1,207 @@
+//! Loading step plugins: read a `.wasm` file, prove it is a component of
+//! the `stepd:plugin` world, compile it once and keep it ready to
+//! instantiate. Every way a file can be wrong has its own error, so
+//! `stepd plugin check` can tell a plugin author exactly what to fix.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::Engine;
+
+use super::bindings::StepPre;
+use super::AttemptState;
+
+/// Why a file is not a usable step plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    /// The name is not a file and not in the plugin directory.
+    #[error("plugin {name:?} not found (looked for {})", looked_in.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    NotFound {
+        /// The name or path as given.
+        name: String,
+        /// Every place that was tried.
+        looked_in: Vec<PathBuf>,
+    },
+    /// The file exists but could not be read.
+    #[error("cannot read plugin {}: {source}", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not WebAssembly at all.
+    #[error("{} is not a WebAssembly file (no \\0asm header)", path.display())]
+    NotWasm {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A core wasm module, not a component.
+    #[error(
+        "{} is a core WebAssembly module, not a component; build the plugin with \
+         `cargo build --release --target wasm32-wasip2`",
+        path.display()
+    )]
+    CoreModule {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A component wasmtime refused to compile.
+    #[error("{} is not a valid component: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What the validator or compiler said.
+        message: String,
+    },
+    /// A component that imports something stepd does not provide.
+    #[error("{} imports something stepd does not provide: {message}", path.display())]
+    UnsatisfiedImport {
+        /// The file.
+        path: PathBuf,
+        /// The linker's message, naming the import.
+        message: String,
+    },
+    /// A component that does not export `run` with the contract's type.
+    #[error(
+        "{} is not a stepd:plugin/step component: {message} \
+         (a step exports `run: func(ctx: step-context) -> result<step-output, step-error>`)",
+        path.display()
+    )]
+    WrongWorld {
+        /// The file.
+        path: PathBuf,
+        /// What the type check said.
+        message: String,
+    },
+}
+
+/// A compiled, type-checked step plugin, ready to instantiate. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct Plugin {
+    name: String,
+    sha256: String,
+    pre: StepPre<AttemptState>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name)
+            .field("sha256", &self.sha256)
+            .finish()
+    }
+}
+
+impl Plugin {
+    /// The plugin's name (its file stem).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The sha256 (hex) of the component file, for pinning.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    pub(super) fn pre(&self) -> &StepPre<AttemptState> {
+        &self.pre
+    }
+}
+
+/// Compiled plugins by file hash: a plugin is compiled once per process
+/// (and, through wasmtime's cache, once per host).
+#[derive(Default)]
+pub(super) struct PluginCache {
+    by_hash: Mutex<HashMap<String, Plugin>>,
+}
+
+impl PluginCache {
+    /// Load the plugin at `path`, compiling it only if these exact bytes
+    /// were never loaded before.
+    pub(super) fn load(
+        &self,
+        engine: &Engine,
+        linker: &Linker<AttemptState>,
+        path: &Path,
+    ) -> Result<Plugin, PluginError> {
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Unreadable {
+            path: path.to_owned(),
+            source,
+        })?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Some(plugin) = self.by_hash.lock().unwrap_or_else(PoisonError::into_inner).get(&sha256) {
+            return Ok(Plugin { name, ..plugin.clone() });
+        }
+        let pre = compile(engine, linker, path, &bytes)?;
+        let plugin = Plugin {
+            name,
+            sha256: sha256.clone(),
+            pre,
+        };
+        self.by_hash
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(sha256, plugin.clone());
+        Ok(plugin)
+    }
+}
+
+fn compile(
+    engine: &Engine,
+    linker: &Linker<AttemptState>,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<StepPre<AttemptState>, PluginError> {
+    if !bytes.starts_with(b"\0asm") {
+        return Err(PluginError::NotWasm { path: path.to_owned() });
+    }
+    if !is_component(bytes) {
+        return Err(PluginError::CoreModule { path: path.to_owned() });
+    }
+    let component = Component::new(engine, bytes).map_err(|e| PluginError::Invalid {
+        path: path.to_owned(),
+        message: format!("{e:#}"),
+    })?;
+    let instance_pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| PluginError::UnsatisfiedImport {
+            path: path.to_owned(),
+            message: format!("{e:#}"),
+        })?;
+    StepPre::new(instance_pre).map_err(|e| PluginError::WrongWorld {
+        path: path.to_owned(),
+        message: format!("{e:#}"),
+    })
+}
+
+/// A component's preamble carries layer 1 after the version (bytes 6..8);
+/// a core module's carries layer 0.
+fn is_component(bytes: &[u8]) -> bool {
+    bytes.get(6..8) == Some(&[0x01, 0x00])
+}
+
+/// Resolve a plugin reference to a file: an existing path is used as is;
+/// otherwise `<dir>/<name>.wasm` in the plugin directory.
+pub fn resolve_plugin_path(reference: &str, plugin_dir: &Path) -> Result<PathBuf, PluginError> {
+    let direct = PathBuf::from(reference);
+    if direct.is_file() {
+        return Ok(direct);
+    }
+    let in_dir = plugin_dir.join(format!("{reference}.wasm"));
+    if in_dir.is_file() {
+        return Ok(in_dir);
+    }
+    Err(PluginError::NotFound {
+        name: reference.to_owned(),
+        looked_in: vec![direct, in_dir],
+    })
+}

@@ -1,0 +1,28 @@
+//! flaky: fails with `retry(...)` on the first `inputs.failAttempts` attempts
+//! (default 1), then succeeds and writes `inputs.path` (default `flaky.txt`).
+
+use stepd_sdk::{Step, StepContext, StepError, StepOutput};
+
+struct Flaky;
+
+impl Step for Flaky {
+    fn run(ctx: StepContext) -> Result<StepOutput, StepError> {
+        let inputs = ctx.inputs_json()?;
+        let fail_attempts = inputs.get("failAttempts").and_then(|v| v.as_u64()).unwrap_or(1);
+        if u64::from(ctx.attempt) <= fail_attempts {
+            return Err(StepError::Retry(format!(
+                "temporary failure on attempt {} (connection reset by upstream)",
+                ctx.attempt
+            )));
+        }
+        let path = inputs.get("path").and_then(|v| v.as_str()).unwrap_or("flaky.txt");
+        std::fs::write(
+            stepd_sdk::workspace_path(path),
+            format!("succeeded on attempt {}\n", ctx.attempt),
+        )
+        .map_err(|e| StepError::Retry(format!("writing {path}: {e}")))?;
+        Ok(StepOutput::summary(format!("succeeded on attempt {}", ctx.attempt)))
+    }
+}
+
+stepd_sdk::export_step!(Flaky);

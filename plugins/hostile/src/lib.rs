@@ -1,0 +1,176 @@
+//! hostile: tries to escape or exhaust the sandbox and reports what happened.
+//!
+//! `inputs.probe` picks the attack:
+//! - `"escape"` (default): every non-fatal escape attempt in one run (read
+//!   host files, `..` and absolute paths, a symlink to `/` planted in the
+//!   workspace and followed, env vars, args, a TCP socket); returns a JSON
+//!   report `{name: {"escaped": bool, "detail": text}}` as the output data;
+//! - `"memory"`: allocate until the memory limit stops it;
+//! - `"stack"`: recurse until the stack overflows;
+//! - `"fuel"`: burn CPU forever (ends by fuel or a deadline);
+//! - `"flood"`: print `inputs.mb` MiB (default 64) of output as fast as it can.
+
+use serde_json::{json, Map, Value};
+use stepd_sdk::{Step, StepContext, StepError, StepOutput};
+
+struct Hostile;
+
+fn probe(report: &mut Map<String, Value>, name: &str, result: Result<String, String>) {
+    let (escaped, detail) = match result {
+        Ok(detail) => (true, detail),
+        Err(detail) => (false, detail),
+    };
+    stepd_sdk::log(&format!("{name}: escaped={escaped} ({detail})"));
+    report.insert(name.to_owned(), json!({"escaped": escaped, "detail": detail}));
+}
+
+fn read(path: &str) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|text| format!("read {} bytes from {path}", text.len()))
+        .map_err(|e| format!("{path}: {e}"))
+}
+
+fn escape_probes() -> Map<String, Value> {
+    let mut report = Map::new();
+    probe(&mut report, "read_etc_passwd", read("/etc/passwd"));
+    probe(&mut report, "read_dotdot_relative", read("../../../../etc/passwd"));
+    probe(
+        &mut report,
+        "read_dotdot_from_workspace",
+        read("/workspace/../etc/passwd"),
+    );
+    probe(&mut report, "read_outside_sibling", read("/workspace/../outside.txt"));
+    probe(
+        &mut report,
+        "write_outside",
+        std::fs::write("/tmp/stepd-hostile-was-here", "escaped")
+            .map(|()| "wrote /tmp/stepd-hostile-was-here".to_owned())
+            .map_err(|e| e.to_string()),
+    );
+    probe(
+        &mut report,
+        "write_dotdot",
+        std::fs::write("/workspace/../stepd-hostile-was-here", "escaped")
+            .map(|()| "wrote next to the workspace".to_owned())
+            .map_err(|e| e.to_string()),
+    );
+    let planted = plant_symlink("/", "root-link");
+    probe(
+        &mut report,
+        "symlink_to_root",
+        planted
+            .map_err(|e| format!("planting root-link: {e}"))
+            .and_then(|()| read("/workspace/root-link/etc/passwd")),
+    );
+    let planted = plant_symlink("../../../..", "up-link");
+    probe(
+        &mut report,
+        "symlink_dotdot",
+        planted
+            .map_err(|e| format!("planting up-link: {e}"))
+            .and_then(|()| read("/workspace/up-link/etc/passwd")),
+    );
+    let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+    probe(
+        &mut report,
+        "env_vars",
+        if vars.is_empty() {
+            Err("no environment variables".into())
+        } else {
+            Ok(format!("saw {vars:?}"))
+        },
+    );
+    let args: Vec<String> = std::env::args().collect();
+    probe(
+        &mut report,
+        "args",
+        if args.is_empty() {
+            Err("no arguments".into())
+        } else {
+            Ok(format!("saw {args:?}"))
+        },
+    );
+    probe(
+        &mut report,
+        "tcp_connect",
+        std::net::TcpStream::connect("127.0.0.1:5432")
+            .map(|_| "connected to 127.0.0.1:5432".to_owned())
+            .map_err(|e| e.to_string()),
+    );
+    probe(
+        &mut report,
+        "tcp_listen",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .map(|_| "bound a listening socket".to_owned())
+            .map_err(|e| e.to_string()),
+    );
+    report
+}
+
+/// Plant a symlink in the workspace through raw WASI (std's wasi symlink
+/// helper is unstable).
+fn plant_symlink(target: &str, link: &str) -> Result<(), String> {
+    let preopens = wasi::filesystem::preopens::get_directories();
+    let (workspace, _) = preopens
+        .iter()
+        .find(|(_, path)| path == "/workspace")
+        .ok_or_else(|| "no /workspace preopen".to_owned())?;
+    workspace.symlink_at(target, link).map_err(|e| format!("{e:?}"))
+}
+
+/// Recursion that lives on the wasm call stack, not in linear memory (no
+/// arrays, nothing borrowed), and that LLVM cannot turn into a loop.
+#[inline(never)]
+fn recurse(n: u64) -> u64 {
+    if n == u64::MAX {
+        return 0;
+    }
+    recurse(n + 1).rotate_left((n & 63) as u32) ^ n
+}
+
+impl Step for Hostile {
+    fn run(ctx: StepContext) -> Result<StepOutput, StepError> {
+        let inputs = ctx.inputs_json()?;
+        let probe_name = inputs.get("probe").and_then(|p| p.as_str()).unwrap_or("escape");
+        match probe_name {
+            "escape" => {
+                let report = escape_probes();
+                let escaped = report.values().filter(|v| v["escaped"] == json!(true)).count();
+                Ok(StepOutput::with_data(
+                    format!("{escaped} of {} escapes succeeded", report.len()),
+                    &Value::Object(report),
+                ))
+            }
+            "memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 16 << 20]);
+                    stepd_sdk::log(&format!("holding {} MiB", hoard.len() * 16));
+                }
+            }
+            "stack" => {
+                let depth = recurse(std::hint::black_box(0));
+                Ok(StepOutput::summary(format!("recursion ended at {depth}?")))
+            }
+            "fuel" => {
+                let mut x: u64 = 1;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            }
+            "flood" => {
+                let mb = inputs.get("mb").and_then(|v| v.as_u64()).unwrap_or(64);
+                let line = "x".repeat(1023);
+                for _ in 0..mb * 1024 {
+                    println!("{line}");
+                }
+                Ok(StepOutput::summary(format!("printed {mb} MiB")))
+            }
+            other => Err(StepError::Contract(format!(
+                "inputs.probe {other:?} is not a known probe"
+            ))),
+        }
+    }
+}
+
+stepd_sdk::export_step!(Hostile);

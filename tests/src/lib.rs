@@ -1,0 +1,124 @@
+//! Shared helpers of the end-to-end tests: where the freshly built plugins
+//! are, where the `stepd` binary is, and how to set up a runtime and a
+//! workspace for a scenario.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use stepd::config::RuntimeSettings;
+use stepd::runtime::{AttemptLimits, AttemptReport, AttemptRequest, CancelToken, Plugin, Runtime, StepContext};
+
+/// The directory `build.rs` put this build's plugins in.
+pub fn plugin_dir() -> PathBuf {
+    PathBuf::from(env!("STEPD_TEST_PLUGIN_DIR"))
+}
+
+/// The path of a built plugin by name (`hang`, `write-file`, ...).
+pub fn plugin_path(name: &str) -> PathBuf {
+    plugin_dir().join(format!("{name}.wasm"))
+}
+
+/// The `stepd` binary of this build: `target/<profile>/stepd`, next to the
+/// `deps/` directory this test executable runs from. `cargo test
+/// --workspace` (the README's test command) builds it with the tests.
+pub fn stepd_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join(format!("stepd{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+/// Runtime settings for tests: defaults, with a cache directory private to
+/// the test run and a small pool.
+pub fn test_settings() -> RuntimeSettings {
+    RuntimeSettings {
+        cache_dir: Some(std::env::temp_dir().join("stepd-test-component-cache")),
+        pool_slots: 16,
+        ..RuntimeSettings::default()
+    }
+}
+
+/// A runtime with [`test_settings`].
+pub fn runtime() -> Runtime {
+    Runtime::new(test_settings()).expect("runtime starts")
+}
+
+/// Load a built plugin by name.
+pub fn load(runtime: &Runtime, name: &str) -> Plugin {
+    runtime
+        .load_plugin(&plugin_path(name))
+        .unwrap_or_else(|e| panic!("loading plugin {name}: {e}"))
+}
+
+/// A scratch directory holding `workspace/` (what the step sees) and a
+/// sibling file `outside.txt` the step must never reach.
+pub struct Scratch {
+    /// Keeps the directory alive for the test's duration.
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// Create the scratch layout.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir(dir.path().join("workspace")).expect("workspace dir");
+        std::fs::write(dir.path().join("outside.txt"), "host secret\n").expect("outside file");
+        Scratch { dir }
+    }
+
+    /// The workspace directory.
+    pub fn workspace(&self) -> PathBuf {
+        self.dir.path().join("workspace")
+    }
+}
+
+impl Default for Scratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The step context a scenario hands its plugin.
+pub fn context(attempt: u32, inputs: serde_json::Value) -> StepContext {
+    StepContext {
+        job_id: "test-job".into(),
+        step_id: "step-0".into(),
+        step_index: 0,
+        attempt,
+        objective: "exercise the runtime".into(),
+        title: "test step".into(),
+        instructions: String::new(),
+        inputs: inputs.to_string(),
+        retry_context: None,
+    }
+}
+
+/// Run one attempt with the given deadlines (and default limits).
+pub async fn attempt(
+    runtime: &Runtime,
+    plugin: &Plugin,
+    workspace: &Path,
+    attempt: u32,
+    inputs: serde_json::Value,
+    wall: Duration,
+    idle: Duration,
+) -> AttemptReport {
+    let request = AttemptRequest {
+        workspace: workspace.to_owned(),
+        context: context(attempt, inputs),
+        limits: AttemptLimits::new(wall, idle),
+        cancel: CancelToken::new(),
+    };
+    runtime
+        .run_attempt(plugin, request)
+        .await
+        .expect("attempt could be set up")
+}

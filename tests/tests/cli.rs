@@ -1,0 +1,252 @@
+//! Scenarios against the real `stepd` binary: `plugin run` prints the typed
+//! outcome with a meaningful exit code, and `plugin check` tells a plugin
+//! author exactly what is wrong with a file — never a panic.
+
+use std::process::{Command, Output};
+
+use stepd_tests::{plugin_dir, plugin_path, stepd_bin, Scratch};
+
+fn stepd(args: &[&str]) -> Output {
+    Command::new(stepd_bin())
+        .args(args)
+        .env("STEPD_PLUGIN_DIR", plugin_dir())
+        .env(
+            "STEPD_CACHE_DIR",
+            std::env::temp_dir().join("stepd-test-component-cache"),
+        )
+        .output()
+        .expect("running stepd")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn assert_no_panic(output: &Output) {
+    let all = text(output);
+    assert!(!all.contains("panicked"), "stepd panicked: {all}");
+}
+
+#[test]
+fn plugin_run_writes_into_the_workspace_and_exits_zero() {
+    let scratch = Scratch::new();
+    let ws = scratch.workspace();
+    let out = stepd(&[
+        "plugin",
+        "run",
+        "write-file",
+        "--workspace",
+        ws.to_str().expect("utf-8 path"),
+        "--input",
+        r#"{"path": "docs/hello.md", "text": "hello\n"}"#,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("outcome: succeeded: wrote 1 file(s)"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.join("docs/hello.md")).expect("file written"),
+        "hello\n"
+    );
+}
+
+#[test]
+fn plugin_run_of_a_hanging_step_reports_the_idle_timeout_and_exits_one() {
+    let scratch = Scratch::new();
+    let out = stepd(&[
+        "plugin",
+        "run",
+        "idle",
+        "--workspace",
+        scratch.workspace().to_str().expect("utf-8 path"),
+        "--input",
+        r#"{"attempts": [1]}"#,
+        "--idle-timeout",
+        "0.3",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints the report");
+    assert_eq!(report["outcome"]["outcome"], "idle_timeout");
+    assert!(report["idle_seconds"].as_f64().expect("idle seconds") >= 0.3);
+}
+
+#[test]
+fn plugin_run_with_a_small_fuel_budget_reports_out_of_fuel() {
+    let scratch = Scratch::new();
+    let out = stepd(&[
+        "plugin",
+        "run",
+        "hostile",
+        "--workspace",
+        scratch.workspace().to_str().expect("utf-8 path"),
+        "--input",
+        r#"{"probe": "fuel"}"#,
+        "--fuel",
+        "1000000",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("outcome: stopped: fuel budget exhausted"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn plugin_check_accepts_every_step_plugin_the_project_builds() {
+    for name in [
+        "write-file",
+        "hang",
+        "idle",
+        "flaky",
+        "no-progress",
+        "hostile",
+        "chatty",
+        "spin",
+    ] {
+        let out = stepd(&["plugin", "check", plugin_path(name).to_str().expect("utf-8 path")]);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+        assert!(text(&out).starts_with("ok: "), "{name}: {}", text(&out));
+    }
+}
+
+#[test]
+fn plugin_check_and_run_refuse_a_component_of_the_wrong_world() {
+    let wrong = plugin_path("wrong-world");
+    let out = stepd(&["plugin", "check", wrong.to_str().expect("utf-8 path")]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let msg = text(&out);
+    assert!(msg.contains("is not a stepd:plugin/step component"), "{msg}");
+    assert!(msg.contains("run"), "names the missing export: {msg}");
+    assert_no_panic(&out);
+
+    let scratch = Scratch::new();
+    let out = stepd(&[
+        "plugin",
+        "run",
+        wrong.to_str().expect("utf-8 path"),
+        "--workspace",
+        scratch.workspace().to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("is not a stepd:plugin/step component"),
+        "{}",
+        text(&out)
+    );
+    assert_no_panic(&out);
+}
+
+#[test]
+fn plugin_check_and_run_refuse_files_that_are_not_components() {
+    let scratch = Scratch::new();
+    let cases = [
+        (
+            "notes.wasm",
+            b"this is text, not wasm".to_vec(),
+            "is not a WebAssembly file",
+        ),
+        // The smallest core module: magic + version 1, layer 0.
+        (
+            "core.wasm",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "is a core WebAssembly module, not a component",
+        ),
+        // A component preamble followed by garbage.
+        (
+            "broken.wasm",
+            b"\0asm\x0d\0\x01\0\xff\xff\xff".to_vec(),
+            "is not a valid component",
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        let path = scratch.dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write test file");
+        let p = path.to_str().expect("utf-8 path");
+        let out = stepd(&["plugin", "check", p]);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{name}: {}", text(&out));
+        assert_no_panic(&out);
+        let out = stepd(&[
+            "plugin",
+            "run",
+            p,
+            "--workspace",
+            scratch.workspace().to_str().expect("utf-8 path"),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{name}: {}", text(&out));
+        assert_no_panic(&out);
+    }
+    let out = stepd(&["plugin", "check", "/nonexistent/plugin.wasm"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("cannot read plugin /nonexistent/plugin.wasm"),
+        "{}",
+        text(&out)
+    );
+    let out = stepd(&[
+        "plugin",
+        "run",
+        "no-such-plugin",
+        "--workspace",
+        scratch.workspace().to_str().expect("utf-8 path"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains("plugin \"no-such-plugin\" not found"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn plugin_run_refuses_bad_flags_with_a_message_naming_them() {
+    let scratch = Scratch::new();
+    let ws = scratch.workspace();
+    let ws = ws.to_str().expect("utf-8 path");
+    for (args, expected) in [
+        (vec!["--input", "[1, 2]"], "--input must be a JSON object"),
+        (vec!["--input", "{not json"], "--input is not valid JSON"),
+        (vec!["--timeout", "0"], "--timeout must be a positive number"),
+        (vec!["--memory-mb", "0"], "--memory-mb=\"0\" is invalid"),
+        (vec!["--memory-mb", "99999"], "must be at most 4096"),
+    ] {
+        let mut full = vec!["plugin", "run", "write-file", "--workspace", ws];
+        full.extend(args.iter().copied());
+        let out = stepd(&full);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(expected), "{args:?}: {}", text(&out));
+        assert_no_panic(&out);
+    }
+}
+
+#[test]
+fn bench_runtime_prints_every_row_of_its_report() {
+    let out = stepd(&["bench", "runtime", "--iterations", "8", "--sieve-n", "20000"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    for row in [
+        "instantiate + call + teardown",
+        "soft reset (deadline hit -> fresh call done)",
+        "lateness: cpu-bound guest, wall deadline",
+        "lateness: sleeping guest, wall deadline",
+        "lateness: cpu-bound guest, idle deadline",
+        "lateness: sleeping guest, idle deadline",
+        "spawn + wait /bin/true",
+        "spawn + wait python3 -c pass",
+        "| neither",
+        "| epoch only",
+        "| fuel + epoch",
+        "- soft reset p50 <= 0.5 ms",
+    ] {
+        assert!(report.contains(row), "missing row {row:?} in:\n{report}");
+    }
+}
