@@ -159,7 +159,7 @@ macro_rules! export_step {
                 }
             }
 
-            $crate::bindings::__export_step_world!(__StepdExport with_types_in $crate::bindings);
+    $crate::bindings::__export_step_world!(__StepdExport with_types_in $crate::bindings);
         };
     };
 }

@@ -4,7 +4,15 @@
 //! Modules follow the boundaries of `DESIGN.md`; data flows one way, from
 //! the CLI down to the runtime.
 
+pub mod artifacts;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod events;
+pub mod metrics;
+pub mod payload;
+pub mod redact;
 pub mod runtime;
+pub mod selfheal;
+pub mod worker;
+pub mod workspace;

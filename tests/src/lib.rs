@@ -122,3 +122,100 @@ pub async fn attempt(
         .await
         .expect("attempt could be set up")
 }
+
+/// A UDP socket standing in for a StatsD server: the metrics a scenario
+/// sends arrive here as DogStatsD lines.
+pub struct StatsdListener {
+    socket: std::net::UdpSocket,
+}
+
+impl StatsdListener {
+    /// Bind a loopback port.
+    pub fn bind() -> Self {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .expect("read timeout");
+        StatsdListener { socket }
+    }
+
+    /// Where to point `STATSD_HOST`/`STATSD_PORT`.
+    pub fn target(&self) -> stepd::config::StatsdTarget {
+        let port = self.socket.local_addr().expect("local addr").port();
+        stepd::config::StatsdTarget {
+            host: "127.0.0.1".into(),
+            port,
+        }
+    }
+
+    /// Every line received until the socket stays quiet for 300 ms.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = self.socket.recv(&mut buf) {
+            lines.extend(String::from_utf8_lossy(&buf[..n]).lines().map(str::to_owned));
+        }
+        lines
+    }
+}
+
+/// Run `git` in `dir`, failing the test on error.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=stepd-test",
+            "-c",
+            "user.email=test@stepd.invalid",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("running git");
+    assert!(
+        out.status.success(),
+        "git {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A real git repository with `files` committed on `main`.
+pub fn git_repo(dir: &Path, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).expect("repo dir");
+    git(dir, &["init", "-q", "-b", "main"]);
+    for (path, text) in files {
+        let file = dir.join(path);
+        std::fs::create_dir_all(file.parent().expect("parent")).expect("dirs");
+        std::fs::write(file, text).expect("write");
+    }
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "baseline"]);
+}
+
+/// Every regular file under `dir` (relative path → bytes), skipping `skip`.
+pub fn files_under(dir: &Path, skip: &[&str]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(dir)
+                .expect("under dir")
+                .to_string_lossy()
+                .replace('\\', "/");
+            if skip.contains(&rel.as_str()) {
+                continue;
+            }
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.insert(rel, std::fs::read(&path).expect("read file"));
+            }
+        }
+    }
+    files
+}

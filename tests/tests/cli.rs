@@ -236,6 +236,7 @@ fn bench_runtime_prints_every_row_of_its_report() {
     for row in [
         "instantiate + call + teardown",
         "soft reset (deadline hit -> fresh call done)",
+        "soft reset (stop -> fresh call done)",
         "lateness: cpu-bound guest, wall deadline",
         "lateness: sleeping guest, wall deadline",
         "lateness: cpu-bound guest, idle deadline",
@@ -245,7 +246,9 @@ fn bench_runtime_prints_every_row_of_its_report() {
         "| neither",
         "| epoch only",
         "| fuel + epoch",
-        "- soft reset p50 <= 0.5 ms",
+        "- soft reset (deadline hit -> fresh call done) p50 <= 0.5 ms",
+        "- deadline lateness p99 <= 2 ms",
+        "- epoch-only overhead <= 1.6x",
     ] {
         assert!(report.contains(row), "missing row {row:?} in:\n{report}");
     }

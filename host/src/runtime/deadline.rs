@@ -62,7 +62,8 @@ impl CancelToken {
         self.inner.cancelled.load(Ordering::SeqCst)
     }
 
-    async fn cancelled(&self) {
+    /// Resolves once the token is cancelled.
+    pub async fn cancelled(&self) {
         loop {
             let notified = self.inner.notify.notified();
             if self.is_cancelled() {

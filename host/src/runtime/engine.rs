@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -62,9 +62,22 @@ impl EpochTicker {
             let engine = engine.clone();
             let stop = stop.clone();
             std::thread::Builder::new().name("stepd-epoch".into()).spawn(move || {
+                // Tick on an absolute schedule: a sleep that overshoots
+                // shortens the next one instead of drifting.
+                let mut next = Instant::now() + tick;
                 while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    }
                     engine.increment_epoch();
+                    next += tick;
+                    let now = Instant::now();
+                    if next < now {
+                        // Fell behind (the machine was busy): start afresh
+                        // rather than firing a burst of catch-up ticks.
+                        next = now + tick;
+                    }
                 }
             })?
         };

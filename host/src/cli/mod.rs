@@ -1,17 +1,25 @@
 //! The `stepd` command line: subcommands parse their arguments here and call
 //! into the library. `main.rs` only hands over to [`main`].
 
+mod live;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{mib_to_bytes, RuntimeSettings};
+use crate::config::{mib_to_bytes, RuntimeSettings, Settings};
+use crate::events::EventObserver;
+use crate::payload::JobPayload;
+use crate::redact::Redactor;
 use crate::runtime::{
     resolve_plugin_path, AttemptLimits, AttemptRequest, CancelToken, OutputStreamKind, Runtime, StepContext,
 };
+use crate::worker::{run_local, JobStatus, LocalRunOptions};
 
 /// Where plugins are looked up by name when neither `--plugins` nor
 /// `STEPD_PLUGIN_DIR` says otherwise: where the project's build puts them.
@@ -19,8 +27,14 @@ pub const DEFAULT_PLUGIN_DIR: &str = "target/plugins/dist";
 
 /// Exit code of a command whose step ran and did not succeed.
 pub const EXIT_ATTEMPT_FAILED: u8 = 1;
-/// Exit code of a command given bad input (a bad plugin, workspace, flag).
+/// Exit code of a command given bad input (a bad plugin, workspace, flag,
+/// payload or setting).
 pub const EXIT_INVALID_INPUT: u8 = 2;
+/// Exit code of `stepd run` when retryable failures used up the job's
+/// attempts (the job is dead-lettered).
+pub const EXIT_RETRYABLE_EXHAUSTED: u8 = 3;
+/// Exit code of `stepd run` when the job was cancelled (Ctrl-C).
+pub const EXIT_CANCELLED: u8 = 4;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,12 +49,43 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a job (a JSON payload) in this process, with self-heal, and exit
+    /// with its status: 0 succeeded, 1 failed, 2 invalid input, 3 retryable
+    /// failures exhausted, 4 cancelled.
+    Run(RunArgs),
+    /// Print the effective settings (defaults, config file, environment).
+    Config {
+        /// A TOML config file (default: `STEPD_CONFIG`, if set).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run or check a single step plugin.
     #[command(subcommand)]
     Plugin(PluginCommand),
     /// Measure the runtime and print a report.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The job payload (JSON).
+    job: PathBuf,
+    /// Where artifacts go (`<dir>/agent_jobs/<job_id>/`).
+    #[arg(long, env = "STEPD_ARTIFACT_DIR", default_value = "var/artifacts")]
+    artifacts: PathBuf,
+    /// Where workspaces live (`<dir>/<job_id>/workspace`).
+    #[arg(long, env = "STEPD_WORK_DIR", default_value = "var/work")]
+    work_dir: PathBuf,
+    /// Directory of named plugins.
+    #[arg(long, env = "STEPD_PLUGIN_DIR", default_value = DEFAULT_PLUGIN_DIR)]
+    plugins: PathBuf,
+    /// The job's id (default: a new one).
+    #[arg(long)]
+    job_id: Option<String>,
+    /// A TOML config file (default: `STEPD_CONFIG`, if set).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +137,9 @@ enum BenchCommand {
     /// Instantiate/teardown latency, soft-reset latency, deadline lateness,
     /// epoch and fuel overhead, against process spawns.
     Runtime(crate::bench::RuntimeBenchArgs),
+    /// Checkpoint (snapshot + patch) and hard-reset (rebuild + replay) cost
+    /// on generated 1k- and 10k-file repositories, against the git CLI.
+    Replay(crate::bench::ReplayBenchArgs),
 }
 
 /// Parse the command line, run the command, and turn the result into an
@@ -120,10 +168,20 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => run_job(args).await,
+        Command::Config { config } => {
+            let settings = Settings::load(config.as_deref())?;
+            println!("{}", serde_json::to_string_pretty(&settings)?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugin(PluginCommand::Run(args)) => plugin_run(args).await,
         Command::Plugin(PluginCommand::Check { file }) => plugin_check(&file),
         Command::Bench(BenchCommand::Runtime(args)) => {
             crate::bench::run_runtime_bench(&args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Replay(args)) => {
+            crate::bench::run_replay_bench(&args)?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -209,6 +267,57 @@ async fn plugin_run(args: PluginRunArgs) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_ATTEMPT_FAILED)
+    })
+}
+
+async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(args.config.as_deref()).context("reading settings")?;
+    let text = std::fs::read_to_string(&args.job).with_context(|| format!("reading {}", args.job.display()))?;
+    let base_dir = args.job.parent().map(Path::to_owned).unwrap_or_default();
+    let job = match JobPayload::parse(&text).and_then(|p| p.validate(&base_dir, &args.plugins)) {
+        Ok(job) => job,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.job.display());
+            return Ok(ExitCode::from(EXIT_INVALID_INPUT));
+        }
+    };
+    let job_id = args
+        .job_id
+        .unwrap_or_else(|| format!("job-{}", uuid::Uuid::new_v4().simple()));
+    let redactor = Arc::new(Redactor::from_env());
+    let runtime = Runtime::new(settings.runtime.clone())?;
+    let cancel = CancelToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        });
+    }
+    let options = LocalRunOptions {
+        artifact_root: args.artifacts,
+        work_root: args.work_dir,
+        job_id: job_id.clone(),
+    };
+    let view = Arc::new(live::LiveView::new());
+    let observer: EventObserver = Arc::new(move |record| view.show(record));
+    let status = run_local(&runtime, &settings, job, &options, redactor, cancel, Some(observer))
+        .await
+        .with_context(|| format!("running job {job_id}"))?;
+    println!(
+        "artifacts: {}",
+        options.artifact_root.join("agent_jobs").join(&job_id).display()
+    );
+    println!(
+        "workspace: {}",
+        options.work_root.join(&job_id).join("workspace").display()
+    );
+    Ok(match status {
+        JobStatus::Succeeded => ExitCode::SUCCESS,
+        JobStatus::Failed => ExitCode::from(EXIT_ATTEMPT_FAILED),
+        JobStatus::DeadLetter => ExitCode::from(EXIT_RETRYABLE_EXHAUSTED),
+        JobStatus::Cancelled => ExitCode::from(EXIT_CANCELLED),
     })
 }
 

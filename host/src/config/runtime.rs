@@ -1,27 +1,9 @@
-//! Host settings: the sandbox limits every attempt runs under, read from the
-//! environment with validation that names the offending variable.
-//!
-//! The self-heal budgets (`SelfHealConfig`) join this module with the attempt
-//! loop; for now it owns what the runtime needs.
+//! Runtime settings: the sandbox limits every attempt runs under.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Why a setting could not be used. Always names the variable and the value,
-/// so an operator can fix a deployment from the message alone.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A variable is set but its value is not what it must be.
-    #[error("{variable}={value:?} is invalid: {reason}")]
-    Invalid {
-        /// The environment variable (or flag) that holds the value.
-        variable: String,
-        /// The value as given.
-        value: String,
-        /// What the value must be.
-        reason: String,
-    },
-}
+use super::{invalid, is_off, mib_to_bytes, parse_positive, parse_switch, ConfigError};
 
 /// Limits and knobs of the sandbox, shared by every attempt a host runs.
 ///
@@ -131,47 +113,6 @@ impl RuntimeSettings {
                 u32::try_from(slots).map_err(|_| invalid("STEPD_POOL_SLOTS", &value, "must fit in 32 bits"))?;
         }
         Ok(settings)
-    }
-}
-
-/// Parse a memory size given in MiB (a flag or variable named `variable`).
-pub fn mib_to_bytes(variable: &str, value: &str) -> Result<usize, ConfigError> {
-    let mib = parse_positive(variable, value)?;
-    if mib > 4096 {
-        return Err(invalid(
-            variable,
-            value,
-            "must be at most 4096 (a 32-bit wasm memory holds 4 GiB)",
-        ));
-    }
-    Ok(usize::try_from(mib << 20).unwrap_or(usize::MAX))
-}
-
-/// Parse an integer ≥ 1, or say which variable is wrong and why.
-pub fn parse_positive(variable: &str, value: &str) -> Result<u64, ConfigError> {
-    match value.trim().parse::<u64>() {
-        Ok(n) if n >= 1 => Ok(n),
-        _ => Err(invalid(variable, value, "must be an integer >= 1")),
-    }
-}
-
-fn parse_switch(variable: &str, value: &str) -> Result<bool, ConfigError> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "1" | "on" | "true" | "yes" => Ok(true),
-        "0" | "off" | "false" | "no" => Ok(false),
-        _ => Err(invalid(variable, value, "must be on or off")),
-    }
-}
-
-fn is_off(value: &str) -> bool {
-    matches!(value.trim().to_ascii_lowercase().as_str(), "off" | "none" | "0")
-}
-
-fn invalid(variable: &str, value: &str, reason: &str) -> ConfigError {
-    ConfigError::Invalid {
-        variable: variable.to_owned(),
-        value: value.to_owned(),
-        reason: reason.to_owned(),
     }
 }
 

@@ -1,0 +1,191 @@
+//! The secret scrubber. Every event, artifact, log line, failure summary and
+//! signature passes through one [`Redactor`] before it is written, so no
+//! secret reaches disk, the database, a metric tag or an operator's screen.
+//!
+//! Secrets come from two places: the values of secret-looking environment
+//! variables (names containing token, secret, password, key, credential or
+//! auth) and secrets registered at run time (a job's declared secrets). Each
+//! is also matched in its base64 (standard and URL-safe, padded or not) and
+//! URL-encoded forms, because a step that leaks a secret often encodes it.
+
+use std::sync::{PoisonError, RwLock};
+
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+
+/// What a secret is replaced with.
+pub const REDACTED: &str = "[REDACTED]";
+
+/// Environment values shorter than this are not treated as secrets: a
+/// `KEY_REPEAT=1` must not blank out every `1` in a log.
+pub const MIN_ENV_SECRET_LEN: usize = 6;
+
+/// Name fragments that make an environment variable's value a secret.
+const SECRET_NAME_FRAGMENTS: [&str; 6] = ["token", "secret", "password", "key", "credential", "auth"];
+
+/// The scrubber. Cheap to share behind an `Arc`; registering a secret is
+/// safe while other threads redact.
+#[derive(Debug, Default)]
+pub struct Redactor {
+    /// Every form of every secret, longest first (so a secret that contains
+    /// another is replaced whole).
+    patterns: RwLock<Vec<String>>,
+}
+
+/// True when a variable with this name holds a secret.
+pub fn is_secret_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    SECRET_NAME_FRAGMENTS.iter().any(|fragment| lower.contains(fragment))
+}
+
+impl Redactor {
+    /// A scrubber that knows no secrets yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A scrubber primed with this process's secret-looking environment.
+    pub fn from_env() -> Self {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// A scrubber primed with the secret-looking variables of `vars`.
+    pub fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> Self {
+        let redactor = Redactor::new();
+        for (name, value) in vars {
+            if is_secret_name(&name) && value.len() >= MIN_ENV_SECRET_LEN {
+                redactor.register(&value);
+            }
+        }
+        redactor
+    }
+
+    /// Treat `secret` (and its encodings) as secret from now on. Empty
+    /// strings are ignored.
+    pub fn register(&self, secret: &str) {
+        if secret.is_empty() {
+            return;
+        }
+        let mut forms = vec![secret.to_owned()];
+        for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+            forms.push(engine.encode(secret.as_bytes()));
+        }
+        forms.push(url_encode(secret, false));
+        forms.push(url_encode(secret, true));
+        let mut patterns = self.patterns.write().unwrap_or_else(PoisonError::into_inner);
+        for form in forms {
+            if !patterns.contains(&form) {
+                patterns.push(form);
+            }
+        }
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    }
+
+    /// `text` with every known secret form replaced by [`REDACTED`].
+    pub fn redact(&self, text: &str) -> String {
+        let patterns = self.patterns.read().unwrap_or_else(PoisonError::into_inner);
+        let mut out = text.to_owned();
+        for pattern in patterns.iter() {
+            if out.contains(pattern.as_str()) {
+                out = out.replace(pattern.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+
+    /// A JSON value with every string (keys included) redacted.
+    pub fn redact_json(&self, value: &serde_json::Value) -> serde_json::Value {
+        use serde_json::Value;
+        match value {
+            Value::String(s) => Value::String(self.redact(s)),
+            Value::Array(items) => Value::Array(items.iter().map(|v| self.redact_json(v)).collect()),
+            Value::Object(map) => {
+                Value::Object(map.iter().map(|(k, v)| (self.redact(k), self.redact_json(v))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+}
+
+/// Percent-encode everything but RFC 3986's unreserved characters; with
+/// `plus_for_space`, encode spaces as `+` (form encoding).
+fn url_encode(text: &str, plus_for_space: bool) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(byte as char),
+            b' ' if plus_for_space => out.push('+'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_looking_env_values_are_redacted_in_every_encoding() {
+        let redactor = Redactor::from_vars([
+            ("GITHUB_TOKEN".to_owned(), "ghp_s3cr3t/value+x y".to_owned()),
+            ("PATH".to_owned(), "/usr/bin:/bin".to_owned()),
+            ("KEY_REPEAT".to_owned(), "1".to_owned()),
+        ]);
+        let secret = "ghp_s3cr3t/value+x y";
+        let b64 = STANDARD.encode(secret);
+        let b64url = URL_SAFE_NO_PAD.encode(secret);
+        let text = format!(
+            "raw={secret} b64={b64} url={b64url} pct={} form={}",
+            url_encode(secret, false),
+            url_encode(secret, true)
+        );
+        let clean = redactor.redact(&text);
+        assert_eq!(
+            clean,
+            "raw=[REDACTED] b64=[REDACTED] url=[REDACTED] pct=[REDACTED] form=[REDACTED]"
+        );
+        // Not secret: a PATH, and a value too short to be one.
+        assert_eq!(redactor.redact("/usr/bin:/bin 1"), "/usr/bin:/bin 1");
+    }
+
+    #[test]
+    fn registered_secrets_are_redacted_inside_json_keys_and_values() {
+        let redactor = Redactor::new();
+        redactor.register("hunter2");
+        let value = serde_json::json!({"password hunter2": ["x hunter2 y", 3, {"k": "hunter2"}]});
+        let clean = redactor.redact_json(&value);
+        assert_eq!(
+            clean,
+            serde_json::json!({"password [REDACTED]": ["x [REDACTED] y", 3, {"k": "[REDACTED]"}]})
+        );
+    }
+
+    #[test]
+    fn a_longer_secret_containing_a_shorter_one_is_replaced_whole() {
+        let redactor = Redactor::new();
+        redactor.register("abc123");
+        redactor.register("abc123-extended");
+        assert_eq!(
+            redactor.redact("x abc123-extended y abc123"),
+            "x [REDACTED] y [REDACTED]"
+        );
+    }
+
+    #[test]
+    fn secret_names_match_case_insensitively() {
+        for name in [
+            "API_KEY",
+            "db_password",
+            "AuthHeader",
+            "MY_SECRET",
+            "aws_credentials",
+            "npm_token",
+        ] {
+            assert!(is_secret_name(name), "{name}");
+        }
+        for name in ["PATH", "HOME", "LANG"] {
+            assert!(!is_secret_name(name), "{name}");
+        }
+    }
+}

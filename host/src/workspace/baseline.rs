@@ -1,0 +1,156 @@
+//! Baselines: the tree a task starts from, read into the job's object store
+//! from a git repository (a local path or a `file://` URL, fetched at a
+//! branch) or from a plain directory (its files are the baseline; samples
+//! ship theirs that way).
+//!
+//! A plain directory is read with the same capability-scoped walker as a
+//! snapshot, so a symlink in it is recorded as a link and never followed.
+
+use std::path::{Path, PathBuf};
+
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use git2::{Direction, ErrorCode, ObjectType, Reference, Repository};
+
+use super::cache::StatCache;
+use super::{git_err, snapshot, TreeId, WorkspaceError};
+
+/// Where fetched baselines land in the job's object store.
+const BASELINE_REF: &str = "refs/stepd/baseline";
+
+/// The local path a `repository` string names: a path as is, or the path
+/// of a `file://` URL (percent-escapes decoded).
+fn local_path(repository: &str) -> Option<PathBuf> {
+    let Some(rest) = repository.strip_prefix("file://") else {
+        return Some(PathBuf::from(repository));
+    };
+    let rest = rest.strip_prefix("localhost").unwrap_or(rest);
+    if !rest.starts_with('/') {
+        return None; // file://otherhost/... is not local
+    }
+    let bytes = rest.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    use std::os::unix::ffi::OsStringExt;
+    Some(PathBuf::from(std::ffi::OsString::from_vec(out)))
+}
+
+/// Read the baseline named by `repository` and `branch` into `repo`'s
+/// object store; returns its tree.
+pub(crate) fn load(repo: &Repository, repository: &str, branch: &str) -> Result<TreeId, WorkspaceError> {
+    let not_found = || WorkspaceError::BaselineNotFound {
+        repository: repository.to_owned(),
+    };
+    let path = local_path(repository).ok_or_else(not_found)?;
+    let path = path.canonicalize().map_err(|_| not_found())?;
+    match Repository::open(&path) {
+        Ok(_) => fetch(repo, repository, &path, branch),
+        Err(e) if e.code() == ErrorCode::NotFound && path.is_dir() => plain_directory(repo, repository, &path),
+        Err(e) if e.code() == ErrorCode::NotFound => Err(not_found()),
+        Err(source) => Err(WorkspaceError::Baseline {
+            repository: repository.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Fetch `refs/heads/<branch>` (or the remote's default branch when
+/// `branch` is empty) and take its commit's tree.
+fn fetch(repo: &Repository, repository: &str, path: &Path, branch: &str) -> Result<TreeId, WorkspaceError> {
+    let baseline_err = |source| WorkspaceError::Baseline {
+        repository: repository.to_owned(),
+        source,
+    };
+    let branch_not_found = || WorkspaceError::BranchNotFound {
+        repository: repository.to_owned(),
+        branch: branch.to_owned(),
+    };
+    let branch_name = branch.strip_prefix("refs/heads/").unwrap_or(branch);
+    let url = path.to_str().ok_or_else(|| WorkspaceError::BaselineNotFound {
+        repository: repository.to_owned(),
+    })?;
+    let mut remote = repo.remote_anonymous(url).map_err(baseline_err)?;
+    remote.connect(Direction::Fetch).map_err(baseline_err)?;
+    let refname = if branch_name.is_empty() {
+        let head = remote.default_branch().map_err(|_| branch_not_found())?;
+        head.as_str().ok_or_else(branch_not_found)?.to_owned()
+    } else {
+        let refname = format!("refs/heads/{branch_name}");
+        // A valid ref name cannot hold ':', '*' or a leading '+', so it cannot
+        // bend the refspec below.
+        if !Reference::is_valid_name(&refname) {
+            return Err(WorkspaceError::InvalidBranch {
+                repository: repository.to_owned(),
+                branch: branch.to_owned(),
+            });
+        }
+        refname
+    };
+    let advertised = remote
+        .list()
+        .map_err(baseline_err)?
+        .iter()
+        .any(|head| head.name() == refname);
+    remote.disconnect().map_err(baseline_err)?;
+    if !advertised {
+        return Err(branch_not_found());
+    }
+    // A stale baseline ref from an earlier job must not stand in for a
+    // fetch that brought nothing.
+    match repo.find_reference(BASELINE_REF) {
+        Ok(mut stale) => stale.delete().map_err(git_err(format!("deleting {BASELINE_REF}")))?,
+        Err(e) if e.code() == ErrorCode::NotFound => {}
+        Err(e) => return Err(git_err(format!("reading {BASELINE_REF}"))(e)),
+    }
+    remote
+        .fetch(&[format!("+{refname}:{BASELINE_REF}")], None, None)
+        .map_err(baseline_err)?;
+    let oid = repo.refname_to_id(BASELINE_REF).map_err(|_| branch_not_found())?;
+    let object = repo.find_object(oid, None).map_err(baseline_err)?;
+    let tree = object.peel(ObjectType::Tree).map_err(baseline_err)?;
+    Ok(TreeId(tree.id()))
+}
+
+/// Snapshot a plain directory into the object store.
+fn plain_directory(repo: &Repository, repository: &str, path: &Path) -> Result<TreeId, WorkspaceError> {
+    let dir = Dir::open_ambient_dir(path, ambient_authority()).map_err(|source| WorkspaceError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let odb = repo
+        .odb()
+        .map_err(git_err(format!("opening the object store for baseline {repository}")))?;
+    let snap = snapshot::snapshot(&odb, &dir, path, &mut StatCache::default())?;
+    Ok(TreeId(snap.tree))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_path;
+    use std::path::PathBuf;
+
+    #[test]
+    fn file_urls_name_local_paths() {
+        assert_eq!(local_path("/srv/repo"), Some(PathBuf::from("/srv/repo")));
+        assert_eq!(local_path("file:///srv/my%20repo"), Some(PathBuf::from("/srv/my repo")));
+        assert_eq!(local_path("file://localhost/srv/r"), Some(PathBuf::from("/srv/r")));
+        assert_eq!(local_path("file://elsewhere/srv/r"), None);
+    }
+}
