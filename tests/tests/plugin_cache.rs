@@ -26,7 +26,10 @@ fn files_in(dir: &std::path::Path) -> usize {
 }
 
 fn is_entry(path: &std::path::Path) -> bool {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     !name.starts_with('.') && !name.ends_with(".stats") && !name.contains("wip")
 }
 

@@ -74,6 +74,10 @@ impl CancelToken {
     }
 }
 
+/// How close to a deadline [`AttemptClock::watch`] switches from tokio's
+/// timer (whole milliseconds, rounded up) to the epoch ticker's ticks.
+const NEAR_DEADLINE: Duration = Duration::from_millis(2);
+
 /// The deadlines of one attempt, checked against the real clock.
 #[derive(Debug)]
 pub struct AttemptClock {
@@ -81,6 +85,7 @@ pub struct AttemptClock {
     idle_timeout: Duration,
     activity: Arc<ActivityClock>,
     cancel: CancelToken,
+    ticks: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl AttemptClock {
@@ -96,6 +101,16 @@ impl AttemptClock {
             idle_timeout,
             activity,
             cancel,
+            ticks: None,
+        }
+    }
+
+    /// Also wake on `ticks` (the epoch ticker) when a deadline is near, for
+    /// a stop within a tick of it rather than within tokio's rounding.
+    pub fn with_ticks(self, ticks: Arc<tokio::sync::Notify>) -> Self {
+        AttemptClock {
+            ticks: Some(ticks),
+            ..self
         }
     }
 
@@ -133,18 +148,35 @@ impl AttemptClock {
         }
     }
 
-    /// Resolves when the attempt must stop. Sleeps until the nearer deadline,
-    /// then checks again (output may have moved the idle deadline).
+    /// Resolves when the attempt must stop. Sleeps on tokio's timer until
+    /// shortly before the nearer deadline, then on the epoch ticks, checking
+    /// again each time (output may have moved the idle deadline).
     pub async fn watch(&self) -> StopReason {
         loop {
-            if let Some(reason) = self.check(Instant::now()) {
+            let now = Instant::now();
+            if let Some(reason) = self.check(now) {
                 return reason;
             }
             let next = self.wall_deadline.min(self.idle_deadline());
-            tokio::select! {
-                biased;
-                () = self.cancel.cancelled() => return StopReason::Cancelled,
-                () = tokio::time::sleep_until(next.into()) => {}
+            let near = next.saturating_duration_since(now) <= NEAR_DEADLINE;
+            match &self.ticks {
+                Some(ticks) if near => {
+                    tokio::select! {
+                        biased;
+                        () = self.cancel.cancelled() => return StopReason::Cancelled,
+                        () = ticks.notified() => {}
+                        // Should the ticker stall: never later than tokio's timer.
+                        () = tokio::time::sleep_until(next.into()) => {}
+                    }
+                }
+                ticks => {
+                    let until = if ticks.is_some() { next - NEAR_DEADLINE } else { next };
+                    tokio::select! {
+                        biased;
+                        () = self.cancel.cancelled() => return StopReason::Cancelled,
+                        () = tokio::time::sleep_until(until.into()) => {}
+                    }
+                }
             }
         }
     }

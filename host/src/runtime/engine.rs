@@ -47,10 +47,14 @@ pub fn engine_config(settings: &RuntimeSettings) -> wasmtime::Result<Config> {
 }
 
 /// A background thread that advances the engine's epoch every tick, so the
-/// store's deadline callback runs that often. Stops when dropped.
+/// store's deadline callback runs that often. Each tick also wakes whoever
+/// waits on [`EpochTicker::ticks`]: a watch close to its deadline uses it
+/// for sub-millisecond precision (tokio's timer rounds up to whole
+/// milliseconds). Stops when dropped.
 #[derive(Debug)]
 pub struct EpochTicker {
     stop: Arc<AtomicBool>,
+    ticks: Arc<tokio::sync::Notify>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -58,9 +62,11 @@ impl EpochTicker {
     /// Start ticking `engine` every `tick`.
     pub fn start(engine: &Engine, tick: Duration) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
+        let ticks = Arc::new(tokio::sync::Notify::new());
         let thread = {
             let engine = engine.clone();
             let stop = stop.clone();
+            let ticks = ticks.clone();
             std::thread::Builder::new().name("stepd-epoch".into()).spawn(move || {
                 // Tick on an absolute schedule: a sleep that overshoots
                 // shortens the next one instead of drifting.
@@ -71,6 +77,7 @@ impl EpochTicker {
                         std::thread::sleep(next - now);
                     }
                     engine.increment_epoch();
+                    ticks.notify_waiters();
                     next += tick;
                     let now = Instant::now();
                     if next < now {
@@ -83,8 +90,14 @@ impl EpochTicker {
         };
         Ok(EpochTicker {
             stop,
+            ticks,
             thread: Some(thread),
         })
+    }
+
+    /// Notified on every tick.
+    pub fn ticks(&self) -> Arc<tokio::sync::Notify> {
+        self.ticks.clone()
     }
 }
 

@@ -158,7 +158,7 @@ pub struct Runtime {
     linker: Linker<AttemptState>,
     plugins: plugin::PluginCache,
     settings: RuntimeSettings,
-    _ticker: EpochTicker,
+    ticker: EpochTicker,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -184,7 +184,7 @@ impl Runtime {
             linker,
             plugins: plugin::PluginCache::default(),
             settings,
-            _ticker: ticker,
+            ticker,
         })
     }
 
@@ -220,12 +220,15 @@ impl Runtime {
         let started = Instant::now();
         let activity = Arc::new(ActivityClock::new(started));
         let output = Arc::new(OutputCapture::new(activity.clone(), self.settings.output_limit_bytes));
-        let clock = Arc::new(AttemptClock::new(
-            request.limits.wall_timeout,
-            request.limits.idle_timeout,
-            activity.clone(),
-            request.cancel.clone(),
-        ));
+        let clock = Arc::new(
+            AttemptClock::new(
+                request.limits.wall_timeout,
+                request.limits.idle_timeout,
+                activity.clone(),
+                request.cancel.clone(),
+            )
+            .with_ticks(self.ticker.ticks()),
+        );
 
         let wasi = sandbox_wasi(&request.workspace, &output)?;
         let state = AttemptState {

@@ -417,26 +417,25 @@ impl<'a> JobRun<'a> {
                         }
                     }
                 }
-                Strategy::QueueRetry => {
+                Strategy::QueueRetry | Strategy::Fail => {
+                    // Self-heal gives up: the queue may retry the job, or the
+                    // failure is deterministic and the job fails.
+                    let retryable = strategy == Strategy::QueueRetry;
                     self.metrics.exhausted(scope, failure.class.as_str(), strategy.as_str());
                     self.events.emit(Event::SelfHealExhausted(SelfHealDecision {
-                        retryable: Some(true),
+                        retryable: Some(retryable),
                         ..decision
                     }))?;
-                    return Ok(PassOutcome::RetryableExhausted {
-                        step_index: step.index,
-                        class: failure.class,
-                    });
-                }
-                Strategy::Fail => {
-                    self.metrics.exhausted(scope, failure.class.as_str(), strategy.as_str());
-                    self.events.emit(Event::SelfHealExhausted(SelfHealDecision {
-                        retryable: Some(false),
-                        ..decision
-                    }))?;
-                    return Ok(PassOutcome::Failed {
-                        class: failure.class,
-                        reason: failure.summary,
+                    return Ok(if retryable {
+                        PassOutcome::RetryableExhausted {
+                            step_index: step.index,
+                            class: failure.class,
+                        }
+                    } else {
+                        PassOutcome::Failed {
+                            class: failure.class,
+                            reason: failure.summary,
+                        }
                     });
                 }
                 Strategy::Cancel => return Ok(PassOutcome::Cancelled),

@@ -6,11 +6,12 @@
 //! A plain directory is read with the same capability-scoped walker as a
 //! snapshot, so a symlink in it is recorded as a link and never followed.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use git2::{Direction, ErrorCode, ObjectType, Reference, Repository};
+use git2::{Buf, Direction, ErrorCode, ObjectType, Reference, Repository, Signature, Time};
 
 use super::cache::StatCache;
 use super::{git_err, snapshot, TreeId, WorkspaceError};
@@ -128,16 +129,50 @@ fn fetch(repo: &Repository, repository: &str, path: &Path, branch: &str) -> Resu
     Ok(TreeId(tree.id()))
 }
 
-/// Snapshot a plain directory into the object store.
+/// Snapshot a plain directory into the object store. Objects are gathered
+/// in memory and reach the store as one pack: a baseline of thousands of
+/// files would otherwise become thousands of loose object files.
 fn plain_directory(repo: &Repository, repository: &str, path: &Path) -> Result<TreeId, WorkspaceError> {
     let dir = Dir::open_ambient_dir(path, ambient_authority()).map_err(|source| WorkspaceError::Io {
         path: path.to_owned(),
         source,
     })?;
-    let odb = repo
-        .odb()
-        .map_err(git_err(format!("opening the object store for baseline {repository}")))?;
+    let context = |what: &str| format!("{what} for baseline {repository}");
+    // A second handle on the store, so the in-memory backend does not stay
+    // attached to the workspace's own.
+    let import = Repository::open_bare(repo.path()).map_err(git_err(context("opening the object store")))?;
+    let odb = import.odb().map_err(git_err(context("opening the object store")))?;
+    let mempack = odb
+        .add_new_mempack_backend(1000)
+        .map_err(git_err(context("preparing an in-memory pack")))?;
     let snap = snapshot::snapshot(&odb, &dir, path, &mut StatCache::default())?;
+    // The in-memory pack holds what commits reach: record the tree in a
+    // commit (fixed author and time, so the same files give the same commit).
+    let tree = import
+        .find_tree(snap.tree)
+        .map_err(git_err(context("reading the tree")))?;
+    let signature =
+        Signature::new("stepd", "stepd@localhost", &Time::new(0, 0)).map_err(git_err(context("signing")))?;
+    let commit = import
+        .commit(None, &signature, &signature, "stepd baseline", &tree, &[])
+        .map_err(git_err(context("recording the baseline commit")))?;
+    let mut pack = Buf::new();
+    mempack
+        .dump(&import, &mut pack)
+        .map_err(git_err(context("packing the objects")))?;
+    // A pack with no objects is a 12-byte header and a 20-byte checksum:
+    // everything was in the store already.
+    if pack.len() > 32 {
+        let store = repo.odb().map_err(git_err(context("opening the object store")))?;
+        let mut writer = store.packwriter().map_err(git_err(context("writing the pack")))?;
+        writer.write_all(&pack).map_err(|source| WorkspaceError::Io {
+            path: repo.path().join("objects/pack"),
+            source,
+        })?;
+        writer.commit().map_err(git_err(context("indexing the pack")))?;
+    }
+    repo.reference(BASELINE_REF, commit, true, "stepd: plain-directory baseline")
+        .map_err(git_err(context(&format!("updating {BASELINE_REF}"))))?;
     Ok(TreeId(snap.tree))
 }
 

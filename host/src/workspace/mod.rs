@@ -9,20 +9,26 @@
 //! self-heal loop decides when to snapshot, diff and rebuild.
 //!
 //! Every host read and write of the workspace directory goes through one
-//! `cap_std::fs::Dir` opened on it, one path component at a time and never
-//! following a symlink, so a symlink or `..` planted by a guest or carried
-//! by a patch cannot make the host touch anything outside. Git metadata
-//! (the bare object store and the stat cache) lives in a separate directory
-//! that may not overlap the workspace: the guest never sees a `.git`.
+//! `cap_std::fs::Dir` opened on it: cap-std resolves every path beneath that
+//! root or fails, entries are classified with `lstat`, symlinks are recorded
+//! and recreated as symlinks and never followed by a read or a write, and
+//! patch paths are checked before they are used. So a symlink or `..`
+//! planted by a guest or carried by a patch cannot make the host touch
+//! anything outside. Git metadata (the bare object store and the stat
+//! cache) lives in a separate directory that may not overlap the workspace:
+//! the guest never sees a `.git`.
 //!
 //! The host snapshots and resets only while no guest instance runs in the
-//! workspace (the attempt's instance has been dropped).
+//! workspace (the attempt's instance has been dropped). These calls block
+//! (file system and libgit2 work); async callers run them on a blocking
+//! thread.
 
 mod baseline;
 mod cache;
 mod headers;
 mod materialize;
 mod patch;
+mod scan;
 mod snapshot;
 #[cfg(test)]
 mod tests;
@@ -39,9 +45,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use cache::{RootId, StatCache, RACY_MARGIN};
 
-/// Deepest directory nesting the host will walk or write. Each level holds
-/// one open directory handle, so this bounds the descriptors a hostile
-/// tree or guest can make the host hold (git itself caps tree depth too).
+/// Deepest directory nesting the host will walk, write or accept in a
+/// patch. Writing a tree holds one directory handle per level, so this
+/// bounds the descriptors and stack a hostile tree, patch or guest can make
+/// the host use (git itself caps tree depth too).
 pub const MAX_DEPTH: usize = 256;
 
 /// Why a workspace operation failed; every variant names its input.

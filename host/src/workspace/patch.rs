@@ -46,9 +46,16 @@ pub(crate) fn diff(
     let old = find_tree(repo, from, git_dir)?;
     let new = find_tree(repo, to, git_dir)?;
     let mut options = DiffOptions::new();
-    // Binary files get `GIT binary patch` hunks (with full index lines, which
-    // `git apply` requires for them) instead of "Binary files differ".
-    options.show_binary(true);
+    // Binary files get `GIT binary patch` hunks instead of "Binary files
+    // differ". Prefixes and id length are fixed rather than taken from git
+    // config (a `diff.noprefix` in ~/.gitconfig would otherwise change the
+    // bytes, hence the hash): full ids, as `git apply` needs for binary
+    // hunks and `--3way` can use for any.
+    options
+        .show_binary(true)
+        .old_prefix("a/")
+        .new_prefix("b/")
+        .id_abbrev(40);
     let context = || format!("diffing tree {from} to tree {to}");
     let diff = repo
         .diff_tree_to_tree(Some(&old), Some(&new), Some(&mut options))

@@ -1,10 +1,11 @@
-//! Snapshot: walk a directory through its cap-std capability and write it
-//! to the object store as a git tree, reading only files the stat cache
-//! cannot vouch for and rebuilding only directories that changed.
+//! Snapshot: turn the workspace directory into a git tree in the object
+//! store, reading only files the stat cache cannot vouch for and rebuilding
+//! only directories that changed. `scan.rs` lists and stats the tree; this
+//! file decides, reads and writes objects.
 //!
-//! The walk never follows a symlink: entries are classified by `lstat`, a
-//! symlink is recorded as a symlink (mode 120000, its target as the blob)
-//! and its target is never read. A `.git` entry (any case, at any depth) is
+//! Nothing is followed: entries are classified by `lstat`, a symlink is
+//! recorded as a symlink (mode 120000, its target as the blob) and its
+//! target is never read. A `.git` entry (any case, at any depth) is
 //! skipped: git metadata is kept outside the workspace, so a `.git` there
 //! was written by a guest and is not part of the workspace's state (git
 //! could not record it in a tree anyway). Empty directories are not
@@ -12,14 +13,15 @@
 
 use std::ffi::OsStr;
 use std::io::Read;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use cap_std::fs::{Dir, Metadata, MetadataExt};
+use cap_std::fs::{Dir, MetadataExt};
 use git2::{ObjectType, Odb, Oid};
 
-use super::cache::{git_mode, now_ns, CachedDir, CachedFile, FileStat, StatCache, MODE_LINK, MODE_TREE};
-use super::{display_path, SnapshotStats, WorkspaceError, MAX_DEPTH};
+use super::cache::{now_ns, CachedDir, CachedFile, FileStat, StatCache, MODE_LINK, MODE_TREE};
+use super::scan::{self, Entry, Kind, Scan};
+use super::{display_path, SnapshotStats, WorkspaceError};
 
 /// Files larger than this are streamed into the object store instead of
 /// being read into memory whole.
@@ -49,16 +51,20 @@ pub(crate) fn snapshot(
     root_path: &Path,
     cache: &mut StatCache,
 ) -> Result<Snapshot, WorkspaceError> {
+    let Scan { dirs, paths } = scan::scan(root, root_path)?;
     cache.generation = cache.generation.wrapping_add(1);
     let mut walk = Walk {
         odb,
+        root,
         root_path,
         cache,
+        dirs,
+        paths,
         path: Vec::new(),
         stats: SnapshotStats::default(),
         changed: false,
     };
-    let tree = match walk.dir(root, 0)? {
+    let tree = match walk.dir(0)? {
         Some((oid, _)) => oid,
         None => odb
             .write(ObjectType::Tree, &[])
@@ -81,8 +87,12 @@ pub(crate) fn snapshot(
 
 struct Walk<'a, 'r> {
     odb: &'a Odb<'r>,
+    root: &'a Dir,
     root_path: &'a Path,
     cache: &'a mut StatCache,
+    /// The scan's listings, taken as each directory is built.
+    dirs: Vec<Vec<Entry>>,
+    paths: Vec<Vec<u8>>,
     /// Workspace-relative path of the entry being looked at ('/'-separated),
     /// reused so that a file the cache knows costs no allocation here.
     path: Vec<u8>,
@@ -124,49 +134,38 @@ impl Walk<'_, '_> {
         display_path(self.root_path, &self.path).display().to_string()
     }
 
-    /// Walk `dir` (at `self.path`); returns its tree and whether that tree
-    /// is the one the cache had for this path, or None when nothing in it
-    /// is recorded.
-    fn dir(&mut self, dir: &Dir, depth: usize) -> Result<Option<(Oid, bool)>, WorkspaceError> {
+    /// Build the tree of scanned directory `index` (at `self.path`); returns
+    /// it and whether it is the tree the cache had for this path, or None
+    /// when nothing in it is recorded.
+    fn dir(&mut self, index: usize) -> Result<Option<(Oid, bool)>, WorkspaceError> {
         let base = self.path.len();
         let mut items = Vec::new();
         let mut unchanged = true;
-        for entry in dir.entries().map_err(|e| self.io(e))? {
+        // Opened only if a file here must be read.
+        let mut handle: Option<Dir> = None;
+        for Entry { name, kind } in std::mem::take(&mut self.dirs[index]) {
             self.path.truncate(base);
-            let entry = entry.map_err(|e| self.io(e))?;
-            let name = entry.file_name().into_vec();
-            if is_dot_git(&name) {
-                self.stats.entries_skipped += 1;
-                continue;
-            }
             if base > 0 {
                 self.path.push(b'/');
             }
             self.path.extend_from_slice(&name);
-            let md = entry.metadata().map_err(|e| self.io(e))?;
-            let file_type = md.file_type();
-            if file_type.is_dir() {
-                if depth + 1 > MAX_DEPTH {
-                    return Err(WorkspaceError::TooDeep {
-                        path: display_path(self.root_path, &self.path),
-                        max: MAX_DEPTH,
-                    });
+            match kind {
+                Kind::Skipped => self.stats.entries_skipped += 1,
+                Kind::Dir(sub) => {
+                    if let Some((oid, same)) = self.dir(sub)? {
+                        unchanged &= same;
+                        items.push(TreeItem {
+                            name,
+                            mode: MODE_TREE,
+                            oid,
+                        });
+                    }
                 }
-                let sub = dir.open_dir(OsStr::from_bytes(&name)).map_err(|e| self.io(e))?;
-                if let Some((oid, same)) = self.dir(&sub, depth + 1)? {
+                Kind::File { stat, mode } => {
+                    let (oid, same) = self.file(index, &mut handle, &name, stat, mode)?;
                     unchanged &= same;
-                    items.push(TreeItem {
-                        name,
-                        mode: MODE_TREE,
-                        oid,
-                    });
+                    items.push(TreeItem { name, mode, oid });
                 }
-            } else if file_type.is_file() || file_type.is_symlink() {
-                let (oid, mode, same) = self.file(dir, &name, &md)?;
-                unchanged &= same;
-                items.push(TreeItem { name, mode, oid });
-            } else {
-                self.stats.entries_skipped += 1;
             }
         }
         self.path.truncate(base);
@@ -175,8 +174,7 @@ impl Walk<'_, '_> {
         }
         let generation = self.cache.generation;
         let entries = items.len() as u32;
-        let old = self.cache.dirs.get_mut(self.path.as_slice());
-        if let Some(old) = old {
+        if let Some(old) = self.cache.dirs.get_mut(self.path.as_slice()) {
             if unchanged && old.entries == entries {
                 // Every entry is one the old tree had, and there are as
                 // many: the very same tree.
@@ -210,21 +208,32 @@ impl Walk<'_, '_> {
         Ok(Some((oid, same)))
     }
 
-    /// Record the regular file or symlink at `self.path`; returns its blob,
-    /// mode and whether both equal what the cache had for this path.
-    fn file(&mut self, dir: &Dir, name: &[u8], md: &Metadata) -> Result<(Oid, u32, bool), WorkspaceError> {
-        let stat = FileStat::of(md);
-        let mode = git_mode(md);
+    /// Record the regular file or symlink at `self.path` (in scanned
+    /// directory `index`, opened into `handle` if it must be read); returns
+    /// its blob and whether blob and mode equal what the cache had.
+    fn file(
+        &mut self,
+        index: usize,
+        handle: &mut Option<Dir>,
+        name: &[u8],
+        stat: FileStat,
+        mode: u32,
+    ) -> Result<(Oid, bool), WorkspaceError> {
         let generation = self.cache.generation;
         let old = match self.cache.files.get_mut(self.path.as_slice()) {
             Some(old) if !old.racy && old.stat == stat && old.mode == mode => {
                 old.seen = generation;
                 self.stats.files_reused += 1;
-                return Ok((old.oid, mode, true));
+                return Ok((old.oid, true));
             }
             Some(old) => Some(*old),
             None => None,
         };
+        if index != 0 && handle.is_none() {
+            let rel = OsStr::from_bytes(&self.paths[index]);
+            *handle = Some(self.root.open_dir(rel).map_err(|e| self.io(e))?);
+        }
+        let dir = handle.as_ref().unwrap_or(self.root);
         let oid = if mode == MODE_LINK {
             let target = dir
                 .read_link_contents(OsStr::from_bytes(name))
@@ -233,7 +242,7 @@ impl Walk<'_, '_> {
                 .write(ObjectType::Blob, target.as_os_str().as_bytes())
                 .map_err(|e| git_error(format!("writing the symlink {}", self.shown()), e))?
         } else {
-            self.hash_file(dir, name, md)?
+            self.hash_file(dir, name, &stat)?
         };
         self.stats.files_hashed += 1;
         self.changed = true;
@@ -250,16 +259,16 @@ impl Walk<'_, '_> {
                 self.cache.files.insert(self.path.clone(), entry);
             }
         }
-        Ok((oid, mode, old.is_some_and(|o| o.oid == oid && o.mode == mode)))
+        Ok((oid, old.is_some_and(|o| o.oid == oid && o.mode == mode)))
     }
 
     /// Write a regular file's content as a blob. The opened file must be
     /// the one that was stat'ed (same inode), so the content matches the
     /// recorded stat.
-    fn hash_file(&self, dir: &Dir, name: &[u8], md: &Metadata) -> Result<Oid, WorkspaceError> {
+    fn hash_file(&self, dir: &Dir, name: &[u8], stat: &FileStat) -> Result<Oid, WorkspaceError> {
         let mut file = dir.open(OsStr::from_bytes(name)).map_err(|e| self.io(e))?;
         let opened = file.metadata().map_err(|e| self.io(e))?;
-        if !opened.is_file() || opened.ino() != md.ino() {
+        if !opened.is_file() || opened.ino() != stat.ino {
             return Err(self.io(std::io::Error::other(
                 "the file was replaced while the workspace was being read",
             )));

@@ -435,6 +435,24 @@ fn an_empty_workspace_is_the_empty_tree() {
 }
 
 #[test]
+fn a_guest_cannot_nest_directories_without_bound() {
+    let area = Area::new();
+    let (mut ws, base) = area.workspace_from_plain(&[("a.txt", b"a\n")]);
+    let deep: PathBuf = (0..=MAX_DEPTH).map(|_| "d").collect();
+    std::fs::create_dir_all(area.ws().join(&deep)).expect("deep dirs");
+    write(&area.ws(), &deep.join("f").to_string_lossy(), "f");
+    let err = ws.snapshot().expect_err("too deep");
+    assert!(matches!(err, WorkspaceError::TooDeep { max: MAX_DEPTH, .. }), "{err}");
+    std::fs::remove_dir_all(area.ws().join("d")).expect("rm");
+    assert_eq!(ws.snapshot().expect("snapshot after the error"), base);
+    assert_eq!(
+        ws.last_snapshot_stats().files_hashed,
+        1,
+        "the cache was dropped, not trusted"
+    );
+}
+
+#[test]
 fn tree_ids_print_and_serialise_as_hex() {
     let id: TreeId = "4b825dc642cb6eb9a060e54bf8d69288fbee4904".parse().expect("parse");
     assert_eq!(id.to_string(), "4b825dc642cb6eb9a060e54bf8d69288fbee4904");
@@ -450,75 +468,3 @@ fn tree_ids_print_and_serialise_as_hex() {
 }
 
 mod patches;
-
-/// Timing on the benchmark's shape (10k files); run by hand with
-/// `cargo test -p stepd --lib workspace::tests::timing -- --ignored --nocapture`.
-#[test]
-#[ignore = "timing, not correctness"]
-fn timing_10k_files() {
-    use std::time::Instant;
-    let area = Area::new();
-    let base = area.path("baseline");
-    for i in 0..10_000 {
-        write(
-            &base,
-            &format!("d{}/s{}/f{i}.rs", i % 20, i % 7),
-            format!("// file {i}\nfn f{i}() {{}}\n"),
-        );
-    }
-    let start = Instant::now();
-    let (mut ws, baseline) =
-        Workspace::create_from_baseline(base.to_str().expect("utf8"), "", &area.ws(), &area.git_dir()).expect("create");
-    eprintln!("create_from_baseline (plain dir, 10k files): {:?}", start.elapsed());
-    settle();
-    let start = Instant::now();
-    let mut prev = ws.snapshot().expect("snapshot");
-    eprintln!(
-        "snapshot, nothing changed: {:?} {:?}",
-        start.elapsed(),
-        ws.last_snapshot_stats()
-    );
-    let loops: u32 = std::env::var("STEPD_TIMING_LOOPS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let start = Instant::now();
-    for _ in 0..loops {
-        ws.snapshot().expect("snapshot");
-    }
-    if loops > 0 {
-        eprintln!("{loops} unchanged snapshots: {:?} each", start.elapsed() / loops);
-    }
-    let mut patches = Vec::new();
-    for step in 0..10 {
-        for k in 0..5 {
-            let i = step * 997 + k * 13;
-            write(
-                &area.ws(),
-                &format!("d{}/s{}/f{i}.rs", i % 20, i % 7),
-                format!("// step {step}\n"),
-            );
-        }
-        let start = Instant::now();
-        let tree = ws.snapshot().expect("snapshot");
-        let patch = ws.diff(prev, tree).expect("diff").expect("patch");
-        eprintln!(
-            "step {step}: snapshot + diff {:?} {:?}",
-            start.elapsed(),
-            ws.last_snapshot_stats()
-        );
-        patches.push(patch.bytes);
-        prev = tree;
-    }
-    let bytes: Vec<&[u8]> = patches.iter().map(Vec::as_slice).collect();
-    let start = Instant::now();
-    assert_eq!(ws.rebuild_from_baseline(baseline, &bytes).expect("rebuild"), prev);
-    eprintln!("rebuild + replay of 10 patches: {:?}", start.elapsed());
-    let start = Instant::now();
-    ws.snapshot().expect("snapshot");
-    eprintln!(
-        "snapshot after rebuild: {:?} {:?}",
-        start.elapsed(),
-        ws.last_snapshot_stats()
-    );
-}
