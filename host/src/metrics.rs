@@ -5,7 +5,7 @@
 //! host costs a failed `send` that is ignored, never a failed or slowed
 //! step. No host configured, no metrics.
 
-use std::net::UdpSocket;
+use std::net::{ToSocketAddrs, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,8 @@ pub const WALL_TIMEOUT_TOTAL: &str = "task.step.wall_timeout_total";
 pub const IDLE_TIMEOUT_TOTAL: &str = "task.step.idle_timeout_total";
 /// Counter: the no-progress rule tripped.
 pub const NO_PROGRESS_TOTAL: &str = "task.step.no_progress_total";
-/// Timer: how long an attempt ran.
+/// Histogram: how long an attempt ran, in seconds (a float, as the name
+/// says; a StatsD timer would be whole milliseconds).
 pub const STEP_DURATION_SECONDS: &str = "task.step.duration_seconds";
 
 /// Where a metric happened: the step and attempt every metric is tagged
@@ -130,7 +131,7 @@ impl Metrics {
         let step = self.redactor.redact(scope.step);
         let attempt = scope.attempt.to_string();
         self.client
-            .time_with_tags(STEP_DURATION_SECONDS, duration)
+            .histogram_with_tags(STEP_DURATION_SECONDS, duration.as_secs_f64())
             .with_tag("step", &step)
             .with_tag("attempt", &attempt)
             .send();
@@ -138,10 +139,15 @@ impl Metrics {
 }
 
 fn udp_client(target: &StatsdTarget) -> std::io::Result<StatsdClient> {
-    let socket = UdpSocket::bind("0.0.0.0:0")?;
+    // Resolve once, and bind a socket of the address's family (`localhost`
+    // may well resolve to ::1 first).
+    let addr = (target.host.as_str(), target.port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{} resolves to no address", target.host)))?;
+    let socket = UdpSocket::bind(if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
     socket.set_nonblocking(true)?;
-    let sink = UdpMetricSink::from((target.host.as_str(), target.port), socket)
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let sink = UdpMetricSink::from(addr, socket).map_err(|e| std::io::Error::other(e.to_string()))?;
     Ok(StatsdClient::builder("", sink)
         .with_error_handler(|e| tracing::debug!(error = %e, "StatsD send failed"))
         .build())

@@ -27,9 +27,10 @@ fn payload_error(field: impl Into<String>, message: impl Into<String>) -> Payloa
     }
 }
 
-/// The payload as submitted.
+/// The payload as submitted. Unknown fields are refused: a typo such as
+/// `maxAttempt` must not silently leave a default in place.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JobPayload {
     /// Must be `"task"`.
     #[serde(rename = "type")]
@@ -102,17 +103,23 @@ pub enum PluginSpec {
     /// `"write-file"`.
     Name(String),
     /// `{"name": "lint", "sha256": "..."}` or `{"path": "x.wasm", ...}`.
-    Detailed {
-        /// A name in the plugin directory.
-        #[serde(default)]
-        name: Option<String>,
-        /// A `.wasm` path.
-        #[serde(default)]
-        path: Option<String>,
-        /// The expected sha256 (hex) of the file.
-        #[serde(default)]
-        sha256: Option<String>,
-    },
+    Detailed(PluginDetail),
+}
+
+/// The object form of a plugin reference. Unknown keys are refused, so a
+/// misspelt `sha256` cannot silently drop the pin.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginDetail {
+    /// A name in the plugin directory.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A `.wasm` path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The expected sha256 (hex) of the file.
+    #[serde(default)]
+    pub sha256: Option<String>,
 }
 
 /// A step ready to run: id settled, plugin file found and pinned.
@@ -260,7 +267,7 @@ fn resolve_plugin(
 ) -> Result<(String, PathBuf, String), PayloadError> {
     let (name, path, pin) = match spec {
         PluginSpec::Name(name) => (Some(name.clone()), None, None),
-        PluginSpec::Detailed { name, path, sha256 } => (name.clone(), path.clone(), sha256.clone()),
+        PluginSpec::Detailed(PluginDetail { name, path, sha256 }) => (name.clone(), path.clone(), sha256.clone()),
     };
     let (label, file) = match (name, path) {
         (Some(name), None) => {

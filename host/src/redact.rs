@@ -93,6 +93,12 @@ impl Redactor {
         out
     }
 
+    /// True when `text` holds any form of a known secret.
+    pub fn contains_secret(&self, text: &str) -> bool {
+        let patterns = self.patterns.read().unwrap_or_else(PoisonError::into_inner);
+        patterns.iter().any(|p| text.contains(p.as_str()))
+    }
+
     /// A JSON value with every string (keys included) redacted.
     pub fn redact_json(&self, value: &serde_json::Value) -> serde_json::Value {
         use serde_json::Value;

@@ -56,6 +56,15 @@ pub enum WorkerError {
     /// The baseline could not be materialised.
     #[error("materialising the baseline: {0}")]
     Baseline(#[from] crate::workspace::WorkspaceError),
+    /// The job id already has artifacts: running again would mix two runs
+    /// in one audit trail.
+    #[error("job {job_id} already has artifacts in {}; pick another --job-id or remove them", path.display())]
+    JobExists {
+        /// The job id.
+        job_id: String,
+        /// Its artifact directory.
+        path: PathBuf,
+    },
     /// The work directory could not be prepared.
     #[error("work directory {path}: {source}")]
     WorkDir {
@@ -77,6 +86,13 @@ pub async fn run_local(
     cancel: CancelToken,
     observer: Option<EventObserver>,
 ) -> Result<JobStatus, WorkerError> {
+    let existing = options.artifact_root.join("agent_jobs").join(&options.job_id);
+    if existing.join("events.jsonl").exists() {
+        return Err(WorkerError::JobExists {
+            job_id: options.job_id.clone(),
+            path: existing,
+        });
+    }
     let artifacts = JobArtifacts::open(&options.artifact_root, &options.job_id, redactor.clone())?;
     let mut events = EventSink::new(&options.job_id, artifacts.clone(), redactor.clone())?;
     if let Some(observer) = observer {
@@ -124,7 +140,19 @@ pub async fn run_local(
             max_attempts,
             first_step_index: start,
         })?;
-        match run.run_from(start).await? {
+        let pass = match run.run_from(start).await {
+            Ok(pass) => pass,
+            Err(e) => {
+                // The host itself failed (disk full, workspace unreadable):
+                // record an ending if we still can, then report the error.
+                let _ = events.emit(Event::JobFailed {
+                    failure_class: "host_error".into(),
+                    reason: e.to_string(),
+                });
+                return Err(e.into());
+            }
+        };
+        match pass {
             PassOutcome::Succeeded => {
                 events.emit(Event::JobSucceeded { job_attempt })?;
                 return Ok(JobStatus::Succeeded);

@@ -253,3 +253,19 @@ fn bench_runtime_prints_every_row_of_its_report() {
         assert!(report.contains(row), "missing row {row:?} in:\n{report}");
     }
 }
+
+#[test]
+fn bench_replay_prints_its_table_and_targets() {
+    let out = stepd(&["bench", "replay", "--files", "120", "--steps", "3", "--rounds", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    for row in [
+        "| files | checkpoint p50",
+        "|   120 |",
+        "- checkpoint p50 <= 20 ms",
+        "- rebuild + replay <= 2 s",
+        "- rebuild + replay no slower than git clone + apply",
+    ] {
+        assert!(report.contains(row), "missing {row:?} in:\n{report}");
+    }
+}

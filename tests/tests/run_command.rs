@@ -69,6 +69,16 @@ fn the_hang_sample_heals_and_exits_zero_with_its_artifacts_in_place() {
 }
 
 #[test]
+fn a_job_id_that_already_ran_is_refused_rather_than_mixed_into_its_audit_trail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run(&samples().join("speckit.json"), dir.path(), "twice");
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(&samples().join("speckit.json"), dir.path(), "twice");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("job twice already has artifacts"), "{}", text(&out));
+}
+
+#[test]
 fn the_speckit_and_flaky_samples_succeed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = run(&samples().join("speckit.json"), dir.path(), "speckit");

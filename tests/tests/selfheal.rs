@@ -499,6 +499,37 @@ async fn given_a_secret_in_the_env_in_inputs_output_and_errors_when_the_job_runs
     }
 }
 
+#[tokio::test]
+async fn given_a_step_that_writes_a_secret_into_the_workspace_when_it_succeeds_then_the_patch_is_refused() {
+    let secret = "pw-9c8b7a6f5e4d3c2b";
+    std::env::set_var("STEPD_E2E_DB_PASSWORD", secret);
+    let h = Harness::new();
+    let done = h
+        .run(h.payload(
+            json!([{"id": "leak", "plugin": "write-file", "inputs": {"path": "config.env", "text": format!("DB_PASSWORD={secret}\n")}}]),
+            json!({"stepIdleTimeoutSeconds": 10}),
+            1,
+        ))
+        .await;
+    assert_eq!(done.status, JobStatus::Failed);
+    let failed = done.events_named("task.job.failed")[0];
+    assert_eq!(failed["payload"]["failureClass"], "deterministic_policy");
+    assert!(failed["payload"]["reason"]
+        .as_str()
+        .expect("reason")
+        .contains("wrote a secret into the workspace"));
+    assert!(
+        !done.job_dir.join("state/steps/step-0000.json").exists(),
+        "no checkpoint of the leaking step"
+    );
+    for (path, bytes) in files_under(&done.job_dir, &[]) {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(secret),
+            "{path} holds the secret"
+        );
+    }
+}
+
 fn base64_standard(text: &str) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let bytes = text.as_bytes();
@@ -538,7 +569,16 @@ async fn given_a_step_that_keeps_failing_when_the_queue_retries_then_budgets_bou
         .filter(|e| e["payload"]["stepId"] == "stuck")
         .map(|e| e["payload"]["attempt"].as_u64().expect("attempt"))
         .collect();
-    assert_eq!(starts, vec![1, 2, 3, 1, 2, 3]);
+    // Numbers run on across job attempts, so no attempt record is overwritten.
+    assert_eq!(starts, vec![1, 2, 3, 4, 5, 6]);
+    for attempt in 1..=6 {
+        assert!(
+            done.job_dir
+                .join(format!("state/self_heal/attempt-0001-{attempt:04}.json"))
+                .is_file(),
+            "record {attempt}"
+        );
+    }
     assert_eq!(done.events_named("task.job.requeued").len(), 1);
     assert_eq!(done.events_named("task.resume.from_step")[0]["payload"]["stepIndex"], 1);
     assert_eq!(

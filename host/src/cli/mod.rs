@@ -35,6 +35,9 @@ pub const EXIT_INVALID_INPUT: u8 = 2;
 pub const EXIT_RETRYABLE_EXHAUSTED: u8 = 3;
 /// Exit code of `stepd run` when the job was cancelled (Ctrl-C).
 pub const EXIT_CANCELLED: u8 = 4;
+/// Exit code of `stepd run` when the host itself failed mid-job (an
+/// artifact could not be written, the workspace could not be read).
+pub const EXIT_HOST_ERROR: u8 = 5;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,7 +54,7 @@ struct Cli {
 enum Command {
     /// Run a job (a JSON payload) in this process, with self-heal, and exit
     /// with its status: 0 succeeded, 1 failed, 2 invalid input, 3 retryable
-    /// failures exhausted, 4 cancelled.
+    /// failures exhausted, 4 cancelled, 5 the host failed mid-job.
     Run(RunArgs),
     /// Print the effective settings (defaults, config file, environment).
     Config {
@@ -229,8 +232,14 @@ async fn plugin_run(args: PluginRunArgs) -> anyhow::Result<ExitCode> {
     {
         let cancel = cancel.clone();
         tokio::spawn(async move {
+            // The first Ctrl-C cancels the job cleanly; a second one, should
+            // the teardown hang, exits at once.
             if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("cancelling (press Ctrl-C again to exit at once)");
                 cancel.cancel();
+            }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
             }
         });
     }
@@ -290,8 +299,14 @@ async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     {
         let cancel = cancel.clone();
         tokio::spawn(async move {
+            // The first Ctrl-C cancels the job cleanly; a second one, should
+            // the teardown hang, exits at once.
             if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!("cancelling (press Ctrl-C again to exit at once)");
                 cancel.cancel();
+            }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
             }
         });
     }
@@ -302,9 +317,17 @@ async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let view = Arc::new(live::LiveView::new());
     let observer: EventObserver = Arc::new(move |record| view.show(record));
-    let status = run_local(&runtime, &settings, job, &options, redactor, cancel, Some(observer))
-        .await
-        .with_context(|| format!("running job {job_id}"))?;
+    let status = match run_local(&runtime, &settings, job, &options, redactor, cancel, Some(observer)).await {
+        Ok(status) => status,
+        Err(e @ crate::worker::WorkerError::JobExists { .. }) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(EXIT_INVALID_INPUT));
+        }
+        Err(e) => {
+            eprintln!("error: running job {job_id}: {e}");
+            return Ok(ExitCode::from(EXIT_HOST_ERROR));
+        }
+    };
     println!(
         "artifacts: {}",
         options.artifact_root.join("agent_jobs").join(&job_id).display()
@@ -345,6 +368,9 @@ fn plugin_check(file: &Path) -> anyhow::Result<ExitCode> {
 fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
     if !(value.is_finite() && value > 0.0) {
         bail!("{flag} must be a positive number of seconds, got {value}");
+    }
+    if value > crate::config::MAX_STEP_TIMEOUT_SECONDS as f64 {
+        bail!("{flag} must be at most 604800 seconds (a week), got {value}");
     }
     Duration::try_from_secs_f64(value).with_context(|| format!("{flag} {value} is out of range"))
 }

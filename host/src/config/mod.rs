@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use runtime::{RuntimeSettings, DEFAULT_FUEL_PER_ATTEMPT};
-pub use selfheal::{RetryBackoff, SelfHealConfig, SelfHealOverrides};
+pub use selfheal::{RetryBackoff, SelfHealConfig, SelfHealOverrides, MAX_STEP_TIMEOUT_SECONDS};
 
 /// Why a setting could not be used. Always names the variable and the value,
 /// so an operator can fix a deployment from the message alone.

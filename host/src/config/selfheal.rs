@@ -4,6 +4,10 @@ use std::time::Duration;
 
 use super::{invalid, parse_positive, ConfigError};
 
+/// The longest a step deadline may be: a week. Longer values are refused,
+/// which also keeps every deadline instant representable.
+pub const MAX_STEP_TIMEOUT_SECONDS: u64 = 7 * 24 * 3600;
+
 /// How hard stepd tries before giving up on a step or a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SelfHealConfig {
@@ -69,6 +73,14 @@ impl SelfHealOverrides {
                 return Err(invalid(field, "0", "must be an integer >= 1"));
             }
         }
+        for (field, value) in [
+            ("task.selfHeal.stepTimeoutSeconds", self.step_timeout_seconds),
+            ("task.selfHeal.stepIdleTimeoutSeconds", self.step_idle_timeout_seconds),
+        ] {
+            if let Some(v) = value.filter(|v| *v > MAX_STEP_TIMEOUT_SECONDS) {
+                return Err(invalid(field, &v.to_string(), "must be at most 604800 (a week)"));
+            }
+        }
         Ok(())
     }
 }
@@ -84,11 +96,18 @@ impl SelfHealConfig {
         if let Some(v) = lookup("STEP_MAX_ATTEMPTS") {
             config.step_max_attempts = small("STEP_MAX_ATTEMPTS", &v)?;
         }
+        let timeout = |name: &str, value: &str| -> Result<u64, ConfigError> {
+            let n = parse_positive(name, value)?;
+            if n > MAX_STEP_TIMEOUT_SECONDS {
+                return Err(invalid(name, value, "must be at most 604800 (a week)"));
+            }
+            Ok(n)
+        };
         if let Some(v) = lookup("STEP_TIMEOUT_SECONDS") {
-            config.step_timeout_seconds = parse_positive("STEP_TIMEOUT_SECONDS", &v)?;
+            config.step_timeout_seconds = timeout("STEP_TIMEOUT_SECONDS", &v)?;
         }
         if let Some(v) = lookup("STEP_IDLE_TIMEOUT_SECONDS") {
-            config.step_idle_timeout_seconds = parse_positive("STEP_IDLE_TIMEOUT_SECONDS", &v)?;
+            config.step_idle_timeout_seconds = timeout("STEP_IDLE_TIMEOUT_SECONDS", &v)?;
         }
         if let Some(v) = lookup("STEP_NO_PROGRESS_LIMIT") {
             config.step_no_progress_limit = small("STEP_NO_PROGRESS_LIMIT", &v)?;

@@ -43,8 +43,12 @@ pub struct CapturedOutput {
     pub chunks: Vec<OutputChunk>,
     /// Bytes kept in `chunks`.
     pub kept_bytes: u64,
-    /// Bytes the guest wrote past the limit (counted, not kept).
+    /// Bytes the guest wrote past the limit (counted, not kept; an empty
+    /// progress call dropped counts as one).
     pub dropped_bytes: u64,
+    /// Bookkeeping charged against the limit: a fixed amount per chunk.
+    #[serde(default)]
+    pub overhead_bytes: u64,
 }
 
 impl CapturedOutput {
@@ -97,6 +101,10 @@ impl ActivityClock {
     }
 }
 
+/// What one kept chunk is charged against the output limit besides its
+/// bytes (its timestamp, stream and allocation).
+pub const CHUNK_OVERHEAD: u64 = 64;
+
 /// The bounded sink every output path of one attempt writes into.
 #[derive(Debug)]
 pub struct OutputCapture {
@@ -106,7 +114,8 @@ pub struct OutputCapture {
 }
 
 impl OutputCapture {
-    /// A capture keeping at most `limit_bytes` bytes, stamping `activity`.
+    /// A capture keeping at most `limit_bytes` bytes (text plus
+    /// [`CHUNK_OVERHEAD`] per chunk), stamping `activity`.
     pub fn new(activity: Arc<ActivityClock>, limit_bytes: usize) -> Self {
         OutputCapture {
             activity,
@@ -124,18 +133,23 @@ impl OutputCapture {
         self.activity.touch();
         let at_seconds = self.activity.started().elapsed().as_secs_f64();
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        // Every chunk costs its bytes plus a fixed overhead, so a guest
+        // cannot grow host memory with a storm of tiny or empty chunks.
         let len = bytes.len() as u64;
-        let room = self.limit_bytes.saturating_sub(inner.kept_bytes);
+        let used = inner.kept_bytes + inner.overhead_bytes + CHUNK_OVERHEAD;
+        if used > self.limit_bytes || (used == self.limit_bytes && len > 0) {
+            inner.dropped_bytes += len.max(1);
+            return;
+        }
+        let room = self.limit_bytes - used;
         let kept = if len <= room {
             bytes
         } else {
             &bytes[..usize::try_from(room).unwrap_or(0)]
         };
         inner.dropped_bytes += len - kept.len() as u64;
-        if kept.is_empty() && stream != OutputStreamKind::Progress {
-            return;
-        }
         inner.kept_bytes += kept.len() as u64;
+        inner.overhead_bytes += CHUNK_OVERHEAD;
         let text = String::from_utf8_lossy(kept).into_owned();
         inner.chunks.push(OutputChunk {
             at_seconds,
@@ -236,13 +250,16 @@ mod tests {
     #[test]
     fn output_past_the_limit_is_counted_not_kept() {
         let activity = Arc::new(ActivityClock::new(Instant::now()));
-        let capture = OutputCapture::new(activity, 10);
+        let capture = OutputCapture::new(activity, (2 * CHUNK_OVERHEAD + 10) as usize);
         capture.push(OutputStreamKind::Stdout, b"hello ");
         capture.push(OutputStreamKind::Stderr, b"world and more");
         capture.push(OutputStreamKind::Stdout, b"gone");
+        capture.push(OutputStreamKind::Progress, b"");
         let out = capture.snapshot();
         assert_eq!(out.kept_bytes, 10);
-        assert_eq!(out.dropped_bytes, 10 + 4);
+        assert_eq!(out.overhead_bytes, 2 * CHUNK_OVERHEAD);
+        assert_eq!(out.dropped_bytes, 10 + 4 + 1);
+        assert_eq!(out.chunks.len(), 2, "nothing past the limit is kept, not even progress");
         assert!(out.truncated());
         assert_eq!(out.text(), "hello worl");
     }

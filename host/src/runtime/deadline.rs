@@ -78,6 +78,14 @@ impl CancelToken {
 /// timer (whole milliseconds, rounded up) to the epoch ticker's ticks.
 const NEAR_DEADLINE: Duration = Duration::from_millis(2);
 
+/// `at + after`, or a point a century away when that overflows: an absurd
+/// timeout means "never", not a panic.
+fn far_add(at: Instant, after: Duration) -> Instant {
+    at.checked_add(after)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(at)
+}
+
 /// The deadlines of one attempt, checked against the real clock.
 #[derive(Debug)]
 pub struct AttemptClock {
@@ -97,7 +105,7 @@ impl AttemptClock {
         cancel: CancelToken,
     ) -> Self {
         AttemptClock {
-            wall_deadline: activity.started() + wall_timeout,
+            wall_deadline: far_add(activity.started(), wall_timeout),
             idle_timeout,
             activity,
             cancel,
@@ -116,7 +124,7 @@ impl AttemptClock {
 
     /// The instant the idle deadline falls on, given the activity so far.
     pub fn idle_deadline(&self) -> Instant {
-        self.activity.last() + self.idle_timeout
+        far_add(self.activity.last(), self.idle_timeout)
     }
 
     /// The instant the wall deadline falls on.

@@ -127,6 +127,8 @@ pub struct JobRun<'a> {
     baseline: TreeId,
     cancel: CancelToken,
     resets_used: u32,
+    /// The last attempt number of each step, across job attempts.
+    attempts_used: HashMap<u32, u32>,
     plugins: HashMap<u32, Plugin>,
 }
 
@@ -180,6 +182,7 @@ impl<'a> JobRun<'a> {
             baseline: parts.baseline,
             cancel: parts.cancel,
             resets_used: 0,
+            attempts_used: HashMap::new(),
             plugins: HashMap::new(),
         }
     }
@@ -255,11 +258,12 @@ impl<'a> JobRun<'a> {
     /// it, forget the checkpoints from `k` on, and record
     /// `task.resume.from_step`.
     pub fn resume_from_step(&mut self, k: u32) -> Result<Result<(), RebuildError>, SelfHealError> {
-        for step in self.job.steps.iter().filter(|s| s.index >= k) {
-            self.artifacts.remove_step_checkpoint(step.index)?;
-        }
+        // Rebuild first: if the replay fails, every checkpoint is kept.
         if let Err(e) = self.rebuild_for_step(k) {
             return Ok(Err(e));
+        }
+        for step in self.job.steps.iter().filter(|s| s.index >= k) {
+            self.artifacts.remove_step_checkpoint(step.index)?;
         }
         let step_id = self
             .job
@@ -323,8 +327,13 @@ impl<'a> JobRun<'a> {
         let mut tracker = NoProgressTracker::default();
         let mut retry_context: Option<RetryContext> = None;
         let mut healed_by: Option<(FailureClass, Strategy)> = None;
-        let mut attempt: u32 = 1;
+        // Attempt numbers run on across job attempts (a queue retry's first
+        // attempt of this step is 4, not 1 again), so no record is
+        // overwritten; the budget counts the attempts of this pass.
+        let first_attempt = self.attempts_used.get(&step.index).copied().unwrap_or(0) + 1;
+        let mut attempt = first_attempt;
         loop {
+            self.attempts_used.insert(step.index, attempt);
             let at = StepAttemptRef {
                 step_id: step.id.clone(),
                 step_index: step.index,
@@ -344,6 +353,21 @@ impl<'a> JobRun<'a> {
             let patch = self.workspace.diff(start_tree, after)?;
 
             if let AttemptOutcome::Succeeded { summary, .. } = &report.outcome {
+                if let Some(p) = &patch {
+                    // A patch is kept byte-exact (replay checks its hash), so
+                    // it cannot be redacted: a step that wrote a secret into
+                    // the workspace fails instead of leaking it to disk.
+                    if self.redactor.contains_secret(&String::from_utf8_lossy(&p.bytes)) {
+                        return Ok(PassOutcome::Failed {
+                            class: FailureClass::DeterministicPolicy,
+                            reason: format!(
+                                "step {} wrote a secret into the workspace ({}); its patch was not kept",
+                                step.id,
+                                p.changed_files.join(", ")
+                            ),
+                        });
+                    }
+                }
                 tracker.record_success();
                 let state = StepState {
                     schema_version: SCHEMA_VERSION,
@@ -376,7 +400,7 @@ impl<'a> JobRun<'a> {
             let strategy = decide(DecisionInput {
                 cancel_requested: self.cancel.is_cancelled(),
                 class: failure.class,
-                attempt,
+                attempt: attempt - first_attempt + 1,
                 step_max_attempts: self.config.step_max_attempts,
                 resets_left: self.config.job_self_heal_max_resets.saturating_sub(self.resets_used),
             });
@@ -499,7 +523,14 @@ impl<'a> JobRun<'a> {
             AttemptOutcome::IdleTimeout => self.metrics.idle_timeout(scope),
             _ => {}
         }
-        let summary = self.redactor.redact(&failure_summary(step, attempt, report, run));
+        // Redact the whole text first, then shorten it: a cut through a
+        // secret would leave a prefix the scrubber no longer recognises.
+        let summary: String = self
+            .redactor
+            .redact(&failure_summary(step, attempt, report, run))
+            .chars()
+            .take(1000)
+            .collect();
         AssessedFailure {
             class,
             signature,
@@ -601,7 +632,7 @@ fn failure_summary(step: &ResolvedStep, attempt: u32, report: &AttemptReport, id
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
-        .map(|l| l.chars().take(200).collect::<String>());
+        .map(str::to_owned);
     let mut summary = format!(
         "Attempt {attempt} of step {} (plugin {}) {} after {:.2}s ({:.2}s without output).",
         step.id, step.plugin_name, report.outcome, report.wall_clock_seconds, report.idle_seconds
@@ -614,7 +645,7 @@ fn failure_summary(step: &ResolvedStep, attempt: u32, report: &AttemptReport, id
     if let Some(line) = last_line {
         summary.push_str(&format!(" Last output: {line}"));
     }
-    summary.chars().take(1000).collect()
+    summary
 }
 
 /// The block an attempt adds to its step's log.
