@@ -29,6 +29,8 @@ pub struct AttemptFailure {
     pub step: StepAttemptRef,
     /// The runtime outcome (`idle_timeout`, `guest_error`, ...).
     pub outcome: String,
+    /// What self-heal does about it (`soft_reset`, `hard_reset`, ...).
+    pub strategy: String,
     /// The failure class (§5.2).
     pub failure_class: String,
     /// The failure signature's sha256.
@@ -82,6 +84,10 @@ pub enum Event {
     /// The job failed for good (a deterministic failure).
     #[serde(rename = "task.job.failed", rename_all = "camelCase")]
     JobFailed {
+        /// The step that failed (`None` when the host itself failed).
+        step_id: Option<String>,
+        /// Its index.
+        step_index: Option<u32>,
         /// The class that ended it.
         failure_class: String,
         /// Why, redacted.

@@ -146,6 +146,8 @@ pub async fn run_local(
                 // The host itself failed (disk full, workspace unreadable):
                 // record an ending if we still can, then report the error.
                 let _ = events.emit(Event::JobFailed {
+                    step_id: None,
+                    step_index: None,
                     failure_class: "host_error".into(),
                     reason: e.to_string(),
                 });
@@ -157,8 +159,15 @@ pub async fn run_local(
                 events.emit(Event::JobSucceeded { job_attempt })?;
                 return Ok(JobStatus::Succeeded);
             }
-            PassOutcome::Failed { class, reason } => {
+            PassOutcome::Failed {
+                step_id,
+                step_index,
+                class,
+                reason,
+            } => {
                 events.emit(Event::JobFailed {
+                    step_id: Some(step_id),
+                    step_index: Some(step_index),
                     failure_class: class.as_str().to_owned(),
                     reason,
                 })?;
@@ -193,6 +202,8 @@ pub async fn run_local(
                 start = step_index;
                 if let Err(e) = run.resume_from_step(start)? {
                     events.emit(Event::JobFailed {
+                        step_id: None,
+                        step_index: Some(start),
                         failure_class: "deterministic_repo".into(),
                         reason: e.to_string(),
                     })?;

@@ -361,7 +361,14 @@ async fn given_a_deterministic_failure_when_it_happens_then_the_step_runs_once_a
     assert_eq!(exhausted[0]["payload"]["failureClass"], "deterministic_contract");
     assert!(done.events_named("task.self_heal.triggered").is_empty());
     assert!(done.events_named("task.job.requeued").is_empty(), "no queue retry");
-    assert_eq!(done.events_named("task.job.failed").len(), 1);
+    let failed = done.events_named("task.job.failed");
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["payload"]["stepId"], "bad-input");
+    assert_eq!(failed[0]["payload"]["stepIndex"], 0);
+    assert_eq!(
+        done.events_named("task.step.attempt.failed")[0]["payload"]["strategy"],
+        "fail"
+    );
 }
 
 fn three_writes_then_stuck() -> Value {

@@ -50,9 +50,9 @@ impl LiveView {
                 )
             }
             Event::JobSucceeded { .. } => self.paint(GREEN, "job succeeded"),
-            Event::JobFailed { failure_class, reason } => {
-                self.paint(RED, &format!("job failed ({failure_class}): {reason}"))
-            }
+            Event::JobFailed {
+                failure_class, reason, ..
+            } => self.paint(RED, &format!("job failed ({failure_class}): {reason}")),
             Event::JobRequeued {
                 next_job_attempt,
                 delay_seconds,

@@ -61,6 +61,10 @@ pub enum PassOutcome {
     Succeeded,
     /// A deterministic failure: the job fails, no queue retry.
     Failed {
+        /// The step that failed.
+        step_id: String,
+        /// Its index.
+        step_index: u32,
         /// The class that ended it.
         class: FailureClass,
         /// Why, for the operator.
@@ -318,6 +322,8 @@ impl<'a> JobRun<'a> {
             Ok(plugin) => plugin,
             Err(reason) => {
                 return Ok(PassOutcome::Failed {
+                    step_id: step.id.clone(),
+                    step_index: step.index,
                     class: FailureClass::DeterministicContract,
                     reason,
                 });
@@ -359,6 +365,8 @@ impl<'a> JobRun<'a> {
                     // the workspace fails instead of leaking it to disk.
                     if self.redactor.contains_secret(&String::from_utf8_lossy(&p.bytes)) {
                         return Ok(PassOutcome::Failed {
+                            step_id: step.id.clone(),
+                            step_index: step.index,
                             class: FailureClass::DeterministicPolicy,
                             reason: format!(
                                 "step {} wrote a secret into the workspace ({}); its patch was not kept",
@@ -435,6 +443,8 @@ impl<'a> JobRun<'a> {
                         Ok(tree) => start_tree = tree,
                         Err(e) => {
                             return Ok(PassOutcome::Failed {
+                                step_id: step.id.clone(),
+                                step_index: step.index,
                                 class: FailureClass::DeterministicRepo,
                                 reason: format!("hard reset of step {} failed: {e}", step.id),
                             })
@@ -457,6 +467,8 @@ impl<'a> JobRun<'a> {
                         }
                     } else {
                         PassOutcome::Failed {
+                            step_id: step.id.clone(),
+                            step_index: step.index,
                             class: failure.class,
                             reason: failure.summary,
                         }
@@ -593,6 +605,7 @@ impl<'a> JobRun<'a> {
                 attempt,
             },
             outcome: report.outcome.name().to_owned(),
+            strategy: strategy.as_str().to_owned(),
             failure_class: failure.class.as_str().to_owned(),
             failure_signature: failure.signature.hash.clone(),
             diff_hash: failure.diff_hash.clone(),
