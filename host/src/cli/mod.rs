@@ -228,21 +228,7 @@ async fn plugin_run(args: PluginRunArgs) -> anyhow::Result<ExitCode> {
         inputs: inputs.to_string(),
         retry_context: None,
     };
-    let cancel = CancelToken::new();
-    {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            // The first Ctrl-C cancels the job cleanly; a second one, should
-            // the teardown hang, exits at once.
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("cancelling (press Ctrl-C again to exit at once)");
-                cancel.cancel();
-            }
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
-        });
-    }
+    let cancel = cancel_on_ctrl_c();
     let request = AttemptRequest {
         workspace: args.workspace.clone(),
         context,
@@ -295,21 +281,7 @@ async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| format!("job-{}", uuid::Uuid::new_v4().simple()));
     let redactor = Arc::new(Redactor::from_env());
     let runtime = Runtime::new(settings.runtime.clone())?;
-    let cancel = CancelToken::new();
-    {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            // The first Ctrl-C cancels the job cleanly; a second one, should
-            // the teardown hang, exits at once.
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("cancelling (press Ctrl-C again to exit at once)");
-                cancel.cancel();
-            }
-            if tokio::signal::ctrl_c().await.is_ok() {
-                std::process::exit(130);
-            }
-        });
-    }
+    let cancel = cancel_on_ctrl_c();
     let options = LocalRunOptions {
         artifact_root: args.artifacts,
         work_root: args.work_dir,
@@ -342,6 +314,24 @@ async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         JobStatus::DeadLetter => ExitCode::from(EXIT_RETRYABLE_EXHAUSTED),
         JobStatus::Cancelled => ExitCode::from(EXIT_CANCELLED),
     })
+}
+
+/// A cancel token that the first Ctrl-C cancels (a clean stop of the
+/// running attempt); a second Ctrl-C, should the teardown hang, exits at
+/// once.
+fn cancel_on_ctrl_c() -> CancelToken {
+    let cancel = CancelToken::new();
+    let token = cancel.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("cancelling (press Ctrl-C again to exit at once)");
+            token.cancel();
+        }
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    });
+    cancel
 }
 
 fn plugin_check(file: &Path) -> anyhow::Result<ExitCode> {
