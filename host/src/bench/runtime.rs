@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::Summary;
-use crate::config::RuntimeSettings;
+use crate::config::{RuntimeSettings, Settings};
 use crate::runtime::{AttemptLimits, AttemptOutcome, AttemptRequest, CancelToken, Plugin, Runtime, StepContext};
 
 /// Arguments of `stepd bench runtime`.
@@ -80,7 +80,7 @@ pub async fn run_runtime_bench(args: &RuntimeBenchArgs) -> anyhow::Result<()> {
 
 async fn measure(args: &RuntimeBenchArgs, workspace: &Path) -> anyhow::Result<String> {
     let bench = Bench { workspace };
-    let base = RuntimeSettings::from_env().context("reading STEPD_* settings")?;
+    let base = Settings::load(None).context("reading settings")?.runtime;
     let runtime = Runtime::new(base.clone())?;
     let load = |rt: &Runtime, name: &str| -> anyhow::Result<Plugin> {
         let path = args.plugins.join(format!("{name}.wasm"));

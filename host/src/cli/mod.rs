@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{mib_to_bytes, RuntimeSettings, Settings};
+use crate::config::{mib_to_bytes, Settings};
 use crate::events::EventObserver;
 use crate::payload::JobPayload;
 use crate::redact::Redactor;
@@ -191,7 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn plugin_run(args: PluginRunArgs) -> anyhow::Result<ExitCode> {
-    let mut settings = RuntimeSettings::from_env().context("reading STEPD_* settings")?;
+    let mut settings = Settings::load(None).context("reading settings")?.runtime;
     if let Some(fuel) = args.fuel {
         if fuel == 0 {
             bail!("--fuel must be >= 1");
@@ -335,7 +335,7 @@ fn cancel_on_ctrl_c() -> CancelToken {
 }
 
 fn plugin_check(file: &Path) -> anyhow::Result<ExitCode> {
-    let mut settings = RuntimeSettings::from_env().context("reading STEPD_* settings")?;
+    let mut settings = Settings::load(None).context("reading settings")?.runtime;
     // Checking compiles the component; it runs nothing, so no pool is needed.
     settings.pooling = false;
     let runtime = Runtime::new(settings)?;

@@ -68,16 +68,11 @@ fn default_cache_dir() -> Option<PathBuf> {
 }
 
 impl RuntimeSettings {
-    /// The defaults, overridden by whichever of these variables are set:
+    /// The defaults, overridden by whichever of these variables `lookup`
+    /// knows (see [`crate::config::Settings::load`]):
     /// `STEPD_FUEL_PER_ATTEMPT` (a count, or `off`), `STEPD_MEMORY_MB`,
     /// `STEPD_EPOCH_TICK_MS`, `STEPD_OUTPUT_LIMIT_KB`, `STEPD_CACHE_DIR`
     /// (a path, or `off`), `STEPD_POOLING` (`on`/`off`), `STEPD_POOL_SLOTS`.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    /// Same as [`RuntimeSettings::from_env`], reading variables through
-    /// `lookup` (so tests need not touch the process environment).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut settings = RuntimeSettings::default();
         if let Some(value) = lookup("STEPD_FUEL_PER_ATTEMPT") {

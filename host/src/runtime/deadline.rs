@@ -132,16 +132,6 @@ impl AttemptClock {
         self.wall_deadline
     }
 
-    /// The deadline that `reason` refers to (for measuring how late a stop
-    /// was); `None` for a cancel.
-    pub fn deadline_of(&self, reason: StopReason) -> Option<Instant> {
-        match reason {
-            StopReason::WallTimeout => Some(self.wall_deadline),
-            StopReason::IdleTimeout => Some(self.idle_deadline()),
-            StopReason::Cancelled => None,
-        }
-    }
-
     /// Whether the attempt must stop at `now`: a cancel first, then the
     /// wall deadline, then the idle deadline.
     pub fn check(&self, now: Instant) -> Option<StopReason> {

@@ -131,6 +131,9 @@ pub struct JobRun<'a> {
     baseline: TreeId,
     cancel: CancelToken,
     resets_used: u32,
+    /// The workspace's tree when the host last knew it (after a step's
+    /// checkpoint or a rebuild), so the next step need not snapshot again.
+    current_tree: Option<TreeId>,
     /// The last attempt number of each step, across job attempts.
     attempts_used: HashMap<u32, u32>,
     plugins: HashMap<u32, Plugin>,
@@ -186,34 +189,10 @@ impl<'a> JobRun<'a> {
             baseline: parts.baseline,
             cancel: parts.cancel,
             resets_used: 0,
+            current_tree: None,
             attempts_used: HashMap::new(),
             plugins: HashMap::new(),
         }
-    }
-
-    /// The job's event sink (the worker records lifecycle events on it).
-    pub fn events(&self) -> &EventSink {
-        &self.events
-    }
-
-    /// The job's workspace directory.
-    pub fn workspace_root(&self) -> &std::path::Path {
-        self.workspace.root()
-    }
-
-    /// Hard resets spent so far.
-    pub fn resets_used(&self) -> u32 {
-        self.resets_used
-    }
-
-    /// The first step without a checkpoint: where a resumed job continues.
-    pub fn first_unfinished_step(&self) -> Result<u32, ArtifactError> {
-        for step in &self.job.steps {
-            if self.artifacts.read_step_state(step.index)?.is_none() {
-                return Ok(step.index);
-            }
-        }
-        Ok(u32::try_from(self.job.steps.len()).unwrap_or(u32::MAX))
     }
 
     /// Rebuild the workspace as it was before step `k`: baseline, then the
@@ -253,9 +232,13 @@ impl<'a> JobRun<'a> {
             }
         }
         let refs: Vec<&[u8]> = patches.iter().map(Vec::as_slice).collect();
-        self.workspace
+        self.current_tree = None;
+        let tree = self
+            .workspace
             .rebuild_from_baseline(self.baseline, &refs)
-            .map_err(RebuildError::Replay)
+            .map_err(RebuildError::Replay)?;
+        self.current_tree = Some(tree);
+        Ok(tree)
     }
 
     /// Resume at step `k`: rebuild the workspace from the checkpoints before
@@ -329,7 +312,10 @@ impl<'a> JobRun<'a> {
                 });
             }
         };
-        let mut start_tree = self.workspace.snapshot()?;
+        let mut start_tree = match self.current_tree.take() {
+            Some(tree) => tree,
+            None => self.workspace.snapshot()?,
+        };
         let mut tracker = NoProgressTracker::default();
         let mut retry_context: Option<RetryContext> = None;
         let mut healed_by: Option<(FailureClass, Strategy)> = None;
@@ -389,6 +375,7 @@ impl<'a> JobRun<'a> {
                 };
                 let bytes = patch.as_ref().map(|p| p.bytes.as_slice()).unwrap_or_default();
                 self.artifacts.write_step_checkpoint(bytes, &state)?;
+                self.current_tree = Some(after);
                 self.events.emit(Event::AttemptFinished {
                     step: at,
                     summary: summary.clone(),
@@ -440,7 +427,10 @@ impl<'a> JobRun<'a> {
                     self.events.emit(Event::SelfHealEscalated(decision))?;
                     self.resets_used += 1;
                     match self.rebuild_for_step(step.index) {
-                        Ok(tree) => start_tree = tree,
+                        Ok(tree) => {
+                            start_tree = tree;
+                            self.current_tree = None;
+                        }
                         Err(e) => {
                             return Ok(PassOutcome::Failed {
                                 step_id: step.id.clone(),

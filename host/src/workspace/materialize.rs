@@ -112,6 +112,19 @@ impl Writer<'_, '_> {
         }
     }
 
+    /// Record a file just written in the stat cache, so the next snapshot
+    /// trusts it without reading it back.
+    fn remember(&mut self, path: Vec<u8>, md: &cap_std::fs::Metadata, mode: u32, oid: Oid) {
+        let cached = CachedFile {
+            stat: FileStat::of(md),
+            mode,
+            oid,
+            racy: false,
+            seen: 0,
+        };
+        self.cache.files.insert(path, cached);
+    }
+
     fn blob(&self, oid: Oid, rel: &[u8]) -> Result<git2::OdbObject<'_>, WorkspaceError> {
         let context = || format!("reading the blob of {}", display_path(self.root_path, rel).display());
         let object = self.odb.read(oid).map_err(git_err(context()))?;
@@ -166,14 +179,7 @@ impl Writer<'_, '_> {
                             .map_err(self.io(&path))?;
                         dir.symlink_metadata(os_name).map_err(self.io(&path))?
                     };
-                    let cached = CachedFile {
-                        stat: FileStat::of(&md),
-                        mode,
-                        oid: entry.id(),
-                        racy: false,
-                        seen: 0,
-                    };
-                    self.cache.files.insert(path, cached);
+                    self.remember(path, &md, mode, entry.id());
                 }
                 super::cache::MODE_FILE | MODE_EXEC | MODE_GROUP_WRITABLE => {
                     let perm = if mode == MODE_EXEC { 0o755 } else { 0o644 };
@@ -195,14 +201,7 @@ impl Writer<'_, '_> {
                     // The tree's own mode is cached, so a legacy 100664 entry
                     // makes the next snapshot rebuild this directory's tree
                     // rather than reuse one that disagrees with the disk.
-                    let cached = CachedFile {
-                        stat: FileStat::of(&md),
-                        mode,
-                        oid: entry.id(),
-                        racy: false,
-                        seen: 0,
-                    };
-                    self.cache.files.insert(path, cached);
+                    self.remember(path, &md, mode, entry.id());
                 }
                 _ => return Err(self.unsafe_entry(&path, "an unknown file mode")),
             }
