@@ -169,6 +169,18 @@ pub enum Event {
         /// The step it named.
         step_id: Option<String>,
     },
+    /// A worker stopped renewing its lease (it died or lost the store):
+    /// the job was queued again, or ended when it had no attempts left or
+    /// a cancel was pending.
+    #[serde(rename = "task.job.lease_expired", rename_all = "camelCase")]
+    LeaseExpired {
+        /// The worker that held it.
+        lost_owner: String,
+        /// The job's status now (`queued`, `dead_letter`, `cancelled`).
+        status: String,
+        /// The job attempt that runs next.
+        next_job_attempt: u32,
+    },
     /// The job is holding for a pause or takeover.
     #[serde(rename = "task.control.pause.active", rename_all = "camelCase")]
     PauseActive {

@@ -4,15 +4,19 @@
 //! Modules follow the boundaries of `DESIGN.md`; data flows one way, from
 //! the CLI down to the runtime.
 
+pub mod api;
 pub mod artifacts;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod events;
 pub mod metrics;
 pub mod payload;
+pub mod queue;
 pub mod redact;
 pub mod runtime;
 pub mod selfheal;
+pub mod store;
 pub mod worker;
 pub mod workspace;

@@ -2,6 +2,9 @@
 //! are, where the `stepd` binary is, and how to set up a runtime and a
 //! workspace for a scenario.
 
+pub mod cluster;
+pub mod services;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -1,10 +1,13 @@
 //! `stepd bench`: speed targets measured side by side in one run, so the
 //! ratios hold on a noisy shared machine. `runtime` measures what an attempt
-//! costs; `replay` what checkpoints and hard resets cost.
+//! costs; `replay` what checkpoints and hard resets cost; `queue` what the
+//! control plane adds, end to end.
 
+pub mod queue;
 pub mod replay;
 pub mod runtime;
 
+pub use queue::{run_queue_bench, QueueBenchArgs};
 pub use replay::{run_replay_bench, ReplayBenchArgs};
 pub use runtime::{run_runtime_bench, RuntimeBenchArgs};
 

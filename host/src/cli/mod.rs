@@ -1,7 +1,9 @@
 //! The `stepd` command line: subcommands parse their arguments here and call
 //! into the library. `main.rs` only hands over to [`main`].
 
+mod client;
 mod live;
+mod service;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -68,6 +70,50 @@ enum Command {
     /// Measure the runtime and print a report.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Serve the HTTP API with embedded workers (SQLite and the embedded
+    /// dispatcher unless DATABASE_URL / AMQP_URL say otherwise).
+    Serve(service::ServeArgs),
+    /// Run workers only (scale-out: DATABASE_URL and AMQP_URL).
+    Worker(service::WorkerArgs),
+    /// Submit a job payload to a server; prints the job id.
+    Submit {
+        /// The job payload (JSON).
+        job: PathBuf,
+        /// Follow the job's events until it ends (exit code as `stepd run`).
+        #[arg(long)]
+        follow: bool,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Ask a server to pause, resume, takeover, cancel, retry_step,
+    /// hard_reset_step or resume_from_step a job.
+    Control {
+        /// The job.
+        job_id: String,
+        /// The action.
+        action: String,
+        /// The step (retry_step, hard_reset_step, resume_from_step).
+        #[arg(long)]
+        step: Option<String>,
+        /// Why (recorded with the action).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
+    /// Print a job's events; `--follow` streams them until the job ends.
+    Events {
+        /// The job.
+        job_id: String,
+        /// Keep streaming until the job ends.
+        #[arg(long)]
+        follow: bool,
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[command(flatten)]
+        client: client::ClientArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +189,10 @@ enum BenchCommand {
     /// Checkpoint (snapshot + patch) and hard-reset (rebuild + replay) cost
     /// on generated 1k- and 10k-file repositories, against the git CLI.
     Replay(crate::bench::ReplayBenchArgs),
+    /// Submit → succeeded latency and throughput with 1 and 2 worker
+    /// processes, embedded and on PostgreSQL + RabbitMQ, and the cost of a
+    /// crash recovery.
+    Queue(crate::bench::QueueBenchArgs),
 }
 
 /// Parse the command line, run the command, and turn the result into an
@@ -181,6 +231,32 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(PluginCommand::Check { file }) => plugin_check(&file),
         Command::Bench(BenchCommand::Runtime(args)) => {
             crate::bench::run_runtime_bench(&args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve(args) => service::serve(args).await,
+        Command::Worker(args) => service::worker(args).await,
+        Command::Submit { job, follow, client } => client::submit_command(&client, &job, follow).await,
+        Command::Control {
+            job_id,
+            action,
+            step,
+            reason,
+            client,
+        } => client::control(&client, &job_id, &action, step.as_deref(), reason.as_deref()).await,
+        Command::Events {
+            job_id,
+            follow,
+            after,
+            client,
+        } => {
+            if follow {
+                client::follow_events(&client, &job_id, after).await
+            } else {
+                client::print_events(&client, &job_id, after).await
+            }
+        }
+        Command::Bench(BenchCommand::Queue(args)) => {
+            crate::bench::run_queue_bench(&args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Replay(args)) => {

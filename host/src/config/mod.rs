@@ -6,12 +6,14 @@
 
 mod runtime;
 mod selfheal;
+mod service;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use runtime::{RuntimeSettings, DEFAULT_FUEL_PER_ATTEMPT};
 pub use selfheal::{RetryBackoff, SelfHealConfig, SelfHealOverrides, MAX_STEP_TIMEOUT_SECONDS};
+pub use service::{strip_password, ServiceSettings};
 
 /// Why a setting could not be used. Always names the variable and the value,
 /// so an operator can fix a deployment from the message alone.
@@ -57,6 +59,8 @@ pub struct Settings {
     pub retry: RetryBackoff,
     /// StatsD target, when one is configured.
     pub statsd: Option<StatsdTarget>,
+    /// Store, broker, leases and API tokens.
+    pub service: ServiceSettings,
 }
 
 /// Keys a config file may hold, by section, and the variable each stands
@@ -78,6 +82,14 @@ const FILE_KEYS: &[(&str, &str, &str)] = &[
     ("runtime", "pool_slots", "STEPD_POOL_SLOTS"),
     ("metrics", "statsd_host", "STATSD_HOST"),
     ("metrics", "statsd_port", "STATSD_PORT"),
+    ("service", "database_url", "DATABASE_URL"),
+    ("service", "amqp_url", "AMQP_URL"),
+    ("service", "amqp_queue", "STEPD_AMQP_QUEUE"),
+    ("service", "lease_seconds", "STEPD_LEASE_SECONDS"),
+    ("service", "heartbeat_ms", "STEPD_HEARTBEAT_MS"),
+    ("service", "sweep_ms", "STEPD_SWEEP_MS"),
+    ("service", "operator_tokens", "STEPD_OPERATOR_TOKENS"),
+    ("service", "worker_tokens", "STEPD_WORKER_TOKENS"),
 ];
 
 impl Settings {
@@ -101,6 +113,7 @@ impl Settings {
             self_heal: SelfHealConfig::from_lookup(&lookup)?,
             retry: RetryBackoff::from_lookup(&lookup)?,
             statsd: statsd_from_lookup(&lookup)?,
+            service: ServiceSettings::from_lookup(&lookup)?,
         })
     }
 }

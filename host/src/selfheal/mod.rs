@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
 pub use classify::{classify, classify_message, failure_signature, FailureClass, FailureSignature};
@@ -52,6 +53,28 @@ pub enum SelfHealError {
     /// The runtime could not set an attempt up.
     #[error("runtime: {0}")]
     Runtime(#[from] RuntimeError),
+    /// A checkpoint could not be made durable beyond the artifacts (the
+    /// store refused it): going on would risk losing it.
+    #[error("checkpoint of step {step_index}: {message}")]
+    Checkpoint {
+        /// The step.
+        step_index: u32,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What a worker adds to the loop: holding while an operator pauses the
+/// job, and keeping each checkpoint somewhere that outlives this host.
+/// `stepd run` has none.
+pub trait RunHooks: Send + Sync {
+    /// Called before every attempt; returns once the job may go on (at
+    /// once unless paused or taken over; early when the run is cancelled).
+    /// True when it held, so the workspace may have been edited.
+    fn before_attempt<'a>(&'a self, at: &'a StepAttemptRef) -> BoxFuture<'a, bool>;
+    /// Called once a step's checkpoint is in the artifacts; the step does
+    /// not count as done until this returns `Ok`.
+    fn checkpointed<'a>(&'a self, patch: &'a [u8], state: &'a StepState) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// How one pass over the steps ended.
@@ -137,6 +160,7 @@ pub struct JobRun<'a> {
     /// The last attempt number of each step, across job attempts.
     attempts_used: HashMap<u32, u32>,
     plugins: HashMap<u32, Plugin>,
+    hooks: Option<Arc<dyn RunHooks>>,
 }
 
 /// What a [`JobRun`] is made of.
@@ -192,6 +216,48 @@ impl<'a> JobRun<'a> {
             current_tree: None,
             attempts_used: HashMap::new(),
             plugins: HashMap::new(),
+            hooks: None,
+        }
+    }
+
+    /// The same run, with a worker's hooks.
+    pub fn with_hooks(mut self, hooks: Arc<dyn RunHooks>) -> Self {
+        self.hooks = Some(hooks);
+        self
+    }
+
+    /// Use `cancel` from now on (a worker starts a new pass after tearing
+    /// the last one down for an operator's recovery request).
+    pub fn set_cancel(&mut self, cancel: CancelToken) {
+        self.cancel = cancel;
+    }
+
+    /// Continue attempt numbering after `last` (step index → last attempt
+    /// number), as recorded by another process that ran the job before.
+    pub fn continue_attempt_numbers(&mut self, last: impl IntoIterator<Item = (u32, u32)>) {
+        for (step, attempt) in last {
+            let entry = self.attempts_used.entry(step).or_insert(0);
+            *entry = (*entry).max(attempt);
+        }
+    }
+
+    /// The workspace's directory.
+    pub fn workspace_root(&self) -> &std::path::Path {
+        self.workspace.root()
+    }
+
+    /// Forget what the host knew of the workspace (a human may have edited
+    /// it): the next step snapshots it afresh.
+    pub fn forget_workspace_tree(&mut self) {
+        self.current_tree = None;
+    }
+
+    // `&mut self` (not `&self`) across awaits: the run's future stays
+    // `Send` although a workspace (libgit2) is not `Sync`.
+    async fn hold_if_asked(&mut self, at: &StepAttemptRef) -> bool {
+        match self.hooks.clone() {
+            Some(hooks) => hooks.before_attempt(at).await,
+            None => false,
         }
     }
 
@@ -312,6 +378,18 @@ impl<'a> JobRun<'a> {
                 });
             }
         };
+        let first_attempt = self.attempts_used.get(&step.index).copied().unwrap_or(0) + 1;
+        let first_at = StepAttemptRef {
+            step_id: step.id.clone(),
+            step_index: step.index,
+            attempt: first_attempt,
+        };
+        if self.hold_if_asked(&first_at).await {
+            self.current_tree = None;
+        }
+        if self.cancel.is_cancelled() {
+            return Ok(PassOutcome::Cancelled);
+        }
         let mut start_tree = match self.current_tree.take() {
             Some(tree) => tree,
             None => self.workspace.snapshot()?,
@@ -322,7 +400,6 @@ impl<'a> JobRun<'a> {
         // Attempt numbers run on across job attempts (a queue retry's first
         // attempt of this step is 4, not 1 again), so no record is
         // overwritten; the budget counts the attempts of this pass.
-        let first_attempt = self.attempts_used.get(&step.index).copied().unwrap_or(0) + 1;
         let mut attempt = first_attempt;
         loop {
             self.attempts_used.insert(step.index, attempt);
@@ -331,6 +408,12 @@ impl<'a> JobRun<'a> {
                 step_index: step.index,
                 attempt,
             };
+            if attempt != first_attempt {
+                self.hold_if_asked(&at).await;
+                if self.cancel.is_cancelled() {
+                    return Ok(PassOutcome::Cancelled);
+                }
+            }
             let scope = MetricScope {
                 step: &step.id,
                 attempt,
@@ -375,6 +458,15 @@ impl<'a> JobRun<'a> {
                 };
                 let bytes = patch.as_ref().map(|p| p.bytes.as_slice()).unwrap_or_default();
                 self.artifacts.write_step_checkpoint(bytes, &state)?;
+                if let Some(hooks) = self.hooks.clone() {
+                    hooks
+                        .checkpointed(bytes, &state)
+                        .await
+                        .map_err(|message| SelfHealError::Checkpoint {
+                            step_index: step.index,
+                            message,
+                        })?;
+                }
                 self.current_tree = Some(after);
                 self.events.emit(Event::AttemptFinished {
                     step: at,
@@ -473,7 +565,7 @@ impl<'a> JobRun<'a> {
     }
 
     async fn run_attempt(
-        &self,
+        &mut self,
         step: &ResolvedStep,
         plugin: &Plugin,
         attempt: u32,

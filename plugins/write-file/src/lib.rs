@@ -2,6 +2,8 @@
 //!
 //! Inputs: `{"path": "a.txt", "text": "..."}` for one file, or
 //! `{"files": {"a.txt": "...", "docs/b.md": "..."}}` for several.
+//! `"sleepMs": N` first works for N milliseconds (a line of output every
+//! 100 ms, so it never looks idle): a slow step for the service tests.
 
 use stepd_sdk::{Step, StepContext, StepError, StepOutput};
 
@@ -10,6 +12,14 @@ struct WriteFile;
 impl Step for WriteFile {
     fn run(ctx: StepContext) -> Result<StepOutput, StepError> {
         let inputs = ctx.inputs_json()?;
+        let sleep_ms = inputs.get("sleepMs").and_then(|v| v.as_u64()).unwrap_or(0);
+        let mut slept = 0;
+        while slept < sleep_ms {
+            let chunk = (sleep_ms - slept).min(100);
+            std::thread::sleep(std::time::Duration::from_millis(chunk));
+            slept += chunk;
+            stepd_sdk::log(&format!("working ({slept}/{sleep_ms} ms)"));
+        }
         let mut files: Vec<(String, String)> = Vec::new();
         if let Some(map) = inputs.get("files").and_then(|f| f.as_object()) {
             for (path, text) in map {

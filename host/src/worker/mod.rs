@@ -1,7 +1,14 @@
-//! Runs jobs. For now the in-process worker behind `stepd run`: one job,
-//! no server, no queue — a retryable failure is retried here, after the
-//! same backoff the queue would apply, up to the job's `maxAttempts`. The
-//! claiming, leasing, heart-beating worker of the service builds on it.
+//! Runs jobs: [`run_local`] is the in-process runner behind `stepd run`
+//! (one job, no server, no queue — a retryable failure is retried here,
+//! after the same backoff the queue would apply); [`Worker`] is the
+//! service's claiming, leasing, heart-beating worker.
+
+mod live;
+mod recorder;
+mod service;
+
+pub use live::JobLink;
+pub use service::{worker_name, Worker, WorkerOptions};
 
 use std::path::PathBuf;
 use std::sync::Arc;

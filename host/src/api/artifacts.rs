@@ -1,0 +1,119 @@
+//! Artifact listing and download. Paths are checked before any file is
+//! touched (no `..`, no absolute path, no hidden file), and files are
+//! opened through a cap-std directory on the job's artifact directory, so
+//! a symlink planted there cannot lead outside it either.
+
+use std::io::Read;
+use std::path::{Component, Path as FsPath};
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use serde_json::{json, Value};
+
+use super::auth::Scope;
+use super::error::ApiError;
+use super::ApiState;
+
+fn job_dir(state: &ApiState, id: &str) -> Result<Dir, ApiError> {
+    let path = state.artifact_root.join("agent_jobs").join(id);
+    Dir::open_ambient_dir(&path, ambient_authority())
+        .map_err(|_| ApiError::not_found(format!("job {id} has no artifacts on this server")))
+}
+
+fn walk(dir: &Dir, prefix: &str, out: &mut Vec<Value>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = dir.entries()?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(cap_std::fs::DirEntry::file_name);
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let kind = entry.file_type()?;
+        let rel = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        if kind.is_dir() {
+            walk(&entry.open_dir()?, &rel, out)?;
+        } else if kind.is_file() {
+            out.push(json!({"path": rel, "size": entry.metadata()?.len()}));
+        }
+    }
+    Ok(())
+}
+
+/// `GET /api/queue/jobs/<id>/artifacts`: every artifact file of the job.
+pub async fn list(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.tokens.check(&headers, Scope::Operator)?;
+    state
+        .store
+        .get_job(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown job {id}")))?;
+    let mut files = Vec::new();
+    if let Ok(dir) = job_dir(&state, &id) {
+        walk(&dir, "", &mut files)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("listing artifacts: {e}")))?;
+    }
+    Ok(Json(json!({ "jobId": id, "artifacts": files })))
+}
+
+/// Refuse any path that is not a plain relative path of visible names.
+pub fn check_artifact_path(path: &str) -> Result<&FsPath, ApiError> {
+    let p = FsPath::new(path);
+    if path.is_empty() || path.contains('\\') || path.contains('\0') {
+        return Err(ApiError::bad_request(format!("artifact path {path:?} is invalid")));
+    }
+    for component in p.components() {
+        match component {
+            Component::Normal(name) if !name.to_string_lossy().starts_with('.') => {}
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "artifact path {path:?} must be relative, without '..', '.' or hidden names"
+                )))
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// `GET /api/queue/jobs/<id>/artifacts/<path>`: one artifact's bytes.
+pub async fn download(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    state.tokens.check(&headers, Scope::Operator)?;
+    let rel = check_artifact_path(&path)?;
+    state
+        .store
+        .get_job(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("unknown job {id}")))?;
+    let dir = job_dir(&state, &id)?;
+    let mut file = dir
+        .open(rel)
+        .map_err(|_| ApiError::not_found(format!("job {id} has no artifact {path}")))?;
+    if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        return Err(ApiError::not_found(format!("job {id} has no artifact file {path}")));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading {path}: {e}")))?;
+    let content_type = match rel.extension().and_then(|e| e.to_str()) {
+        Some("json") => "application/json",
+        Some("jsonl") => "application/x-ndjson",
+        Some("log" | "patch" | "txt") => "text/plain; charset=utf-8",
+        _ => "application/octet-stream",
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
+}

@@ -1,0 +1,231 @@
+//! The store against real databases: every scenario runs on a SQLite file
+//! and on a fresh PostgreSQL database.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::json;
+use stepd::control::{plan, ControlRequest};
+use stepd::store::{AttemptRow, CheckpointRow, ClaimedBy, JobState, NewJob, Store};
+use stepd_tests::services::TestDb;
+
+fn payload(steps: &[&str]) -> serde_json::Value {
+    json!({
+        "type": "task",
+        "maxAttempts": 2,
+        "task": {
+            "objective": "test",
+            "repository": "/tmp",
+            "startingBranch": "main",
+            "steps": steps.iter().map(|id| json!({"id": id, "title": id, "plugin": "write-file"})).collect::<Vec<_>>()
+        }
+    })
+}
+
+async fn submit(store: &Store, id: &str, max_attempts: u32) {
+    store
+        .insert_job(&NewJob {
+            id: id.into(),
+            payload: payload(&["one", "two"]),
+            max_attempts,
+        })
+        .await
+        .expect("insert job");
+}
+
+fn worker(name: &str, lease: Duration) -> ClaimedBy {
+    ClaimedBy {
+        owner: name.into(),
+        lease,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_jobs_claimed_by_four_racing_workers_are_each_claimed_once() {
+    for db in TestDb::both().await {
+        let store = db.open().await;
+        // Opening again is a no-op migration.
+        let again = db.open().await;
+        assert_eq!(again.schema_versions().await.expect("versions"), vec![1]);
+        for i in 0..20 {
+            submit(&store, &format!("job-{i:02}"), 1).await;
+        }
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let by = worker(&format!("w{w}"), Duration::from_secs(30));
+                let mut got = Vec::new();
+                while let Some(job) = store.claim_next(&by).await.expect("claim") {
+                    assert_eq!(job.status, JobState::Running);
+                    assert_eq!(job.lease_owner.as_deref(), Some(by.owner.as_str()));
+                    got.push(job.id);
+                }
+                got
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("task"));
+        }
+        let unique: HashSet<_> = all.iter().cloned().collect();
+        assert_eq!(all.len(), 20, "{}: {all:?}", db.kind());
+        assert_eq!(unique.len(), 20, "{}: a job was claimed twice: {all:?}", db.kind());
+        // A claim by id of a running job is refused: duplicates are harmless.
+        let late = store
+            .claim_job("job-00", &worker("late", Duration::from_secs(30)))
+            .await
+            .expect("claim");
+        assert!(late.is_none(), "{}", db.kind());
+        store.close().await;
+        again.close().await;
+        db.drop_now().await;
+    }
+}
+
+#[tokio::test]
+async fn leases_expire_into_a_retry_then_dead_letter_and_a_pending_cancel_wins() {
+    for db in TestDb::both().await {
+        let store = db.open().await;
+        submit(&store, "a", 2).await;
+        let short = worker("w1", Duration::from_millis(200));
+        let job = store.claim_next(&short).await.expect("claim").expect("a job");
+        assert_eq!((job.id.as_str(), job.attempt), ("a", 1));
+        // A heartbeat by someone else does not renew it.
+        assert!(store.heartbeat("a", &worker("w2", Duration::from_secs(5))).await.expect("hb").is_none());
+        assert!(store.expire_leases().await.expect("sweep").is_empty(), "not expired yet");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(store.expire_leases().await.expect("sweep"), vec!["a".to_owned()]);
+        let job = store.get_job("a").await.expect("get").expect("exists");
+        assert_eq!((job.status, job.attempt, job.lease_owner.clone()), (JobState::Queued, 2, None));
+        // The old owner can no longer finish it.
+        assert!(!store.finish("a", "w1", JobState::Succeeded, None).await.expect("finish"));
+
+        store.claim_next(&short).await.expect("claim").expect("claimed again");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        store.expire_leases().await.expect("sweep");
+        let job = store.get_job("a").await.expect("get").expect("exists");
+        assert_eq!(job.status, JobState::DeadLetter, "{}: attempts used up", db.kind());
+        let names: Vec<String> = store
+            .events_after("a", 0, 100)
+            .await
+            .expect("events")
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(names, vec!["task.job.lease_expired", "task.job.lease_expired"]);
+
+        // A cancel asked of a running job wins over the retry.
+        submit(&store, "b", 3).await;
+        let job = store.claim_next(&short).await.expect("claim").expect("b");
+        let cancel = ControlRequest {
+            action: "cancel".into(),
+            step_id: None,
+            reason: Some("enough".into()),
+        };
+        let p = plan(&job, &cancel, "ops", "now", 0).expect("cancel is allowed");
+        store.apply_control(&p, job.version, "ops", Some("enough"), &[]).await.expect("apply");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        store.expire_leases().await.expect("sweep");
+        let job = store.get_job("b").await.expect("get").expect("exists");
+        assert_eq!(job.status, JobState::Cancelled, "{}", db.kind());
+        let rows = store.control_events("b").await.expect("control rows");
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].action.as_str(), rows[0].reason.as_deref()), ("cancel", Some("enough")));
+        store.close().await;
+        db.drop_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_requeued_job_is_not_claimable_before_its_retry_time() {
+    for db in TestDb::both().await {
+        let store = db.open().await;
+        submit(&store, "r", 2).await;
+        let by = worker("w1", Duration::from_secs(30));
+        store.claim_next(&by).await.expect("claim").expect("r");
+        assert!(store.requeue("r", "w1", 2, Duration::from_millis(400)).await.expect("requeue"));
+        let job = store.get_job("r").await.expect("get").expect("r");
+        assert_eq!((job.status, job.attempt), (JobState::Queued, 2));
+        assert!(job.next_attempt_at > stepd::store::now_ms());
+        assert!(store.claim_next(&by).await.expect("claim").is_none(), "{}: not due yet", db.kind());
+        assert!(store.claim_job("r", &by).await.expect("claim").is_none());
+        assert!(store.take_unannounced(Duration::ZERO, 10).await.expect("sweep").is_empty());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(store.take_unannounced(Duration::from_secs(60), 10).await.expect("sweep"), vec!["r".to_owned()]);
+        store.mark_announced("r").await.expect("mark");
+        assert!(store.take_unannounced(Duration::from_secs(60), 10).await.expect("sweep").is_empty(), "announced once");
+        let job = store.claim_job("r", &by).await.expect("claim").expect("due now");
+        assert_eq!(job.attempt, 2);
+        store.close().await;
+        db.drop_now().await;
+    }
+}
+
+#[tokio::test]
+async fn events_checkpoints_and_attempts_round_trip() {
+    for db in TestDb::both().await {
+        let store = db.open().await;
+        submit(&store, "c", 1).await;
+        let ev = json!({"event": "task.step.attempt.started", "payload": {"stepId": "one"}});
+        assert_eq!(store.append_event("c", "2026-01-01T00:00:00Z", &ev).await.expect("append"), 1);
+        assert_eq!(store.append_event("c", "2026-01-01T00:00:01Z", &ev).await.expect("append"), 2);
+        let after = store.events_after("c", 1, 10).await.expect("events");
+        assert_eq!(after.len(), 1);
+        assert_eq!((after[0].seq, after[0].payload["stepId"].as_str()), (2, Some("one")));
+        assert!(store.append_event("nope", "x", &ev).await.is_err(), "unknown job");
+
+        let patch = b"diff --git a/x b/x\n\0binary\xff".to_vec();
+        for i in [0u32, 1, 3] {
+            store
+                .put_checkpoint(
+                    "c",
+                    &CheckpointRow {
+                        step_index: i,
+                        step_id: format!("s{i}"),
+                        patch: patch.clone(),
+                        state: "{}".into(),
+                    },
+                )
+                .await
+                .expect("checkpoint");
+        }
+        // Writing the same step again replaces it: no duplicates.
+        store
+            .put_checkpoint(
+                "c",
+                &CheckpointRow {
+                    step_index: 1,
+                    step_id: "s1".into(),
+                    patch: patch.clone(),
+                    state: "{\"again\":true}".into(),
+                },
+            )
+            .await
+            .expect("checkpoint");
+        let cps = store.checkpoints("c").await.expect("read");
+        assert_eq!(cps.iter().map(|c| c.step_index).collect::<Vec<_>>(), vec![0, 1, 3]);
+        assert_eq!(cps[0].patch, patch, "{}: patches are byte-exact", db.kind());
+        assert_eq!(cps[1].state, "{\"again\":true}");
+        assert_eq!(store.first_unfinished_step("c").await.expect("first"), 2);
+        store.delete_checkpoints_from("c", 1).await.expect("delete");
+        assert_eq!(store.first_unfinished_step("c").await.expect("first"), 1);
+
+        let row = AttemptRow {
+            step_index: 0,
+            attempt: 1,
+            step_id: "one".into(),
+            outcome: "idle_timeout".into(),
+            failure_class: Some("transient_runtime".into()),
+            strategy: Some("soft_reset".into()),
+            wall_clock_seconds: 1.5,
+            worker: "w1".into(),
+            finished_at: "2026-01-01T00:00:00Z".into(),
+        };
+        store.record_attempt("c", &row).await.expect("attempt");
+        store.record_attempt("c", &row).await.expect("same attempt again");
+        assert_eq!(store.attempts("c").await.expect("attempts"), vec![row]);
+        store.close().await;
+        db.drop_now().await;
+    }
+}
