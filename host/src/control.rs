@@ -282,8 +282,12 @@ pub fn plan(
                     "cannot resume job {} from step {}: step {} has no checkpoint yet; resume from {} or earlier",
                     job.id,
                     request.step_id.as_deref().unwrap_or_default(),
-                    step_ids.get(first_unfinished as usize).map_or("the last step", String::as_str),
-                    step_ids.get(first_unfinished as usize).map_or("the last step", String::as_str),
+                    step_ids
+                        .get(first_unfinished as usize)
+                        .map_or("the last step", String::as_str),
+                    step_ids
+                        .get(first_unfinished as usize)
+                        .map_or("the last step", String::as_str),
                 )));
             }
             match job.status {
@@ -330,5 +334,127 @@ fn recovery(
         reason,
         requested_by: requested_by.to_owned(),
         updated_at: now.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(status: JobState) -> JobRecord {
+        JobRecord {
+            id: "j".into(),
+            status,
+            attempt: 2,
+            max_attempts: 3,
+            next_attempt_at: 0,
+            published_at: None,
+            lease_owner: None,
+            lease_expires_at: None,
+            payload: serde_json::json!({"task": {"steps": [{"id": "a"}, {"id": "b"}, {}]}}),
+            live_control: LiveControl::default(),
+            cancel_requested: false,
+            resume_step: None,
+            current_step_id: Some("b".into()),
+            current_step_index: Some(1),
+            workspace_path: None,
+            last_error: Some("boom".into()),
+            version: 7,
+            created_at: 0,
+            updated_at: 0,
+            finished_at: Some(1),
+        }
+    }
+
+    fn ask(action: &str, step: Option<&str>) -> ControlRequest {
+        ControlRequest {
+            action: action.into(),
+            step_id: step.map(str::to_owned),
+            reason: Some("because".into()),
+        }
+    }
+
+    #[test]
+    fn unknown_actions_and_steps_are_bad_requests_that_name_the_choices() {
+        let running = job(JobState::Running);
+        let err = plan(&running, &ask("explode", None), "op", "now", 1).expect_err("unknown");
+        assert!(
+            matches!(&err, ControlError::BadRequest(m) if m.contains("retry_step")),
+            "{err}"
+        );
+        let err = plan(&running, &ask("retry_step", None), "op", "now", 1).expect_err("no step");
+        assert!(
+            matches!(&err, ControlError::BadRequest(m) if m.contains("a, b, step-2")),
+            "{err}"
+        );
+        let err = plan(&running, &ask("pause", Some("zz")), "op", "now", 1).expect_err("unknown step");
+        assert!(matches!(err, ControlError::BadRequest(_)));
+    }
+
+    #[test]
+    fn step_actions_need_the_running_step_and_one_pending_request_at_a_time() {
+        let running = job(JobState::Running);
+        assert!(matches!(
+            plan(&running, &ask("hard_reset_step", Some("a")), "op", "now", 1),
+            Err(ControlError::Conflict(_))
+        ));
+        let p = plan(&running, &ask("retry_step", Some("b")), "op", "now", 1).expect("allowed");
+        let pending = p.job.live_control.recovery.clone().expect("recovery set");
+        assert_eq!(
+            (pending.action, pending.requested_by.as_str()),
+            (ControlAction::RetryStep, "op")
+        );
+        let err = plan(&p.job, &ask("resume_from_step", Some("a")), "op", "now", 1).expect_err("pending");
+        assert!(
+            matches!(&err, ControlError::Conflict(m) if m.contains("already has a pending retry_step")),
+            "{err}"
+        );
+        assert!(matches!(
+            plan(&job(JobState::Queued), &ask("retry_step", Some("b")), "op", "now", 1),
+            Err(ControlError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn resume_from_step_reopens_an_ended_job_but_not_past_its_first_unfinished_step() {
+        let failed = job(JobState::Failed);
+        let err = plan(&failed, &ask("resume_from_step", Some("b")), "op", "now", 0).expect_err("b not reached");
+        assert!(matches!(err, ControlError::Conflict(_)));
+        let p = plan(&failed, &ask("resume_from_step", Some("b")), "op", "now", 1).expect("reopen");
+        assert!(p.reopened);
+        assert_eq!(
+            (
+                p.job.status,
+                p.job.resume_step,
+                p.job.attempt,
+                p.job.finished_at,
+                p.job.last_error
+            ),
+            (JobState::Queued, Some(1), 1, None, None)
+        );
+    }
+
+    #[test]
+    fn holds_cancel_and_resume_follow_the_job_state() {
+        let queued = job(JobState::Queued);
+        let p = plan(&queued, &ask("cancel", None), "op", "now", 0).expect("cancel queued");
+        assert_eq!(p.job.status, JobState::Cancelled);
+        let running = job(JobState::Running);
+        let p = plan(&running, &ask("cancel", None), "op", "now", 0).expect("cancel running");
+        assert_eq!((p.job.status, p.job.cancel_requested), (JobState::Running, true));
+        assert!(matches!(
+            plan(&running, &ask("resume", None), "op", "now", 0),
+            Err(ControlError::Conflict(_))
+        ));
+        let paused = plan(&running, &ask("takeover", None), "op", "now", 0)
+            .expect("takeover")
+            .job;
+        assert_eq!(paused.live_control.hold_mode(), "takeover");
+        let resumed = plan(&paused, &ask("resume", None), "op", "now", 0).expect("resume").job;
+        assert!(!resumed.live_control.holds());
+        assert!(matches!(
+            plan(&job(JobState::Succeeded), &ask("pause", None), "op", "now", 2),
+            Err(ControlError::Conflict(m)) if m.contains("has ended")
+        ));
     }
 }

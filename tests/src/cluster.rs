@@ -70,7 +70,10 @@ impl StepdProcess {
 
     /// What it logged.
     pub fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Wait until its log contains `needle`.
@@ -94,7 +97,10 @@ impl StepdProcess {
 
     /// SIGTERM and wait.
     pub fn terminate(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -161,7 +167,10 @@ impl Cluster {
             ("STEPD_DATA_DIR".into(), data_dir.display().to_string()),
             (
                 "STEPD_CACHE_DIR".into(),
-                std::env::temp_dir().join("stepd-test-component-cache").display().to_string(),
+                std::env::temp_dir()
+                    .join("stepd-test-component-cache")
+                    .display()
+                    .to_string(),
             ),
             ("STEPD_POOL_SLOTS".into(), "16".into()),
             ("STEPD_LOG".into(), "stepd=info,warn".into()),

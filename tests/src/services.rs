@@ -100,5 +100,10 @@ fn uuid_hex() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
-    format!("{:x}{:x}{}", nanos, std::process::id(), N.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{:x}{:x}{}",
+        nanos,
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }

@@ -13,7 +13,10 @@ struct BrokerGuard;
 
 impl BrokerGuard {
     fn stop() -> BrokerGuard {
-        let status = Command::new("rabbitmqctl").arg("stop_app").status().expect("rabbitmqctl");
+        let status = Command::new("rabbitmqctl")
+            .arg("stop_app")
+            .status()
+            .expect("rabbitmqctl");
         assert!(status.success(), "rabbitmqctl stop_app failed");
         BrokerGuard
     }
@@ -22,7 +25,9 @@ impl BrokerGuard {
 impl Drop for BrokerGuard {
     fn drop(&mut self) {
         let _ = Command::new("rabbitmqctl").arg("start_app").status();
-        let _ = Command::new("rabbitmqctl").args(["await_startup", "--timeout", "60"]).status();
+        let _ = Command::new("rabbitmqctl")
+            .args(["await_startup", "--timeout", "60"])
+            .status();
     }
 }
 
@@ -31,18 +36,28 @@ async fn rabbitmq_stopped_and_started_while_jobs_run_loses_no_job() {
     let cluster = Cluster::start(Mode::Scale, 0, 2).await;
     let mut ids = Vec::new();
     for i in 0..6 {
-        let payload = task(2, vec![write_step("write", &format!("f{i}.txt"), "x\n", 800)], json!({}));
+        let payload = task(
+            2,
+            vec![write_step("write", &format!("f{i}.txt"), "x\n", 800)],
+            json!({}),
+        );
         ids.push(cluster.submit(&payload).await);
     }
     cluster
-        .wait_job(&ids[0], "a job running", Duration::from_secs(60), |j| j["status"] != "queued")
+        .wait_job(&ids[0], "a job running", Duration::from_secs(60), |j| {
+            j["status"] != "queued"
+        })
         .await;
     {
         let _down = BrokerGuard::stop();
         // Jobs submitted while the broker is away are stored; the sweep
         // announces them once it is back.
         for i in 6..10 {
-            let payload = task(2, vec![write_step("write", &format!("g{i}.txt"), "y\n", 200)], json!({}));
+            let payload = task(
+                2,
+                vec![write_step("write", &format!("g{i}.txt"), "y\n", 200)],
+                json!({}),
+            );
             ids.push(cluster.submit(&payload).await);
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -52,6 +67,9 @@ async fn rabbitmq_stopped_and_started_while_jobs_run_loses_no_job() {
         assert_eq!(job["firstUnfinishedStep"], 1);
     }
     let log = cluster.workers.iter().map(|w| w.log()).collect::<Vec<_>>().join("\n");
-    assert!(log.contains("RabbitMQ unavailable"), "the workers saw the broker go: {log}");
+    assert!(
+        log.contains("RabbitMQ unavailable"),
+        "the workers saw the broker go: {log}"
+    );
     cluster.shutdown().await;
 }

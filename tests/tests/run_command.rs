@@ -162,3 +162,54 @@ fn an_invalid_payload_exits_two_naming_the_field_and_runs_nothing() {
         );
     }
 }
+
+/// The README's main job: `stepd serve --run` submits the sample through the
+/// HTTP API to the embedded worker, follows its events, and exits with the
+/// job's status; everything lands in the data directory.
+#[test]
+fn serve_run_heals_the_hang_sample_through_the_api_on_the_embedded_default() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let out = Command::new(stepd_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--run"])
+        .arg(samples().join("self-heal-hang.json"))
+        .arg("--data-dir")
+        .arg(&data)
+        .env("STEPD_PLUGIN_DIR", plugin_dir())
+        .env(
+            "STEPD_CACHE_DIR",
+            std::env::temp_dir().join("stepd-test-component-cache"),
+        )
+        .env_remove("DATABASE_URL")
+        .env_remove("AMQP_URL")
+        .env_remove("STEPD_OPERATOR_TOKENS")
+        .env_remove("STATSD_HOST")
+        .output()
+        .expect("running stepd serve");
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(printed.contains("generated an operator token in"), "{printed}");
+    assert!(printed.contains("self-heal: soft_reset for step warm-up"), "{printed}");
+    assert!(printed.contains("status: succeeded"), "{printed}");
+    assert!(
+        data.join("stepd.db").is_file(),
+        "the SQLite store is in the data directory"
+    );
+    let token = std::fs::read_to_string(data.join("operator.token")).expect("token file");
+    assert!(token.trim().len() >= 32);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(data.join("operator.token"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the token file is private");
+    }
+    let workspace = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("workspace: "))
+        .expect("workspace line");
+    let guide = std::fs::read_to_string(Path::new(workspace).join("CONTRIBUTING.md")).expect("guide");
+    assert!(guide.starts_with("# Contributing"));
+}

@@ -37,7 +37,11 @@ async fn twenty_jobs_on_two_workers_each_run_exactly_once() {
             let job = cluster.wait_status(id, "succeeded", LONG).await;
             let names = cluster.event_names(id).await;
             assert_eq!(count(&names, "task.job.started"), 1, "{mode:?} {id}: {names:?}");
-            assert_eq!(count(&names, "task.step.attempt.started"), 1, "{mode:?} {id}: {names:?}");
+            assert_eq!(
+                count(&names, "task.step.attempt.started"),
+                1,
+                "{mode:?} {id}: {names:?}"
+            );
             let attempts = job["attempts"].as_array().expect("attempts");
             assert_eq!(attempts.len(), 1, "{mode:?}: {job:#}");
             owners.insert(attempts[0]["worker"].as_str().unwrap_or_default().to_owned());
@@ -68,7 +72,10 @@ async fn a_worker_killed_in_step_two_is_replaced_and_the_workspace_matches_an_un
         let job = cluster.wait_status(&id, "succeeded", LONG).await;
 
         let events = cluster.events(&id).await;
-        let names: Vec<String> = events.iter().map(|e| e["event"].as_str().unwrap_or_default().to_owned()).collect();
+        let names: Vec<String> = events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap_or_default().to_owned())
+            .collect();
         assert_eq!(count(&names, "task.job.lease_expired"), 1, "{mode:?}: {names:?}");
         let resumed = events_named(&events, "task.resume.from_step");
         assert_eq!(resumed.len(), 1, "{mode:?}: {names:?}");
@@ -85,7 +92,10 @@ async fn a_worker_killed_in_step_two_is_replaced_and_the_workspace_matches_an_un
         let again = cluster.submit(&payload).await;
         let clean = cluster.wait_status(&again, "succeeded", LONG).await;
         let recovered_files = files_under(std::path::Path::new(job["workspace"].as_str().expect("workspace")), &[]);
-        let clean_files = files_under(std::path::Path::new(clean["workspace"].as_str().expect("workspace")), &[]);
+        let clean_files = files_under(
+            std::path::Path::new(clean["workspace"].as_str().expect("workspace")),
+            &[],
+        );
         assert_eq!(recovered_files, clean_files, "{mode:?}");
         assert!(recovered_files.contains_key("b.txt") && recovered_files.contains_key("c.txt"));
         cluster.shutdown().await;
@@ -102,10 +112,15 @@ async fn retryable_exhaustion_is_queued_with_backoff_then_dead_lettered_and_canc
             .await;
         cluster.wait_event(&id, "task.job.requeued", 1, LONG).await;
         let job = cluster
-            .wait_job(&id, "queued for attempt 2", LONG, |j| j["status"] == "queued" && j["attempt"] == 2)
+            .wait_job(&id, "queued for attempt 2", LONG, |j| {
+                j["status"] == "queued" && j["attempt"] == 2
+            })
             .await;
         let next = humantime::parse_rfc3339(job["nextAttemptAt"].as_str().expect("nextAttemptAt")).expect("time");
-        assert!(next > std::time::SystemTime::now(), "{mode:?}: the retry waits for its backoff");
+        assert!(
+            next > std::time::SystemTime::now(),
+            "{mode:?}: the retry waits for its backoff"
+        );
         let job = cluster.wait_status(&id, "dead_letter", LONG).await;
         assert_eq!(job["attempt"], 2);
         let names = cluster.event_names(&id).await;
@@ -116,8 +131,14 @@ async fn retryable_exhaustion_is_queued_with_backoff_then_dead_lettered_and_canc
         let id = cluster
             .submit(&task(3, vec![flaky.clone()], json!({"stepMaxAttempts": 1})))
             .await;
-        cluster.wait_status(&id, "queued", LONG).await;
-        let (status, body) = cluster.control(&id, json!({"action": "cancel", "reason": "no more"})).await;
+        cluster
+            .wait_job(&id, "queued for its retry", LONG, |j| {
+                j["status"] == "queued" && j["attempt"] == 2
+            })
+            .await;
+        let (status, body) = cluster
+            .control(&id, json!({"action": "cancel", "reason": "no more"}))
+            .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["job"]["status"], "cancelled");
         tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -133,7 +154,11 @@ async fn retryable_exhaustion_is_queued_with_backoff_then_dead_lettered_and_canc
                             "inputs": {"attempts": [1], "mode": "sleep"}});
         let slow = write_step("slow", "slow.txt", "x", 60_000);
         let id = cluster
-            .submit(&task(3, vec![silent, slow], json!({"stepMaxAttempts": 1, "stepIdleTimeoutSeconds": 1})))
+            .submit(&task(
+                3,
+                vec![silent, slow],
+                json!({"stepMaxAttempts": 1, "stepIdleTimeoutSeconds": 1}),
+            ))
             .await;
         cluster.wait_event(&id, "task.job.requeued", 1, LONG).await;
         cluster
@@ -162,14 +187,19 @@ async fn pause_holds_before_the_next_step_and_resume_and_takeover_release_it() {
         cluster
             .wait_job(&id, "step one running", LONG, |j| j["currentStep"]["id"] == "one")
             .await;
-        let (status, body) = cluster.control(&id, json!({"action": "pause", "reason": "look first"})).await;
+        let (status, body) = cluster
+            .control(&id, json!({"action": "pause", "reason": "look first"}))
+            .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["job"]["payload"]["liveControl"]["paused"], true);
         cluster.wait_event(&id, "task.control.pause.active", 1, LONG).await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let job = cluster.job(&id).await;
         assert_eq!(job["status"], "running", "{mode:?}");
-        assert_eq!(job["firstUnfinishedStep"], 1, "{mode:?}: step one finished, step two held");
+        assert_eq!(
+            job["firstUnfinishedStep"], 1,
+            "{mode:?}: step one finished, step two held"
+        );
         let starts = events_named(&cluster.events(&id).await, "task.step.attempt.started").len();
         assert_eq!(starts, 1, "{mode:?}: nothing started while paused");
         // A worker's heartbeat sees the pause in payload.liveControl.
@@ -238,13 +268,19 @@ async fn retry_step_and_hard_reset_step_tear_the_attempt_down_and_are_acknowledg
                    "inputs": {"attempts": [1, 2], "mode": "sleep"}}),
         ];
         let id = cluster
-            .submit(&task(1, steps, json!({"stepIdleTimeoutSeconds": 300, "stepTimeoutSeconds": 600})))
+            .submit(&task(
+                1,
+                steps,
+                json!({"stepIdleTimeoutSeconds": 300, "stepTimeoutSeconds": 600}),
+            ))
             .await;
         cluster
             .wait_job(&id, "step two running", LONG, |j| j["currentStep"]["id"] == "two")
             .await;
         // Not the running step: refused.
-        let (status, body) = cluster.control(&id, json!({"action": "retry_step", "stepId": "one"})).await;
+        let (status, body) = cluster
+            .control(&id, json!({"action": "retry_step", "stepId": "one"}))
+            .await;
         assert_eq!(status, 409, "{body}");
         let (status, body) = cluster
             .control(&id, json!({"action": "retry_step", "stepId": "two", "reason": "stuck"}))
@@ -252,7 +288,9 @@ async fn retry_step_and_hard_reset_step_tear_the_attempt_down_and_are_acknowledg
         assert_eq!(status, 200, "{body}");
         cluster.wait_event(&id, "task.control.recovery.ack", 1, LONG).await;
         cluster
-            .wait_job(&id, "the recovery cleared", LONG, |j| j["payload"]["liveControl"]["recovery"].is_null())
+            .wait_job(&id, "the recovery cleared", LONG, |j| {
+                j["payload"]["liveControl"]["recovery"].is_null()
+            })
             .await;
         // Step two's attempt 2 is running (and hanging) before the next action.
         let start = std::time::Instant::now();
@@ -260,7 +298,9 @@ async fn retry_step_and_hard_reset_step_tear_the_attempt_down_and_are_acknowledg
             assert!(start.elapsed() < LONG, "attempt 2 of step two never started");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let (status, body) = cluster.control(&id, json!({"action": "hard_reset_step", "stepId": "two"})).await;
+        let (status, body) = cluster
+            .control(&id, json!({"action": "hard_reset_step", "stepId": "two"}))
+            .await;
         assert_eq!(status, 200, "{body}");
         let job = cluster.wait_status(&id, "succeeded", LONG).await;
         let events = cluster.events(&id).await;
@@ -274,11 +314,22 @@ async fn retry_step_and_hard_reset_step_tear_the_attempt_down_and_are_acknowledg
             .filter(|e| e["payload"]["stepId"] == "two")
             .map(|e| e["payload"]["attempt"].as_u64().unwrap_or_default())
             .collect();
-        assert_eq!(two_starts, vec![1, 2, 3], "{mode:?}: each action started a fresh attempt");
+        assert_eq!(
+            two_starts,
+            vec![1, 2, 3],
+            "{mode:?}: each action started a fresh attempt"
+        );
         assert!(job["payload"]["liveControl"]["recovery"].is_null());
         let workspace = std::path::PathBuf::from(job["workspace"].as_str().expect("workspace"));
-        assert_eq!(std::fs::read_to_string(workspace.join("a.txt")).expect("step one's file"), "1\n");
-        assert_eq!(job["controlEvents"].as_array().map(Vec::len), Some(2), "the refused call left no row");
+        assert_eq!(
+            std::fs::read_to_string(workspace.join("a.txt")).expect("step one's file"),
+            "1\n"
+        );
+        assert_eq!(
+            job["controlEvents"].as_array().map(Vec::len),
+            Some(2),
+            "the refused call left no row"
+        );
         cluster.shutdown().await;
     }
 }
@@ -296,7 +347,10 @@ async fn resume_from_step_reopens_failed_and_succeeded_jobs_with_earlier_files_i
         cluster.wait_status(&id, "succeeded", LONG).await;
         // Only at or before the first unfinished step — all are finished.
         let (status, body) = cluster
-            .control(&id, json!({"action": "resume_from_step", "stepId": "two", "reason": "redo"}))
+            .control(
+                &id,
+                json!({"action": "resume_from_step", "stepId": "two", "reason": "redo"}),
+            )
             .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["job"]["status"], "queued");
@@ -312,7 +366,11 @@ async fn resume_from_step_reopens_failed_and_succeeded_jobs_with_earlier_files_i
             .collect();
         assert_eq!(starts, vec!["one", "two", "three", "two", "three"], "{mode:?}");
         let files = files_under(std::path::Path::new(job["workspace"].as_str().expect("ws")), &[]);
-        assert!(files.contains_key("a.txt") && files.contains_key("c.txt"), "{mode:?}: {:?}", files.keys());
+        assert!(
+            files.contains_key("a.txt") && files.contains_key("c.txt"),
+            "{mode:?}: {:?}",
+            files.keys()
+        );
 
         // A failed job: step two breaks its contract (no text).
         let steps = vec![
@@ -321,7 +379,9 @@ async fn resume_from_step_reopens_failed_and_succeeded_jobs_with_earlier_files_i
         ];
         let id = cluster.submit(&task(1, steps, json!({}))).await;
         cluster.wait_status(&id, "failed", LONG).await;
-        let (status, body) = cluster.control(&id, json!({"action": "resume_from_step", "stepId": "two"})).await;
+        let (status, body) = cluster
+            .control(&id, json!({"action": "resume_from_step", "stepId": "two"}))
+            .await;
         assert_eq!(status, 200, "{body}");
         cluster.wait_event(&id, "task.job.failed", 2, LONG).await;
         let job = cluster.wait_status(&id, "failed", LONG).await;
@@ -349,20 +409,123 @@ async fn bad_requests_get_their_status_and_message_and_change_nothing() {
         let events_before = cluster.events(&id).await.len();
         let control = format!("/api/task-runs/{id}/control");
         let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
-            ("unknown action", cluster.request(reqwest::Method::POST, &control).json(&json!({"action": "explode"})), 400, "unknown action"),
-            ("missing stepId", cluster.request(reqwest::Method::POST, &control).json(&json!({"action": "resume_from_step"})), 400, "needs a stepId"),
-            ("unknown stepId", cluster.request(reqwest::Method::POST, &control).json(&json!({"action": "resume_from_step", "stepId": "nine"})), 400, "unknown stepId"),
-            ("malformed JSON", cluster.request(reqwest::Method::POST, &control).header("content-type", "application/json").body("{\"action\": "), 400, "malformed JSON"),
-            ("unknown field", cluster.request(reqwest::Method::POST, &control).json(&json!({"action": "pause", "step": "one"})), 400, "unknown field"),
-            ("oversized body", cluster.request(reqwest::Method::POST, &control).body(vec![b' '; 2 << 20]), 413, "larger than"),
-            ("unknown job", cluster.request(reqwest::Method::POST, "/api/task-runs/nope/control").json(&json!({"action": "pause"})), 404, "unknown job"),
-            ("missing token", reqwest::Client::new().post(format!("{}{control}", cluster.url)).json(&json!({"action": "pause"})), 401, "missing bearer token"),
-            ("wrong token", reqwest::Client::new().post(format!("{}{control}", cluster.url)).bearer_auth("guess").json(&json!({"action": "pause"})), 401, "unknown bearer token"),
-            ("worker token", reqwest::Client::new().post(format!("{}{control}", cluster.url)).bearer_auth(WORKER_TOKEN).json(&json!({"action": "pause"})), 403, "operator scope"),
-            ("artifact ..", cluster.request(reqwest::Method::GET, &format!("/api/queue/jobs/{id}/artifacts/..%2F..%2Fstepd.db")), 400, "without '..'"),
-            ("pause an ended job", cluster.request(reqwest::Method::POST, &control).json(&json!({"action": "pause"})), 409, "has ended"),
-            ("heartbeat by a stranger", reqwest::Client::new().post(format!("{}/api/queue/jobs/{id}/heartbeat", cluster.url)).bearer_auth(WORKER_TOKEN).json(&json!({"workerId": "me"})), 409, "does not hold"),
-            ("bad payload", cluster.request(reqwest::Method::POST, "/api/queue/jobs").json(&json!({"type": "task", "maxAttempts": 0})), 400, ""),
+            (
+                "unknown action",
+                cluster
+                    .request(reqwest::Method::POST, &control)
+                    .json(&json!({"action": "explode"})),
+                400,
+                "unknown action",
+            ),
+            (
+                "missing stepId",
+                cluster
+                    .request(reqwest::Method::POST, &control)
+                    .json(&json!({"action": "resume_from_step"})),
+                400,
+                "needs a stepId",
+            ),
+            (
+                "unknown stepId",
+                cluster
+                    .request(reqwest::Method::POST, &control)
+                    .json(&json!({"action": "resume_from_step", "stepId": "nine"})),
+                400,
+                "unknown stepId",
+            ),
+            (
+                "malformed JSON",
+                cluster
+                    .request(reqwest::Method::POST, &control)
+                    .header("content-type", "application/json")
+                    .body("{\"action\": "),
+                400,
+                "malformed JSON",
+            ),
+            (
+                "unknown field",
+                cluster
+                    .request(reqwest::Method::POST, &control)
+                    .json(&json!({"action": "pause", "step": "one"})),
+                400,
+                "unknown field",
+            ),
+            (
+                "oversized body",
+                cluster
+                    .request(reqwest::Method::POST, &control)
+                    .body(vec![b' '; 2 << 20]),
+                413,
+                "larger than",
+            ),
+            (
+                "unknown job",
+                cluster
+                    .request(reqwest::Method::POST, "/api/task-runs/nope/control")
+                    .json(&json!({"action": "pause"})),
+                404,
+                "unknown job",
+            ),
+            (
+                "missing token",
+                reqwest::Client::new()
+                    .post(format!("{}{control}", cluster.url))
+                    .json(&json!({"action": "pause"})),
+                401,
+                "missing bearer token",
+            ),
+            (
+                "wrong token",
+                reqwest::Client::new()
+                    .post(format!("{}{control}", cluster.url))
+                    .bearer_auth("guess")
+                    .json(&json!({"action": "pause"})),
+                401,
+                "unknown bearer token",
+            ),
+            (
+                "worker token",
+                reqwest::Client::new()
+                    .post(format!("{}{control}", cluster.url))
+                    .bearer_auth(WORKER_TOKEN)
+                    .json(&json!({"action": "pause"})),
+                403,
+                "operator scope",
+            ),
+            (
+                "artifact ..",
+                cluster.request(
+                    reqwest::Method::GET,
+                    &format!("/api/queue/jobs/{id}/artifacts/..%2F..%2Fstepd.db"),
+                ),
+                400,
+                "without '..'",
+            ),
+            (
+                "pause an ended job",
+                cluster
+                    .request(reqwest::Method::POST, &control)
+                    .json(&json!({"action": "pause"})),
+                409,
+                "has ended",
+            ),
+            (
+                "heartbeat by a stranger",
+                reqwest::Client::new()
+                    .post(format!("{}/api/queue/jobs/{id}/heartbeat", cluster.url))
+                    .bearer_auth(WORKER_TOKEN)
+                    .json(&json!({"workerId": "me"})),
+                409,
+                "does not hold",
+            ),
+            (
+                "bad payload",
+                cluster
+                    .request(reqwest::Method::POST, "/api/queue/jobs")
+                    .json(&json!({"type": "task", "maxAttempts": 0})),
+                400,
+                "",
+            ),
         ];
         for (what, request, status, message) in cases {
             let response = request.send().await.expect(what);
@@ -371,7 +534,10 @@ async fn bad_requests_get_their_status_and_message_and_change_nothing() {
             assert_eq!(got, status, "{mode:?} {what}: {body}");
             assert!(body["code"].is_string(), "{mode:?} {what}: {body}");
             let text = body["message"].as_str().unwrap_or_default();
-            assert!(text.contains(message), "{mode:?} {what}: {text:?} should mention {message:?}");
+            assert!(
+                text.contains(message),
+                "{mode:?} {what}: {text:?} should mention {message:?}"
+            );
         }
         let after = cluster.job(&id).await;
         assert_eq!(after["updatedAt"], before["updatedAt"], "{mode:?}: nothing changed");
@@ -385,7 +551,11 @@ async fn bad_requests_get_their_status_and_message_and_change_nothing() {
             .json()
             .await
             .expect("json");
-        assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(1), "the bad payload was not stored");
+        assert_eq!(
+            listed["jobs"].as_array().map(Vec::len),
+            Some(1),
+            "the bad payload was not stored"
+        );
 
         // The artifacts are listed and downloadable.
         let listed: Value = cluster
@@ -404,7 +574,10 @@ async fn bad_requests_get_their_status_and_message_and_change_nothing() {
             .collect();
         assert!(paths.contains(&"patches/steps/step-0000.patch"), "{paths:?}");
         let log = cluster
-            .request(reqwest::Method::GET, &format!("/api/queue/jobs/{id}/artifacts/logs/steps/step-0000.log"))
+            .request(
+                reqwest::Method::GET,
+                &format!("/api/queue/jobs/{id}/artifacts/logs/steps/step-0000.log"),
+            )
             .send()
             .await
             .expect("download")
@@ -430,7 +603,10 @@ async fn bad_requests_get_their_status_and_message_and_change_nothing() {
             "/api/queue/jobs/{id}/artifacts/{path}",
             "/api/task-runs/{id}/control",
         ] {
-            assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+            assert!(
+                doc["paths"][path].is_object(),
+                "{path} missing from the OpenAPI document"
+            );
         }
         cluster.shutdown().await;
     }

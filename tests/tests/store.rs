@@ -92,14 +92,27 @@ async fn leases_expire_into_a_retry_then_dead_letter_and_a_pending_cancel_wins()
         let job = store.claim_next(&short).await.expect("claim").expect("a job");
         assert_eq!((job.id.as_str(), job.attempt), ("a", 1));
         // A heartbeat by someone else does not renew it.
-        assert!(store.heartbeat("a", &worker("w2", Duration::from_secs(5))).await.expect("hb").is_none());
-        assert!(store.expire_leases().await.expect("sweep").is_empty(), "not expired yet");
+        assert!(store
+            .heartbeat("a", &worker("w2", Duration::from_secs(5)))
+            .await
+            .expect("hb")
+            .is_none());
+        assert!(
+            store.expire_leases().await.expect("sweep").is_empty(),
+            "not expired yet"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(store.expire_leases().await.expect("sweep"), vec!["a".to_owned()]);
         let job = store.get_job("a").await.expect("get").expect("exists");
-        assert_eq!((job.status, job.attempt, job.lease_owner.clone()), (JobState::Queued, 2, None));
+        assert_eq!(
+            (job.status, job.attempt, job.lease_owner.clone()),
+            (JobState::Queued, 2, None)
+        );
         // The old owner can no longer finish it.
-        assert!(!store.finish("a", "w1", JobState::Succeeded, None).await.expect("finish"));
+        assert!(!store
+            .finish("a", "w1", JobState::Succeeded, None)
+            .await
+            .expect("finish"));
 
         store.claim_next(&short).await.expect("claim").expect("claimed again");
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -124,14 +137,20 @@ async fn leases_expire_into_a_retry_then_dead_letter_and_a_pending_cancel_wins()
             reason: Some("enough".into()),
         };
         let p = plan(&job, &cancel, "ops", "now", 0).expect("cancel is allowed");
-        store.apply_control(&p, job.version, "ops", Some("enough"), &[]).await.expect("apply");
+        store
+            .apply_control(&p, job.version, "ops", Some("enough"), &[])
+            .await
+            .expect("apply");
         tokio::time::sleep(Duration::from_millis(300)).await;
         store.expire_leases().await.expect("sweep");
         let job = store.get_job("b").await.expect("get").expect("exists");
         assert_eq!(job.status, JobState::Cancelled, "{}", db.kind());
         let rows = store.control_events("b").await.expect("control rows");
         assert_eq!(rows.len(), 1);
-        assert_eq!((rows[0].action.as_str(), rows[0].reason.as_deref()), ("cancel", Some("enough")));
+        assert_eq!(
+            (rows[0].action.as_str(), rows[0].reason.as_deref()),
+            ("cancel", Some("enough"))
+        );
         store.close().await;
         db.drop_now().await;
     }
@@ -144,17 +163,41 @@ async fn a_requeued_job_is_not_claimable_before_its_retry_time() {
         submit(&store, "r", 2).await;
         let by = worker("w1", Duration::from_secs(30));
         store.claim_next(&by).await.expect("claim").expect("r");
-        assert!(store.requeue("r", "w1", 2, Duration::from_millis(400)).await.expect("requeue"));
+        assert!(store
+            .requeue("r", "w1", 2, Duration::from_millis(400))
+            .await
+            .expect("requeue"));
         let job = store.get_job("r").await.expect("get").expect("r");
         assert_eq!((job.status, job.attempt), (JobState::Queued, 2));
         assert!(job.next_attempt_at > stepd::store::now_ms());
-        assert!(store.claim_next(&by).await.expect("claim").is_none(), "{}: not due yet", db.kind());
+        assert!(
+            store.claim_next(&by).await.expect("claim").is_none(),
+            "{}: not due yet",
+            db.kind()
+        );
         assert!(store.claim_job("r", &by).await.expect("claim").is_none());
-        assert!(store.take_unannounced(Duration::ZERO, 10).await.expect("sweep").is_empty());
+        assert!(store
+            .take_unannounced(Duration::ZERO, 10)
+            .await
+            .expect("sweep")
+            .is_empty());
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(store.take_unannounced(Duration::from_secs(60), 10).await.expect("sweep"), vec!["r".to_owned()]);
+        assert_eq!(
+            store
+                .take_unannounced(Duration::from_secs(60), 10)
+                .await
+                .expect("sweep"),
+            vec!["r".to_owned()]
+        );
         store.mark_announced("r").await.expect("mark");
-        assert!(store.take_unannounced(Duration::from_secs(60), 10).await.expect("sweep").is_empty(), "announced once");
+        assert!(
+            store
+                .take_unannounced(Duration::from_secs(60), 10)
+                .await
+                .expect("sweep")
+                .is_empty(),
+            "announced once"
+        );
         let job = store.claim_job("r", &by).await.expect("claim").expect("due now");
         assert_eq!(job.attempt, 2);
         store.close().await;
@@ -168,8 +211,20 @@ async fn events_checkpoints_and_attempts_round_trip() {
         let store = db.open().await;
         submit(&store, "c", 1).await;
         let ev = json!({"event": "task.step.attempt.started", "payload": {"stepId": "one"}});
-        assert_eq!(store.append_event("c", "2026-01-01T00:00:00Z", &ev).await.expect("append"), 1);
-        assert_eq!(store.append_event("c", "2026-01-01T00:00:01Z", &ev).await.expect("append"), 2);
+        assert_eq!(
+            store
+                .append_event("c", "2026-01-01T00:00:00Z", &ev)
+                .await
+                .expect("append"),
+            1
+        );
+        assert_eq!(
+            store
+                .append_event("c", "2026-01-01T00:00:01Z", &ev)
+                .await
+                .expect("append"),
+            2
+        );
         let after = store.events_after("c", 1, 10).await.expect("events");
         assert_eq!(after.len(), 1);
         assert_eq!((after[0].seq, after[0].payload["stepId"].as_str()), (2, Some("one")));

@@ -114,11 +114,7 @@ pub fn load_or_generate_token(data_dir: &Path) -> std::io::Result<(String, bool)
         }
     }
     std::fs::create_dir_all(data_dir)?;
-    let token = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
     let tmp = data_dir.join(".operator.token.tmp");
     {
         use std::io::Write;
@@ -158,15 +154,24 @@ mod tests {
         let caller = tokens.check(&bearer("op-secret"), Scope::Operator).expect("operator");
         assert_eq!(caller.label, "operator-1");
         assert_eq!(
-            tokens.check(&bearer("wk-secret"), Scope::Operator).expect_err("scope").status,
+            tokens
+                .check(&bearer("wk-secret"), Scope::Operator)
+                .expect_err("scope")
+                .status,
             axum::http::StatusCode::FORBIDDEN
         );
         assert_eq!(
-            tokens.check(&bearer("nope"), Scope::Operator).expect_err("unknown").status,
+            tokens
+                .check(&bearer("nope"), Scope::Operator)
+                .expect_err("unknown")
+                .status,
             axum::http::StatusCode::UNAUTHORIZED
         );
         assert_eq!(
-            tokens.check(&HeaderMap::new(), Scope::Worker).expect_err("missing").status,
+            tokens
+                .check(&HeaderMap::new(), Scope::Worker)
+                .expect_err("missing")
+                .status,
             axum::http::StatusCode::UNAUTHORIZED
         );
     }

@@ -170,7 +170,10 @@ pub async fn list(
             ))
         })?),
     };
-    let jobs = state.store.list_jobs(status, query.limit.unwrap_or(100).min(1000)).await?;
+    let jobs = state
+        .store
+        .list_jobs(status, query.limit.unwrap_or(100).min(1000))
+        .await?;
     let mut views = Vec::with_capacity(jobs.len());
     for job in &jobs {
         let first = state.store.first_unfinished_step(&job.id).await?;

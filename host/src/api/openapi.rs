@@ -49,9 +49,7 @@ fn id_param() -> Value {
 pub fn openapi_document() -> Value {
     let operator = json!([{"operator": []}]);
     let worker = json!([{"worker": []}]);
-    let job_ok = |status: &str, what: &str| {
-        json!({ status: {"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}})
-    };
+    let job_ok = |status: &str, what: &str| json!({ status: {"description": what, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}});
     json!({
         "openapi": "3.1.0",
         "info": {"title": "stepd", "version": env!("CARGO_PKG_VERSION"),

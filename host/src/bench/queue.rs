@@ -27,10 +27,18 @@ pub struct QueueBenchArgs {
     pub jobs: usize,
     /// PostgreSQL server for the scale-out runs; a scratch database is
     /// created on it and dropped afterwards.
-    #[arg(long, env = "STEPD_BENCH_PG_ADMIN_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "STEPD_BENCH_PG_ADMIN_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     pub pg_admin_url: String,
     /// RabbitMQ for the scale-out runs.
-    #[arg(long, env = "STEPD_BENCH_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "STEPD_BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub amqp_url: String,
     /// Only the embedded default (no PostgreSQL, no RabbitMQ).
     #[arg(long)]
@@ -78,7 +86,11 @@ impl Proc {
     fn wait_for(&self, needle: &str) -> anyhow::Result<String> {
         let start = Instant::now();
         loop {
-            let log = self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+            let log = self
+                .log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             if let Some(line) = log.lines().find(|l| l.contains(needle)) {
                 return Ok(line.to_owned());
             }
@@ -126,7 +138,11 @@ impl Deployment {
                 format!("stepd.bench.{}", uuid::Uuid::new_v4().simple()),
             ));
         }
-        let server = Proc::spawn(&["serve", "--listen", "127.0.0.1:0", "--workers", "0"], &env, dir.path())?;
+        let server = Proc::spawn(
+            &["serve", "--listen", "127.0.0.1:0", "--workers", "0"],
+            &env,
+            dir.path(),
+        )?;
         let line = server.wait_for("stepd serving http://")?;
         let url = line
             .split_whitespace()
@@ -194,7 +210,8 @@ fn time_of(value: &Value) -> Option<SystemTime> {
 }
 
 fn seconds_between(a: SystemTime, b: SystemTime) -> f64 {
-    b.duration_since(a).map_or_else(|e| -e.duration().as_secs_f64(), |d| d.as_secs_f64())
+    b.duration_since(a)
+        .map_or_else(|e| -e.duration().as_secs_f64(), |d| d.as_secs_f64())
 }
 
 struct Throughput {
@@ -211,8 +228,14 @@ async fn throughput(d: &Deployment, repo: &Path, jobs: usize) -> anyhow::Result<
     loop {
         let listed = d.get(&format!("/api/queue/jobs?limit={}", jobs + 10)).await?;
         let all = listed["jobs"].as_array().cloned().unwrap_or_default();
-        let done = all.iter().filter(|j| ids.iter().any(|id| j["id"] == *id) && j["status"] == "succeeded").count();
-        if let Some(bad) = all.iter().find(|j| j["status"] == "failed" || j["status"] == "dead_letter") {
+        let done = all
+            .iter()
+            .filter(|j| ids.iter().any(|id| j["id"] == *id) && j["status"] == "succeeded")
+            .count();
+        if let Some(bad) = all
+            .iter()
+            .find(|j| j["status"] == "failed" || j["status"] == "dead_letter")
+        {
             bail!("a bench job did not succeed: {bad}");
         }
         if done == jobs {
@@ -241,11 +264,11 @@ struct Recovery {
 
 async fn crash_recovery(mut d: Deployment, repo: &Path) -> anyhow::Result<Recovery> {
     let payload = json!({"type": "task", "maxAttempts": 3, "task": {
-        "objective": "bench", "repository": repo.display().to_string(), "startingBranch": "main",
-        "steps": [
-            {"id": "one", "title": "one", "plugin": "write-file", "inputs": {"path": "a.txt", "text": "a\n"}},
-            {"id": "two", "title": "two", "plugin": "write-file", "inputs": {"path": "b.txt", "text": "b\n", "sleepMs": 3000}}
-        ]}});
+    "objective": "bench", "repository": repo.display().to_string(), "startingBranch": "main",
+    "steps": [
+        {"id": "one", "title": "one", "plugin": "write-file", "inputs": {"path": "a.txt", "text": "a\n"}},
+        {"id": "two", "title": "two", "plugin": "write-file", "inputs": {"path": "b.txt", "text": "b\n", "sleepMs": 3000}}
+    ]}});
     let id = d.submit(&payload).await?;
     let start = Instant::now();
     loop {
@@ -308,7 +331,10 @@ pub async fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<()> {
     let repo = tempfile::tempdir()?;
     std::fs::write(repo.path().join("README.md"), "bench\n")?;
     let repo_path = repo.path().to_owned();
-    println!("stepd bench queue: {} one-step jobs per run; lease 2 s, heartbeat 200 ms, sweep 200 ms", args.jobs);
+    println!(
+        "stepd bench queue: {} one-step jobs per run; lease 2 s, heartbeat 200 ms, sweep 200 ms",
+        args.jobs
+    );
     println!(
         "{:<28} {:>8} {:>12} {:>12} {:>10}",
         "deployment", "workers", "p50 latency", "p99 latency", "jobs/s"
@@ -321,7 +347,11 @@ pub async fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<()> {
     let mut recoveries = Vec::new();
     for (m, mode) in modes.iter().enumerate() {
         for workers in [1usize, 2] {
-            let scratch = if m == 1 { Some(scratch_database(&args.pg_admin_url).await?) } else { None };
+            let scratch = if m == 1 {
+                Some(scratch_database(&args.pg_admin_url).await?)
+            } else {
+                None
+            };
             let d = Deployment::start(args, scratch.as_ref().map(|(url, _)| url.as_str()), workers).await?;
             let result = throughput(&d, &repo_path, args.jobs).await;
             drop(d);
@@ -338,7 +368,11 @@ pub async fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<()> {
                 t.jobs_per_second
             );
         }
-        let scratch = if m == 1 { Some(scratch_database(&args.pg_admin_url).await?) } else { None };
+        let scratch = if m == 1 {
+            Some(scratch_database(&args.pg_admin_url).await?)
+        } else {
+            None
+        };
         let d = Deployment::start(args, scratch.as_ref().map(|(url, _)| url.as_str()), 1).await?;
         let result = crash_recovery(d, &repo_path).await;
         if let Some((_, name)) = &scratch {
@@ -348,7 +382,10 @@ pub async fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<()> {
     }
     println!();
     println!("crash recovery (worker SIGKILLed in step two of two; a new worker takes over)");
-    println!("{:<28} {:>22} {:>26}", "deployment", "lease expiry → requeue", "lease expiry → step two again");
+    println!(
+        "{:<28} {:>22} {:>26}",
+        "deployment", "lease expiry → requeue", "lease expiry → step two again"
+    );
     for (mode, r) in recoveries {
         println!(
             "{:<28} {:>20.0}ms {:>24.0}ms",

@@ -100,7 +100,9 @@ pub async fn submit(args: &ClientArgs, job: &Path) -> anyhow::Result<String> {
         .send()
         .await
         .with_context(|| format!("reaching {}", args.server))?;
-    let body = check(response).await.with_context(|| format!("submitting {}", job.display()))?;
+    let body = check(response)
+        .await
+        .with_context(|| format!("submitting {}", job.display()))?;
     Ok(body["id"].as_str().unwrap_or_default().to_owned())
 }
 
@@ -174,11 +176,7 @@ pub async fn control(
 fn show(view: &LiveView, event: &Value) {
     match serde_json::from_value::<EventRecord>(event.clone()) {
         Ok(record) => view.show(&record),
-        Err(_) => println!(
-            "{} {}",
-            event["event"].as_str().unwrap_or("?"),
-            event["payload"]
-        ),
+        Err(_) => println!("{} {}", event["event"].as_str().unwrap_or("?"), event["payload"]),
     }
 }
 
@@ -239,7 +237,9 @@ pub async fn follow_events(args: &ClientArgs, id: &str, after: i64) -> anyhow::R
                 if data.is_empty() {
                     continue;
                 }
-                let Ok(event) = serde_json::from_str::<Value>(&data) else { continue };
+                let Ok(event) = serde_json::from_str::<Value>(&data) else {
+                    continue;
+                };
                 after = event["seq"].as_i64().unwrap_or(after);
                 show(&view, &event);
                 if let Some(code) = ending(&event) {

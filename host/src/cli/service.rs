@@ -82,8 +82,8 @@ async fn start(data: &DataArgs) -> anyhow::Result<Process> {
         &settings.service.amqp_queue,
         settings.service.sweep,
     )
-        .await
-        .context("connecting to RabbitMQ")?;
+    .await
+    .context("connecting to RabbitMQ")?;
     let stop = CancelToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {
@@ -103,7 +103,12 @@ async fn start(data: &DataArgs) -> anyhow::Result<Process> {
     })
 }
 
-fn spawn_workers(p: &Process, data: &DataArgs, count: usize, concurrency: usize) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+fn spawn_workers(
+    p: &Process,
+    data: &DataArgs,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
     if count == 0 {
         return Ok(Vec::new());
     }

@@ -39,7 +39,7 @@ pub enum Hint {
     /// Any claimable job (embedded: something changed, or the poll tick).
     Any,
     /// The job a message named; `ack` it once the claim was tried.
-    Job(amqp::Delivery),
+    Job(Box<amqp::Delivery>),
 }
 
 /// Wakes in-process workers: one notification per announced job, and a
@@ -126,7 +126,7 @@ impl Dispatcher {
                 }
                 Ok(Hint::Any)
             }
-            Dispatcher::Amqp(amqp, _) => Ok(Hint::Job(amqp.next(prefetch).await?)),
+            Dispatcher::Amqp(amqp, _) => Ok(Hint::Job(Box::new(amqp.next(prefetch).await?))),
         }
     }
 }

@@ -115,7 +115,8 @@ impl Store {
 
     /// The newest jobs first, optionally of one status.
     pub async fn list_jobs(&self, status: Option<JobState>, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
-        let by_status = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status = $1 ORDER BY created_at DESC, id LIMIT $2");
+        let by_status =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status = $1 ORDER BY created_at DESC, id LIMIT $2");
         let all = format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at DESC, id LIMIT $1");
         let rows = match status {
             Some(status) => sqlx::query(&by_status).bind(status.as_str()).bind(i64::from(limit)),
@@ -425,7 +426,11 @@ impl Store {
         .bind(job.resume_step.map(i64::from))
         .bind(live)
         .bind(i64::from(job.live_control.holds()))
-        .bind(if job.status.is_terminal() { Some(job.finished_at.unwrap_or(now)) } else { None })
+        .bind(if job.status.is_terminal() {
+            Some(job.finished_at.unwrap_or(now))
+        } else {
+            None
+        })
         .bind(job.last_error.as_deref())
         .bind(now)
         .bind(i64::from(plan.reopened))

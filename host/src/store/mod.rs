@@ -238,7 +238,9 @@ impl Store {
         }
         let pool = options.connect(url).await.map_err(db("connect"))?;
         if backend == Backend::Sqlite {
-            pool.execute("PRAGMA journal_mode = WAL").await.map_err(db("enable WAL"))?;
+            pool.execute("PRAGMA journal_mode = WAL")
+                .await
+                .map_err(db("enable WAL"))?;
         }
         let store = Store { pool, backend };
         store.migrate().await?;

@@ -239,8 +239,8 @@ impl Worker {
 
         // The payload is checked again here: this host's plugins and paths.
         let base_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        let validated = JobPayload::parse(&job.payload.to_string())
-            .and_then(|p| p.validate(&base_dir, &self.options.plugin_dir));
+        let validated =
+            JobPayload::parse(&job.payload.to_string()).and_then(|p| p.validate(&base_dir, &self.options.plugin_dir));
         let validated = match validated {
             Ok(v) => v,
             Err(e) => {
@@ -251,7 +251,9 @@ impl Worker {
                     failure_class: "deterministic_contract".into(),
                     reason: reason.clone(),
                 };
-                return self.end(&id, &events, &recorder, JobState::Failed, event, Some(&reason)).await;
+                return self
+                    .end(&id, &events, &recorder, JobState::Failed, event, Some(&reason))
+                    .await;
             }
         };
 
@@ -274,7 +276,9 @@ impl Worker {
                     failure_class: "deterministic_repo".into(),
                     reason: reason.clone(),
                 };
-                return self.end(&id, &events, &recorder, JobState::Failed, event, Some(&reason)).await;
+                return self
+                    .end(&id, &events, &recorder, JobState::Failed, event, Some(&reason))
+                    .await;
             }
         };
 
@@ -297,7 +301,10 @@ impl Worker {
             *entry = (*entry).max(row.attempt);
         }
 
-        let config = self.settings.self_heal.with_overrides(&validated.payload.task.self_heal);
+        let config = self
+            .settings
+            .self_heal
+            .with_overrides(&validated.payload.task.self_heal);
         let max_attempts = job.max_attempts;
         let step_ids: Vec<String> = validated.steps.iter().map(|s| s.id.clone()).collect();
         let metrics = Metrics::new(self.settings.statsd.as_ref(), self.redactor.clone());
@@ -333,7 +340,9 @@ impl Worker {
                     failure_class: "deterministic_repo".into(),
                     reason: reason.clone(),
                 };
-                return self.end(&id, &events, &recorder, JobState::Failed, event, Some(&reason)).await;
+                return self
+                    .end(&id, &events, &recorder, JobState::Failed, event, Some(&reason))
+                    .await;
             }
             self.store.delete_checkpoints_from(&id, start).await?;
         }
@@ -363,7 +372,9 @@ impl Worker {
                         failure_class: "host_error".into(),
                         reason: reason.clone(),
                     };
-                    return self.end(&id, &events, &recorder, JobState::Failed, event, Some(&reason)).await;
+                    return self
+                        .end(&id, &events, &recorder, JobState::Failed, event, Some(&reason))
+                        .await;
                 }
             };
             recorder.flush().await;
@@ -374,7 +385,9 @@ impl Worker {
                 let event = Event::JobCancelled {
                     reason: "cancel requested by an operator".into(),
                 };
-                return self.end(&id, &events, &recorder, JobState::Cancelled, event, None).await;
+                return self
+                    .end(&id, &events, &recorder, JobState::Cancelled, event, None)
+                    .await;
             }
             if link.stopping() {
                 self.store.release(&id, &owner).await?;
@@ -397,14 +410,18 @@ impl Worker {
                             failure_class: "deterministic_repo".into(),
                             reason: reason.clone(),
                         };
-                        return self.end(&id, &events, &recorder, JobState::Failed, event, Some(&reason)).await;
+                        return self
+                            .end(&id, &events, &recorder, JobState::Failed, event, Some(&reason))
+                            .await;
                     }
                 }
             }
             match outcome {
                 PassOutcome::Succeeded => {
                     let event = Event::JobSucceeded { job_attempt };
-                    return self.end(&id, &events, &recorder, JobState::Succeeded, event, None).await;
+                    return self
+                        .end(&id, &events, &recorder, JobState::Succeeded, event, None)
+                        .await;
                 }
                 PassOutcome::Failed {
                     step_id,
@@ -418,7 +435,9 @@ impl Worker {
                         failure_class: class.as_str().to_owned(),
                         reason: reason.clone(),
                     };
-                    return self.end(&id, &events, &recorder, JobState::Failed, event, Some(&reason)).await;
+                    return self
+                        .end(&id, &events, &recorder, JobState::Failed, event, Some(&reason))
+                        .await;
                 }
                 PassOutcome::Cancelled => {
                     // Torn down with no cancel, stop or recovery behind it:
@@ -432,7 +451,14 @@ impl Worker {
                             job_attempts: job_attempt,
                         };
                         return self
-                            .end(&id, &events, &recorder, JobState::DeadLetter, event, Some("retryable failures used up the job's attempts"))
+                            .end(
+                                &id,
+                                &events,
+                                &recorder,
+                                JobState::DeadLetter,
+                                event,
+                                Some("retryable failures used up the job's attempts"),
+                            )
                             .await;
                     }
                     let delay = self.settings.retry.delay_after(job_attempt);
