@@ -519,6 +519,18 @@ async fn bad_requests_get_their_status_and_message_and_change_nothing() {
                 "does not hold",
             ),
             (
+                "bad query",
+                cluster.request(reqwest::Method::GET, "/api/queue/jobs?limit=abc"),
+                400,
+                "bad query",
+            ),
+            (
+                "bad query, no token",
+                reqwest::Client::new().get(format!("{}/api/queue/jobs?limit=abc", cluster.url)),
+                401,
+                "missing bearer token",
+            ),
+            (
                 "bad payload",
                 cluster
                     .request(reqwest::Method::POST, "/api/queue/jobs")

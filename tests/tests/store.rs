@@ -110,7 +110,7 @@ async fn leases_expire_into_a_retry_then_dead_letter_and_a_pending_cancel_wins()
         );
         // The old owner can no longer finish it.
         assert!(!store
-            .finish("a", "w1", JobState::Succeeded, None)
+            .finish("a", "w1", JobState::Succeeded, None, job.version)
             .await
             .expect("finish"));
 
@@ -163,10 +163,13 @@ async fn a_requeued_job_is_not_claimable_before_its_retry_time() {
         submit(&store, "r", 2).await;
         let by = worker("w1", Duration::from_secs(30));
         store.claim_next(&by).await.expect("claim").expect("r");
-        assert!(store
-            .requeue("r", "w1", 2, Duration::from_millis(400))
-            .await
-            .expect("requeue"));
+        assert_eq!(
+            store
+                .requeue("r", "w1", 2, Duration::from_millis(400))
+                .await
+                .expect("requeue"),
+            Some(JobState::Queued)
+        );
         let job = store.get_job("r").await.expect("get").expect("r");
         assert_eq!((job.status, job.attempt), (JobState::Queued, 2));
         assert!(job.next_attempt_at > stepd::store::now_ms());
@@ -210,6 +213,11 @@ async fn events_checkpoints_and_attempts_round_trip() {
     for db in TestDb::both().await {
         let store = db.open().await;
         submit(&store, "c", 1).await;
+        store
+            .claim_next(&worker("w1", Duration::from_secs(30)))
+            .await
+            .expect("claim")
+            .expect("c");
         let ev = json!({"event": "task.step.attempt.started", "payload": {"stepId": "one"}});
         assert_eq!(
             store
@@ -232,9 +240,10 @@ async fn events_checkpoints_and_attempts_round_trip() {
 
         let patch = b"diff --git a/x b/x\n\0binary\xff".to_vec();
         for i in [0u32, 1, 3] {
-            store
+            let written = store
                 .put_checkpoint(
                     "c",
+                    "w1",
                     &CheckpointRow {
                         step_index: i,
                         step_id: format!("s{i}"),
@@ -244,11 +253,24 @@ async fn events_checkpoints_and_attempts_round_trip() {
                 )
                 .await
                 .expect("checkpoint");
+            assert!(written);
         }
+        // Only the lease holder writes checkpoints.
+        let stranger = CheckpointRow {
+            step_index: 2,
+            step_id: "s2".into(),
+            patch: patch.clone(),
+            state: "{}".into(),
+        };
+        assert!(!store
+            .put_checkpoint("c", "w2", &stranger)
+            .await
+            .expect("refused quietly"));
         // Writing the same step again replaces it: no duplicates.
         store
             .put_checkpoint(
                 "c",
+                "w1",
                 &CheckpointRow {
                     step_index: 1,
                     step_id: "s1".into(),

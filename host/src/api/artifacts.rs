@@ -6,6 +6,7 @@
 use std::io::Read;
 use std::path::{Component, Path as FsPath};
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +16,7 @@ use cap_std::fs::Dir;
 use serde_json::{json, Value};
 
 use super::auth::Scope;
-use super::error::ApiError;
+use super::error::{path_param, ApiError};
 use super::ApiState;
 
 fn job_dir(state: &ApiState, id: &str) -> Result<Dir, ApiError> {
@@ -51,9 +52,10 @@ fn walk(dir: &Dir, prefix: &str, out: &mut Vec<Value>) -> std::io::Result<()> {
 pub async fn list(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     state.tokens.check(&headers, Scope::Operator)?;
+    let id = path_param(id)?;
     state
         .store
         .get_job(&id)
@@ -90,9 +92,10 @@ pub fn check_artifact_path(path: &str) -> Result<&FsPath, ApiError> {
 pub async fn download(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path((id, path)): Path<(String, String)>,
+    id_path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
     state.tokens.check(&headers, Scope::Operator)?;
+    let (id, path) = path_param(id_path)?;
     let rel = check_artifact_path(&path)?;
     state
         .store

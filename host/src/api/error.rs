@@ -90,3 +90,22 @@ impl From<ControlError> for ApiError {
         }
     }
 }
+
+/// A path parameter, or a JSON 400 naming what is wrong with it (axum's
+/// own rejection is plain text).
+pub fn path_param<T>(
+    value: Result<axum::extract::Path<T>, axum::extract::rejection::PathRejection>,
+) -> Result<T, ApiError> {
+    value
+        .map(|axum::extract::Path(v)| v)
+        .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
+}
+
+/// Query parameters, or a JSON 400 naming what is wrong with them.
+pub fn query_param<T>(
+    value: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    value
+        .map(|axum::extract::Query(v)| v)
+        .map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))
+}

@@ -4,6 +4,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -13,7 +14,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{json, Value};
 
 use super::auth::Scope;
-use super::error::ApiError;
+use super::error::{path_param, query_param, ApiError};
 use super::{ApiState, MAX_BODY_BYTES};
 use crate::control::{plan, ControlAction, ControlRequest};
 use crate::events::Event;
@@ -140,7 +141,13 @@ pub async fn submit(State(state): State<ApiState>, headers: HeaderMap, body: Bod
         })
         .await?;
     match state.dispatcher.announce(&id).await {
-        Ok(()) => state.store.mark_announced(&id).await?,
+        Ok(()) => {
+            // The job is stored either way: a failure here only means the
+            // sweep announces it once more.
+            if let Err(e) = state.store.mark_announced(&id).await {
+                tracing::warn!(job = %id, error = %e, "marking a job announced failed");
+            }
+        }
         // The job is stored; the sweep announces it once the broker is back.
         Err(e) => tracing::warn!(job = %id, error = %e, "announcing a new job failed; the sweep will retry"),
     }
@@ -158,9 +165,10 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Query(query): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     state.tokens.check(&headers, Scope::Operator)?;
+    let query = query_param(query)?;
     let status = match query.status.as_deref() {
         None | Some("") => None,
         Some(s) => Some(JobState::parse(s).ok_or_else(|| {
@@ -186,9 +194,10 @@ pub async fn list(
 pub async fn get_job(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     state.tokens.check(&headers, Scope::Operator)?;
+    let id = path_param(id)?;
     let job = load_job(&state, &id).await?;
     let first = state.store.first_unfinished_step(&id).await?;
     let mut view = job_view(&job, first);
@@ -211,10 +220,12 @@ pub struct EventsQuery {
 pub async fn events(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(query): Query<EventsQuery>,
+    id: Result<Path<String>, PathRejection>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     state.tokens.check(&headers, Scope::Operator)?;
+    let id = path_param(id)?;
+    let query = query_param(query)?;
     load_job(&state, &id).await?;
     let after = query.after.unwrap_or(0);
     let wants_stream = query.stream.unwrap_or(false)
@@ -273,10 +284,11 @@ pub struct HeartbeatRequest {
 pub async fn heartbeat(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     state.tokens.check(&headers, Scope::Worker)?;
+    let id = path_param(id)?;
     let request: HeartbeatRequest = json_body(body).await?;
     load_job(&state, &id).await?;
     let by = ClaimedBy {
@@ -297,10 +309,11 @@ pub async fn heartbeat(
 pub async fn control(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let caller = state.tokens.check(&headers, Scope::Operator)?;
+    let id = path_param(id)?;
     let request: ControlRequest = json_body(body).await?;
     for _ in 0..10 {
         let job = load_job(&state, &id).await?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
@@ -21,6 +21,8 @@ use tokio::sync::Mutex;
 
 use super::QueueError;
 use crate::config::strip_password;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The queue's default name (`STEPD_AMQP_QUEUE` changes it).
 pub const QUEUE_NAME: &str = "stepd.jobs.ready";
@@ -57,6 +59,20 @@ impl Delivery {
     }
 }
 
+impl Delivery {
+    /// Hand it back to the broker (a claim that failed on a store error),
+    /// so it is delivered again instead of holding a prefetch slot.
+    pub async fn nack(self) {
+        let options = BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        };
+        if let Err(e) = self.inner.nack(options).await {
+            tracing::debug!(job = %self.job_id, error = %e, "nack failed; the message comes again when the channel closes");
+        }
+    }
+}
+
 impl AmqpDispatcher {
     /// Connect to `url` and declare the queue; fails when the broker does
     /// not answer (a deployment error worth seeing at start).
@@ -81,9 +97,15 @@ impl AmqpDispatcher {
     }
 
     async fn open(&self) -> Result<Link, QueueError> {
-        let connection = Connection::connect(&self.url, ConnectionProperties::default())
-            .await
-            .map_err(|e| self.error("connect", e))?;
+        // A broker host that does not answer at all must not hold the
+        // dispatcher (and every submit) for a TCP timeout.
+        let connection = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            Connection::connect(&self.url, ConnectionProperties::default()),
+        )
+        .await
+        .map_err(|_| self.error("connect", format!("no answer within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| self.error("connect", e))?;
         let publish = connection
             .create_channel()
             .await

@@ -70,8 +70,7 @@ pub enum SelfHealError {
 pub trait RunHooks: Send + Sync {
     /// Called before every attempt; returns once the job may go on (at
     /// once unless paused or taken over; early when the run is cancelled).
-    /// True when it held, so the workspace may have been edited.
-    fn before_attempt<'a>(&'a self, at: &'a StepAttemptRef) -> BoxFuture<'a, bool>;
+    fn before_attempt<'a>(&'a self, at: &'a StepAttemptRef) -> BoxFuture<'a, ()>;
     /// Called once a step's checkpoint is in the artifacts; the step does
     /// not count as done until this returns `Ok`.
     fn checkpointed<'a>(&'a self, patch: &'a [u8], state: &'a StepState) -> BoxFuture<'a, Result<(), String>>;
@@ -154,8 +153,11 @@ pub struct JobRun<'a> {
     baseline: TreeId,
     cancel: CancelToken,
     resets_used: u32,
-    /// The workspace's tree when the host last knew it (after a step's
-    /// checkpoint or a rebuild), so the next step need not snapshot again.
+    /// The tree the next step starts from: the workspace as of the last
+    /// checkpoint or rebuild (or as first seen). It survives a torn-down
+    /// pass and an operator's hold, so whatever a stopped attempt or a human
+    /// left in the workspace lands in the step's patch, and the baseline
+    /// plus the patches always rebuild the workspace as it is.
     current_tree: Option<TreeId>,
     /// The last attempt number of each step, across job attempts.
     attempts_used: HashMap<u32, u32>,
@@ -246,18 +248,16 @@ impl<'a> JobRun<'a> {
         self.workspace.root()
     }
 
-    /// Forget what the host knew of the workspace (a human may have edited
-    /// it): the next step snapshots it afresh.
-    pub fn forget_workspace_tree(&mut self) {
-        self.current_tree = None;
+    /// True when step `k` has a checkpoint in this run's artifacts.
+    pub fn has_checkpoint(&self, k: u32) -> bool {
+        matches!(self.artifacts.read_step_state(k), Ok(Some(_)))
     }
 
     // `&mut self` (not `&self`) across awaits: the run's future stays
     // `Send` although a workspace (libgit2) is not `Sync`.
-    async fn hold_if_asked(&mut self, at: &StepAttemptRef) -> bool {
-        match self.hooks.clone() {
-            Some(hooks) => hooks.before_attempt(at).await,
-            None => false,
+    async fn hold_if_asked(&mut self, at: &StepAttemptRef) {
+        if let Some(hooks) = self.hooks.clone() {
+            hooks.before_attempt(at).await;
         }
     }
 
@@ -384,15 +384,17 @@ impl<'a> JobRun<'a> {
             step_index: step.index,
             attempt: first_attempt,
         };
-        if self.hold_if_asked(&first_at).await {
-            self.current_tree = None;
-        }
+        self.hold_if_asked(&first_at).await;
         if self.cancel.is_cancelled() {
             return Ok(PassOutcome::Cancelled);
         }
-        let mut start_tree = match self.current_tree.take() {
+        let mut start_tree = match self.current_tree {
             Some(tree) => tree,
-            None => self.workspace.snapshot()?,
+            None => {
+                let tree = self.workspace.snapshot()?;
+                self.current_tree = Some(tree);
+                tree
+            }
         };
         let mut tracker = NoProgressTracker::default();
         let mut retry_context: Option<RetryContext> = None;
@@ -519,10 +521,7 @@ impl<'a> JobRun<'a> {
                     self.events.emit(Event::SelfHealEscalated(decision))?;
                     self.resets_used += 1;
                     match self.rebuild_for_step(step.index) {
-                        Ok(tree) => {
-                            start_tree = tree;
-                            self.current_tree = None;
-                        }
+                        Ok(tree) => start_tree = tree,
                         Err(e) => {
                             return Ok(PassOutcome::Failed {
                                 step_id: step.id.clone(),

@@ -192,7 +192,8 @@ impl Store {
         row.as_ref().map(decode_job).transpose()
     }
 
-    /// Note which step `owner` is running and where its workspace is.
+    /// Note which step `owner` is running and where its workspace is (a
+    /// new version: a step action planned against the old step plans again).
     pub async fn set_current_step(
         &self,
         id: &str,
@@ -202,7 +203,8 @@ impl Store {
         workspace: &str,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE jobs SET current_step_id = $1, current_step_index = $2, workspace_path = $3, updated_at = $4 \
+            "UPDATE jobs SET current_step_id = $1, current_step_index = $2, workspace_path = $3, updated_at = $4, \
+             version = version + 1 \
              WHERE id = $5 AND lease_owner = $6 AND status = 'running'",
         )
         .bind(step_id)
@@ -217,26 +219,30 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// End job `id` held by `owner` with `status` (a terminal state).
-    /// False when `owner` lost the lease meanwhile.
+    /// End job `id` held by `owner` with `status` (a terminal state), if
+    /// nothing changed it since `version` (an operator's request that
+    /// arrived meanwhile must be acted on, not dropped). False when `owner`
+    /// lost the lease or the job changed.
     pub async fn finish(
         &self,
         id: &str,
         owner: &str,
         status: JobState,
         error: Option<&str>,
+        version: i64,
     ) -> Result<bool, StoreError> {
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE jobs SET status = $1, lease_owner = NULL, lease_expires_at = NULL, finished_at = $2, \
              updated_at = $2, last_error = $3, resume_step = NULL, version = version + 1 \
-             WHERE id = $4 AND lease_owner = $5 AND status = 'running'",
+             WHERE id = $4 AND lease_owner = $5 AND status = 'running' AND version = $6",
         )
         .bind(status.as_str())
         .bind(now)
         .bind(error)
         .bind(id)
         .bind(owner)
+        .bind(version)
         .execute(&self.pool)
         .await
         .map_err(db("finish job"))?;
@@ -245,25 +251,38 @@ impl Store {
 
     /// Put job `id` back in the queue for job attempt `attempt`, claimable
     /// after `delay` — or end it `cancelled` when a cancel arrived
-    /// meanwhile. False when `owner` lost the lease meanwhile.
-    pub async fn requeue(&self, id: &str, owner: &str, attempt: u32, delay: Duration) -> Result<bool, StoreError> {
+    /// meanwhile. Returns the job's status now, `None` when `owner` lost
+    /// the lease meanwhile.
+    pub async fn requeue(
+        &self,
+        id: &str,
+        owner: &str,
+        attempt: u32,
+        delay: Duration,
+    ) -> Result<Option<JobState>, StoreError> {
         let now = now_ms();
-        let done = sqlx::query(
+        let row = sqlx::query(
             "UPDATE jobs SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END, \
              finished_at = CASE WHEN cancel_requested = 1 THEN $3 ELSE NULL END, \
              attempt = $1, next_attempt_at = $2, lease_owner = NULL, \
              lease_expires_at = NULL, published_at = NULL, updated_at = $3, version = version + 1 \
-             WHERE id = $4 AND lease_owner = $5 AND status = 'running'",
+             WHERE id = $4 AND lease_owner = $5 AND status = 'running' RETURNING status",
         )
         .bind(i64::from(attempt))
         .bind(now + duration_ms(delay))
         .bind(now)
         .bind(id)
         .bind(owner)
-        .execute(&self.pool)
+        .fetch_optional(&self.pool)
         .await
         .map_err(db("requeue job"))?;
-        Ok(done.rows_affected() == 1)
+        match row {
+            Some(row) => {
+                let status: String = row.try_get("status").map_err(db("requeue job"))?;
+                Ok(JobState::parse(&status))
+            }
+            None => Ok(None),
+        }
     }
 
     /// Give up a claim without ending the job (shutdown): queued again at

@@ -257,11 +257,20 @@ impl Store {
     }
 
     /// Store step `step_index`'s checkpoint (replacing one left by an
-    /// earlier run of the same step).
-    pub async fn put_checkpoint(&self, job_id: &str, checkpoint: &CheckpointRow) -> Result<(), StoreError> {
-        sqlx::query(
+    /// earlier run of the same step) — only while `owner` holds the job's
+    /// lease, so a worker that lost its job cannot splice its patch into
+    /// another worker's chain. False when it does not hold it.
+    pub async fn put_checkpoint(
+        &self,
+        job_id: &str,
+        owner: &str,
+        checkpoint: &CheckpointRow,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
             "INSERT INTO step_checkpoints (job_id, step_index, step_id, patch, state, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (job_id, step_index) DO UPDATE SET \
+             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS \
+               (SELECT 1 FROM jobs WHERE id = $1 AND lease_owner = $7 AND status = 'running') \
+             ON CONFLICT (job_id, step_index) DO UPDATE SET \
              step_id = excluded.step_id, patch = excluded.patch, state = excluded.state, created_at = excluded.created_at",
         )
         .bind(job_id)
@@ -270,10 +279,11 @@ impl Store {
         .bind(checkpoint.patch.clone())
         .bind(&checkpoint.state)
         .bind(now_ms())
+        .bind(owner)
         .execute(&self.pool)
         .await
         .map_err(db("store checkpoint"))?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// A job's checkpoints, by step.

@@ -71,7 +71,8 @@ impl JobLink {
     /// stop anyway.
     pub fn new_pass(&self) -> CancelToken {
         let token = CancelToken::new();
-        if self.must_stop() {
+        let recovery_waiting = self.pending.lock().unwrap_or_else(PoisonError::into_inner).is_some();
+        if self.must_stop() || recovery_waiting {
             token.cancel();
         }
         *self.pass.lock().unwrap_or_else(PoisonError::into_inner) = token.clone();
@@ -108,15 +109,21 @@ impl JobLink {
         self.pass().cancel();
     }
 
-    /// The recovery request to act on, if one arrived.
-    pub fn take_pending(&self) -> Option<RecoveryRequest> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).take()
+    /// True while a recovery request waits to be acted on.
+    pub fn has_pending(&self) -> bool {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).is_some()
     }
 
-    /// Remember `request` as acted on, so a heartbeat that still sees it
-    /// (before the store clears it) does not act twice.
-    pub fn mark_handled(&self, request: RecoveryRequest) {
-        *self.handled.lock().unwrap_or_else(PoisonError::into_inner) = Some(request);
+    /// The recovery request to act on, if one arrived. From now on it
+    /// counts as handled, so a heartbeat that still sees it in the store
+    /// (before the worker clears it) does not queue it a second time.
+    pub fn take_pending(&self) -> Option<RecoveryRequest> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let request = pending.take();
+        if let Some(request) = &request {
+            *self.handled.lock().unwrap_or_else(PoisonError::into_inner) = Some(request.clone());
+        }
+        request
     }
 
     /// Renew the lease every `interval` (or when `wake` names this job)
@@ -130,6 +137,7 @@ impl JobLink {
         mut wake: Option<broadcast::Receiver<String>>,
         done: CancelToken,
     ) {
+        let mut last_renewed = std::time::Instant::now();
         loop {
             let woken = async {
                 match wake.as_mut() {
@@ -155,8 +163,20 @@ impl JobLink {
                     self.lose_lease();
                     return;
                 }
-                Err(e) => tracing::warn!(job = %job_id, error = %e, "heartbeat failed; retrying"),
+                Err(e) => {
+                    // Past two thirds of the lease without a renewal, another
+                    // process may requeue the job any moment: stop working on
+                    // it rather than run it twice.
+                    if last_renewed.elapsed() * 3 > by.lease * 2 {
+                        tracing::error!(job = %job_id, error = %e, "heartbeats failing for most of the lease; giving the job up");
+                        self.lose_lease();
+                        return;
+                    }
+                    tracing::warn!(job = %job_id, error = %e, "heartbeat failed; retrying");
+                    continue;
+                }
             }
+            last_renewed = std::time::Instant::now();
         }
     }
 }
@@ -171,16 +191,18 @@ pub struct ServiceHooks {
     pub store: Store,
     /// The job.
     pub job_id: String,
+    /// The worker (checkpoints are only written under its lease).
+    pub owner: String,
 }
 
 impl RunHooks for ServiceHooks {
-    fn before_attempt<'a>(&'a self, _at: &'a StepAttemptRef) -> BoxFuture<'a, bool> {
+    fn before_attempt<'a>(&'a self, _at: &'a StepAttemptRef) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             let mut rx = self.link.live.subscribe();
             let mode = {
                 let live = rx.borrow_and_update();
                 if !live.holds() {
-                    return false;
+                    return;
                 }
                 live.hold_mode()
             };
@@ -197,7 +219,6 @@ impl RunHooks for ServiceHooks {
                 }
             }
             let _ = self.events.emit(Event::PauseCleared { mode: mode.to_owned() });
-            true
         })
     }
 
@@ -212,8 +233,9 @@ impl RunHooks for ServiceHooks {
             let mut last = String::new();
             for delay in [0u64, 200, 1000, 3000] {
                 tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
-                match self.store.put_checkpoint(&self.job_id, &row).await {
-                    Ok(()) => return Ok(()),
+                match self.store.put_checkpoint(&self.job_id, &self.owner, &row).await {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => return Err("this worker no longer holds the job's lease".into()),
                     Err(e) => last = e.to_string(),
                 }
             }

@@ -165,9 +165,10 @@ impl Worker {
                         delivery.ack().await;
                         job
                     }
-                    // Not acked: the broker delivers it again.
+                    // Handed back to the broker, which delivers it again.
                     Err(e) => {
                         tracing::warn!(job = %delivery.job_id, error = %e, "claiming failed");
+                        delivery.nack().await;
                         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                         None
                     }
@@ -180,9 +181,18 @@ impl Worker {
         }
     }
 
-    /// Run a claimed job with its heartbeat, then stop the heartbeat.
+    /// Run a claimed job with its heartbeat, then stop the heartbeat —
+    /// also when the run panics (a guard cancels it), so a broken run's
+    /// lease expires instead of being renewed for ever.
     pub async fn run_claimed(&self, job: JobRecord, link: Arc<JobLink>) {
+        struct StopOnDrop(CancelToken);
+        impl Drop for StopOnDrop {
+            fn drop(&mut self) {
+                self.0.cancel();
+            }
+        }
         let done = CancelToken::new();
+        let _guard = StopOnDrop(done.clone());
         let heartbeat = tokio::spawn(link.clone().heartbeat(
             self.store.clone(),
             job.id.clone(),
@@ -200,25 +210,63 @@ impl Worker {
         let _ = heartbeat.await;
     }
 
-    /// End the job: its last event, flushed, then its status.
+    /// End the job: settle with the store first — a recovery request or a
+    /// cancel that arrived while the pass ended interrupts the ending, so an
+    /// accepted operator action is never dropped — then its last event,
+    /// flushed, then its status, written only if nothing changed the job
+    /// meanwhile.
     async fn end(
         &self,
-        id: &str,
-        events: &EventSink,
-        recorder: &EventRecorder,
+        scope: &Scope<'_>,
         status: JobState,
         event: Event,
         error: Option<&str>,
-    ) -> anyhow::Result<Option<JobStatus>> {
-        events.emit(event)?;
-        recorder.flush().await;
-        self.store.finish(id, &self.options.name, status, error).await?;
-        Ok(Some(match status {
-            JobState::Succeeded => JobStatus::Succeeded,
-            JobState::Cancelled => JobStatus::Cancelled,
-            JobState::DeadLetter => JobStatus::DeadLetter,
-            _ => JobStatus::Failed,
-        }))
+    ) -> anyhow::Result<Ending> {
+        let mut event = Some(event);
+        loop {
+            let Some(now) = self.store.heartbeat(scope.id, &self.claimed_by()).await? else {
+                return Ok(Ending::Left(None));
+            };
+            scope.link.observe(&now);
+            let cancel_waiting = scope.link.cancel_requested() && status != JobState::Cancelled;
+            if scope.interruptible && (scope.link.has_pending() || cancel_waiting) {
+                return Ok(Ending::Interrupted);
+            }
+            if let Some(event) = event.take() {
+                scope.events.emit(event)?;
+                scope.recorder.flush().await;
+            }
+            if self
+                .store
+                .finish(scope.id, &self.options.name, status, error, now.version)
+                .await?
+            {
+                return Ok(Ending::Left(Some(match status {
+                    JobState::Succeeded => JobStatus::Succeeded,
+                    JobState::Cancelled => JobStatus::Cancelled,
+                    JobState::DeadLetter => JobStatus::DeadLetter,
+                    _ => JobStatus::Failed,
+                })));
+            }
+        }
+    }
+
+    /// End the job `failed` with `class` and `reason`, naming the step
+    /// `(id, index)` when there is one.
+    async fn fail(
+        &self,
+        scope: &Scope<'_>,
+        step: (Option<String>, Option<u32>),
+        class: &str,
+        reason: String,
+    ) -> anyhow::Result<Ending> {
+        let event = Event::JobFailed {
+            step_id: step.0,
+            step_index: step.1,
+            failure_class: class.to_owned(),
+            reason: reason.clone(),
+        };
+        self.end(scope, JobState::Failed, event, Some(&reason)).await
     }
 
     /// Everything between claim and the job leaving this worker. `None`
@@ -236,6 +284,14 @@ impl Worker {
             workspace_dir.display().to_string(),
         );
         let events = EventSink::new(&id, artifacts.clone(), self.redactor.clone())?.with_observer(recorder.observer());
+        // Before the loop there is no pass to go back to: endings here are final.
+        let setup = Scope {
+            link,
+            id: &id,
+            events: &events,
+            recorder: &recorder,
+            interruptible: false,
+        };
 
         // The payload is checked again here: this host's plugins and paths.
         let base_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
@@ -245,15 +301,10 @@ impl Worker {
             Ok(v) => v,
             Err(e) => {
                 let reason = format!("payload refused on worker {owner}: {e}");
-                let event = Event::JobFailed {
-                    step_id: None,
-                    step_index: None,
-                    failure_class: "deterministic_contract".into(),
-                    reason: reason.clone(),
-                };
-                return self
-                    .end(&id, &events, &recorder, JobState::Failed, event, Some(&reason))
-                    .await;
+                let ending = self
+                    .fail(&setup, (None, None), "deterministic_contract", reason)
+                    .await?;
+                return Ok(ending.status());
             }
         };
 
@@ -270,15 +321,8 @@ impl Worker {
             Ok(pair) => pair,
             Err(e) => {
                 let reason = format!("materialising the baseline: {e}");
-                let event = Event::JobFailed {
-                    step_id: None,
-                    step_index: None,
-                    failure_class: "deterministic_repo".into(),
-                    reason: reason.clone(),
-                };
-                return self
-                    .end(&id, &events, &recorder, JobState::Failed, event, Some(&reason))
-                    .await;
+                let ending = self.fail(&setup, (None, None), "deterministic_repo", reason).await?;
+                return Ok(ending.status());
             }
         };
 
@@ -313,6 +357,7 @@ impl Worker {
             events: events.clone(),
             store: self.store.clone(),
             job_id: id.clone(),
+            owner: owner.clone(),
         });
         let runtime = self.runtime.clone();
         let mut run = JobRun::new(JobRunParts {
@@ -333,16 +378,10 @@ impl Worker {
 
         if start > 0 || job.resume_step.is_some() || !checkpoints.is_empty() {
             if let Err(e) = run.resume_from_step(start)? {
+                let step = (step_ids.get(start as usize).cloned(), Some(start));
                 let reason = format!("rebuilding the workspace for step {start}: {e}");
-                let event = Event::JobFailed {
-                    step_id: step_ids.get(start as usize).cloned(),
-                    step_index: Some(start),
-                    failure_class: "deterministic_repo".into(),
-                    reason: reason.clone(),
-                };
-                return self
-                    .end(&id, &events, &recorder, JobState::Failed, event, Some(&reason))
-                    .await;
+                let ending = self.fail(&setup, step, "deterministic_repo", reason).await?;
+                return Ok(ending.status());
             }
             self.store.delete_checkpoints_from(&id, start).await?;
         }
@@ -350,6 +389,10 @@ impl Worker {
             self.store.clear_resume_step(&id, &owner).await?;
         }
 
+        let scope = Scope {
+            interruptible: true,
+            ..setup
+        };
         let job_attempt = job.attempt;
         let mut announce_start = true;
         loop {
@@ -362,120 +405,103 @@ impl Worker {
                     first_step_index: start,
                 })?;
             }
+            // Whatever happens next continues this job attempt.
+            announce_start = false;
             let outcome = match run.run_from(start).await {
                 Ok(outcome) => outcome,
                 Err(e) => {
-                    let reason = e.to_string();
-                    let event = Event::JobFailed {
-                        step_id: None,
-                        step_index: None,
-                        failure_class: "host_error".into(),
-                        reason: reason.clone(),
-                    };
-                    return self
-                        .end(&id, &events, &recorder, JobState::Failed, event, Some(&reason))
-                        .await;
+                    let ending = self.fail(&setup, (None, None), "host_error", e.to_string()).await?;
+                    return Ok(ending.status());
                 }
             };
             recorder.flush().await;
             if link.lease_lost() {
                 return Ok(None);
             }
-            if link.cancel_requested() {
+            let ending = if link.cancel_requested() {
                 let event = Event::JobCancelled {
                     reason: "cancel requested by an operator".into(),
                 };
-                return self
-                    .end(&id, &events, &recorder, JobState::Cancelled, event, None)
-                    .await;
-            }
-            if link.stopping() {
+                self.end(&scope, JobState::Cancelled, event, None).await?
+            } else if link.stopping() {
                 self.store.release(&id, &owner).await?;
                 return Ok(None);
-            }
-            if let Some(request) = link.take_pending() {
+            } else if let Some(request) = link.take_pending() {
                 match self.recover(&mut run, &request, &step_ids, &id).await? {
                     Ok(k) => {
                         start = k;
-                        self.acknowledge(link, &events, &request, &id).await?;
-                        // Same job attempt, going on: no second job start.
-                        announce_start = false;
+                        self.acknowledge(&events, &request, &id).await?;
                         continue;
                     }
                     Err(reason) => {
-                        self.acknowledge(link, &events, &request, &id).await?;
-                        let event = Event::JobFailed {
-                            step_id: Some(request.step_id.clone()),
-                            step_index: None,
-                            failure_class: "deterministic_repo".into(),
-                            reason: reason.clone(),
-                        };
-                        return self
-                            .end(&id, &events, &recorder, JobState::Failed, event, Some(&reason))
-                            .await;
+                        self.acknowledge(&events, &request, &id).await?;
+                        let k = step_ids.iter().position(|s| *s == request.step_id);
+                        let step = (Some(request.step_id.clone()), k.and_then(|k| u32::try_from(k).ok()));
+                        self.fail(&setup, step, "deterministic_repo", reason).await?
                     }
                 }
-            }
-            match outcome {
-                PassOutcome::Succeeded => {
-                    let event = Event::JobSucceeded { job_attempt };
-                    return self
-                        .end(&id, &events, &recorder, JobState::Succeeded, event, None)
-                        .await;
-                }
-                PassOutcome::Failed {
-                    step_id,
-                    step_index,
-                    class,
-                    reason,
-                } => {
-                    let event = Event::JobFailed {
-                        step_id: Some(step_id),
-                        step_index: Some(step_index),
-                        failure_class: class.as_str().to_owned(),
-                        reason: reason.clone(),
-                    };
-                    return self
-                        .end(&id, &events, &recorder, JobState::Failed, event, Some(&reason))
-                        .await;
-                }
-                PassOutcome::Cancelled => {
-                    // Torn down with no cancel, stop or recovery behind it:
-                    // should not happen; hand the job back rather than lose it.
-                    self.store.release(&id, &owner).await?;
-                    return Ok(None);
-                }
-                PassOutcome::RetryableExhausted { .. } => {
-                    if job_attempt >= max_attempts {
+            } else {
+                match outcome {
+                    PassOutcome::Succeeded => {
+                        let event = Event::JobSucceeded { job_attempt };
+                        self.end(&scope, JobState::Succeeded, event, None).await?
+                    }
+                    PassOutcome::Failed {
+                        step_id,
+                        step_index,
+                        class,
+                        reason,
+                    } => {
+                        let step = (Some(step_id), Some(step_index));
+                        self.fail(&scope, step, class.as_str(), reason).await?
+                    }
+                    PassOutcome::Cancelled => {
+                        // Torn down with no cancel, stop or recovery behind
+                        // it: hand the job back rather than lose it.
+                        self.store.release(&id, &owner).await?;
+                        return Ok(None);
+                    }
+                    PassOutcome::RetryableExhausted { .. } if job_attempt >= max_attempts => {
                         let event = Event::JobDeadLetter {
                             job_attempts: job_attempt,
                         };
-                        return self
-                            .end(
-                                &id,
-                                &events,
-                                &recorder,
-                                JobState::DeadLetter,
-                                event,
-                                Some("retryable failures used up the job's attempts"),
-                            )
-                            .await;
+                        let why = "retryable failures used up the job's attempts";
+                        self.end(&scope, JobState::DeadLetter, event, Some(why)).await?
                     }
-                    let delay = self.settings.retry.delay_after(job_attempt);
-                    events.emit(Event::JobRequeued {
-                        next_job_attempt: job_attempt + 1,
-                        delay_seconds: delay.as_secs(),
-                    })?;
-                    recorder.flush().await;
-                    self.store.requeue(&id, &owner, job_attempt + 1, delay).await?;
-                    return Ok(None);
+                    PassOutcome::RetryableExhausted { .. } => {
+                        let delay = self.settings.retry.delay_after(job_attempt);
+                        events.emit(Event::JobRequeued {
+                            next_job_attempt: job_attempt + 1,
+                            delay_seconds: delay.as_secs(),
+                        })?;
+                        recorder.flush().await;
+                        let now = self.store.requeue(&id, &owner, job_attempt + 1, delay).await?;
+                        if now == Some(JobState::Cancelled) {
+                            // A cancel arrived while the job was being requeued.
+                            events.emit(Event::JobCancelled {
+                                reason: "cancel requested by an operator".into(),
+                            })?;
+                            recorder.flush().await;
+                            return Ok(Some(JobStatus::Cancelled));
+                        }
+                        return Ok(None);
+                    }
                 }
+            };
+            match ending {
+                Ending::Left(status) => return Ok(status),
+                // An operator asked for more while the job was ending: the
+                // next pass is cancelled at once and the request handled.
+                Ending::Interrupted => continue,
             }
         }
     }
 
     /// Act on a recovery request; returns the step to go on at, or why
-    /// the workspace could not be rebuilt.
+    /// the workspace could not be rebuilt. A step action naming a step that
+    /// already finished (the request crossed the step's end) rebuilds the
+    /// workspace before that step, as `resume_from_step` does, rather than
+    /// run the step again over its own changes.
     async fn recover(
         &self,
         run: &mut JobRun<'_>,
@@ -487,35 +513,31 @@ impl Worker {
             return Ok(Err(format!("recovery names unknown step {}", request.step_id)));
         };
         let k = u32::try_from(k).unwrap_or(u32::MAX);
+        let finished = run.has_checkpoint(k);
         match request.action {
-            ControlAction::RetryStep => {
-                // Same workspace, fresh instance, fresh attempt budget.
-                run.forget_workspace_tree();
-            }
-            ControlAction::HardResetStep => {
+            // Same workspace, fresh instance, fresh attempt budget (the
+            // step's patch still starts from its last checkpoint).
+            ControlAction::RetryStep if !finished => {}
+            ControlAction::HardResetStep if !finished => {
                 if let Err(e) = run.rebuild_for_step(k) {
                     return Ok(Err(format!("hard reset of step {} failed: {e}", request.step_id)));
                 }
             }
-            ControlAction::ResumeFromStep => {
+            _ => {
                 if let Err(e) = run.resume_from_step(k)? {
-                    return Ok(Err(format!("resume from step {} failed: {e}", request.step_id)));
+                    return Ok(Err(format!(
+                        "{} of step {} failed: {e}",
+                        request.action.as_str(),
+                        request.step_id
+                    )));
                 }
                 self.store.delete_checkpoints_from(id, k).await?;
             }
-            _ => {}
         }
         Ok(Ok(k))
     }
 
-    async fn acknowledge(
-        &self,
-        link: &Arc<JobLink>,
-        events: &EventSink,
-        request: &RecoveryRequest,
-        id: &str,
-    ) -> anyhow::Result<()> {
-        link.mark_handled(request.clone());
+    async fn acknowledge(&self, events: &EventSink, request: &RecoveryRequest, id: &str) -> anyhow::Result<()> {
         let cleared = request.clone();
         self.store
             .update_live_control(id, &self.options.name, move |live| {
@@ -529,5 +551,33 @@ impl Worker {
             step_id: Some(request.step_id.clone()),
         })?;
         Ok(())
+    }
+}
+
+/// What a job's ending needs.
+#[derive(Clone, Copy)]
+struct Scope<'a> {
+    link: &'a JobLink,
+    id: &'a str,
+    events: &'a EventSink,
+    recorder: &'a EventRecorder,
+    /// Whether an operator's late request may send the job back to work.
+    interruptible: bool,
+}
+
+/// How an attempt to end a job came out.
+enum Ending {
+    /// The job left this worker (ended, or lost).
+    Left(Option<JobStatus>),
+    /// An operator asked for more first.
+    Interrupted,
+}
+
+impl Ending {
+    fn status(self) -> Option<JobStatus> {
+        match self {
+            Ending::Left(status) => status,
+            Ending::Interrupted => None,
+        }
     }
 }
