@@ -159,8 +159,11 @@ impl Cluster {
         let mut env: Vec<(String, String)> = vec![
             ("STEPD_OPERATOR_TOKENS".into(), OPERATOR_TOKEN.into()),
             ("STEPD_WORKER_TOKENS".into(), WORKER_TOKEN.into()),
-            ("STEPD_LEASE_SECONDS".into(), "2".into()),
-            ("STEPD_HEARTBEAT_MS".into(), "200".into()),
+            // Short enough that a killed worker's job moves on within
+            // seconds, long enough that a worker starved for CPU by a dozen
+            // test processes on two cores does not lose its lease.
+            ("STEPD_LEASE_SECONDS".into(), "5".into()),
+            ("STEPD_HEARTBEAT_MS".into(), "250".into()),
             ("STEPD_SWEEP_MS".into(), "200".into()),
             ("STEPD_RETRY_BACKOFF_SECONDS".into(), "1".into()),
             ("STEPD_PLUGIN_DIR".into(), plugin_dir().display().to_string()),

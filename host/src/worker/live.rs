@@ -156,7 +156,12 @@ impl JobLink {
                 () = woken => {}
                 () = done.cancelled() => return,
             }
-            match store.heartbeat(&job_id, &by).await {
+            let sent = std::time::Instant::now();
+            let renewed = store.heartbeat(&job_id, &by).await;
+            if sent.elapsed() * 3 > by.lease {
+                tracing::warn!(job = %job_id, took = ?sent.elapsed(), "a heartbeat took over a third of the lease");
+            }
+            match renewed {
                 Ok(Some(job)) => self.observe(&job),
                 Ok(None) => {
                     tracing::warn!(job = %job_id, "lease lost: another process requeued the job");
