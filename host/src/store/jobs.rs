@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use super::{db, duration_ms, now_ms, opt_u32, u32_col, JobRecord, JobState, Store, StoreError};
+use super::{db, duration_ms, opt_u32, u32_col, JobRecord, JobState, Store, StoreError};
 use crate::control::{ControlPlan, LiveControl};
 use crate::events::Event;
 
@@ -78,7 +78,7 @@ fn decode_job(row: &AnyRow) -> Result<JobRecord, StoreError> {
 impl Store {
     /// Add a queued job, claimable at once. Records `task.job.queued`.
     pub async fn insert_job(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
-        let now = now_ms();
+        let now = self.clock().await?;
         let live = serde_json::to_string(&LiveControl::default()).unwrap_or_default();
         let result = sqlx::query(
             "INSERT INTO jobs (id, status, attempt, max_attempts, next_attempt_at, payload, live_control, created_at, updated_at) \
@@ -135,7 +135,7 @@ impl Store {
             super::Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             super::Backend::Sqlite => "",
         };
-        let now = now_ms();
+        let now = self.clock().await?;
         let row = sqlx::query(&format!(
             "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = $2, updated_at = $3, \
              published_at = NULL, version = version + 1 \
@@ -157,7 +157,7 @@ impl Store {
     /// `None` when it is not: already claimed, ended, held or not yet due —
     /// which makes duplicate messages harmless.
     pub async fn claim_job(&self, id: &str, by: &ClaimedBy) -> Result<Option<JobRecord>, StoreError> {
-        let now = now_ms();
+        let now = self.clock().await?;
         let row = sqlx::query(&format!(
             "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = $2, updated_at = $3, \
              published_at = NULL, version = version + 1 \
@@ -177,7 +177,7 @@ impl Store {
     /// Renew `by`'s lease on job `id` and return the job (with its
     /// `liveControl`). `None` when `by` no longer holds it.
     pub async fn heartbeat(&self, id: &str, by: &ClaimedBy) -> Result<Option<JobRecord>, StoreError> {
-        let now = now_ms();
+        let now = self.clock().await?;
         let row = sqlx::query(&format!(
             "UPDATE jobs SET lease_expires_at = $1, updated_at = $2 \
              WHERE id = $3 AND lease_owner = $4 AND status = 'running' RETURNING {JOB_COLUMNS}"
@@ -210,7 +210,7 @@ impl Store {
         .bind(step_id)
         .bind(i64::from(step_index))
         .bind(workspace)
-        .bind(now_ms())
+        .bind(self.clock().await?)
         .bind(id)
         .bind(owner)
         .execute(&self.pool)
@@ -231,7 +231,7 @@ impl Store {
         error: Option<&str>,
         version: i64,
     ) -> Result<bool, StoreError> {
-        let now = now_ms();
+        let now = self.clock().await?;
         let done = sqlx::query(
             "UPDATE jobs SET status = $1, lease_owner = NULL, lease_expires_at = NULL, finished_at = $2, \
              updated_at = $2, last_error = $3, resume_step = NULL, version = version + 1 \
@@ -260,7 +260,7 @@ impl Store {
         attempt: u32,
         delay: Duration,
     ) -> Result<Option<JobState>, StoreError> {
-        let now = now_ms();
+        let now = self.clock().await?;
         let row = sqlx::query(
             "UPDATE jobs SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END, \
              finished_at = CASE WHEN cancel_requested = 1 THEN $3 ELSE NULL END, \
@@ -293,7 +293,7 @@ impl Store {
              next_attempt_at = $1, updated_at = $1, version = version + 1 \
              WHERE id = $2 AND lease_owner = $3 AND status = 'running'",
         )
-        .bind(now_ms())
+        .bind(self.clock().await?)
         .bind(id)
         .bind(owner)
         .execute(&self.pool)
@@ -320,7 +320,7 @@ impl Store {
     /// cancel was asked. Each gets a `task.job.lease_expired` event.
     /// Returns the jobs queued again (to announce them).
     pub async fn expire_leases(&self) -> Result<Vec<String>, StoreError> {
-        let now = now_ms();
+        let now = self.clock().await?;
         let rows = sqlx::query(
             "SELECT id, attempt, max_attempts, cancel_requested, lease_owner FROM jobs \
              WHERE status = 'running' AND lease_expires_at < $1",
@@ -386,7 +386,7 @@ impl Store {
     /// `stale` (a lost message, a broker restart): the sweep announces
     /// them again, marking each once its message went out.
     pub async fn take_unannounced(&self, stale: Duration, limit: u32) -> Result<Vec<String>, StoreError> {
-        let now = now_ms();
+        let now = self.clock().await?;
         let rows = sqlx::query(
             "SELECT id FROM jobs WHERE status = 'queued' AND held = 0 AND next_attempt_at <= $1 \
              AND (published_at IS NULL OR published_at < $2) ORDER BY next_attempt_at LIMIT $3",
@@ -408,7 +408,7 @@ impl Store {
     /// Record that a "job ready" message for `id` went out.
     pub async fn mark_announced(&self, id: &str) -> Result<(), StoreError> {
         sqlx::query("UPDATE jobs SET published_at = $1 WHERE id = $2 AND status = 'queued'")
-            .bind(now_ms())
+            .bind(self.clock().await?)
             .bind(id)
             .execute(&self.pool)
             .await
@@ -429,7 +429,7 @@ impl Store {
         extra: &[Event],
     ) -> Result<JobRecord, StoreError> {
         let job = &plan.job;
-        let now = now_ms();
+        let now = self.clock().await?;
         let live = serde_json::to_string(&job.live_control).unwrap_or_default();
         let mut tx = self.pool.begin().await.map_err(db("apply control"))?;
         let done = sqlx::query(
@@ -514,7 +514,7 @@ impl Store {
             )
             .bind(serde_json::to_string(&live).unwrap_or_default())
             .bind(i64::from(live.holds()))
-            .bind(now_ms())
+            .bind(self.clock().await?)
             .bind(id)
             .bind(job.version)
             .bind(owner)

@@ -252,6 +252,23 @@ impl Store {
         format!("sqlite://{}?mode=rwc", dir.join("stepd.db").display())
     }
 
+    /// Now, in Unix milliseconds, by the database's clock on PostgreSQL:
+    /// leases written by workers on several hosts and checked by sweeps on
+    /// others are all measured against one clock, whatever the hosts' skew.
+    /// (A SQLite file lives on one host: its clock is the local one.)
+    pub async fn clock(&self) -> Result<i64, StoreError> {
+        match self.backend {
+            Backend::Sqlite => Ok(now_ms()),
+            Backend::Postgres => {
+                let row = sqlx::query("SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db("read the database clock"))?;
+                row.try_get::<i64, _>(0).map_err(db("read the database clock"))
+            }
+        }
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
