@@ -39,6 +39,9 @@ pub struct AttemptFailure {
     pub diff_hash: Option<String>,
     /// Wall-clock seconds the attempt ran.
     pub wall_clock_seconds: f64,
+    /// Fuel it burned (`None` with metering off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel_consumed: Option<u64>,
 }
 
 /// What self-heal decided after a failed attempt.
@@ -128,6 +131,9 @@ pub enum Event {
         diff_hash: Option<String>,
         /// Wall-clock seconds the attempt ran.
         wall_clock_seconds: f64,
+        /// Fuel it burned (`None` with metering off).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fuel_consumed: Option<u64>,
     },
     /// An attempt of a step failed.
     #[serde(rename = "task.step.attempt.failed")]

@@ -46,7 +46,7 @@ async fn twenty_jobs_claimed_by_four_racing_workers_are_each_claimed_once() {
         let store = db.open().await;
         // Opening again is a no-op migration.
         let again = db.open().await;
-        assert_eq!(again.schema_versions().await.expect("versions"), vec![1]);
+        assert_eq!(again.schema_versions().await.expect("versions"), vec![1, 2]);
         for i in 0..20 {
             submit(&store, &format!("job-{i:02}"), 1).await;
         }
@@ -296,6 +296,7 @@ async fn events_checkpoints_and_attempts_round_trip() {
             failure_class: Some("transient_runtime".into()),
             strategy: Some("soft_reset".into()),
             wall_clock_seconds: 1.5,
+            fuel_consumed: Some(123_456),
             worker: "w1".into(),
             finished_at: "2026-01-01T00:00:00Z".into(),
         };

@@ -1,11 +1,13 @@
 //! The HTTP API (DESIGN.md §9): submit, list, read, events (polling and
 //! server-sent events), the worker heartbeat, operator control, artifacts,
-//! `/healthz` and the OpenAPI document. Bearer tokens with operator and
-//! worker scopes; every error is JSON `{code, message}`. The API writes
-//! to the store and pokes the dispatcher; it never runs a step.
+//! `/healthz`, the OpenAPI document and the dashboard at `/`. Bearer
+//! tokens with operator and worker scopes; every error is JSON `{code,
+//! message}`. The API writes to the store and pokes the dispatcher; it
+//! never runs a step.
 
 mod artifacts;
 mod auth;
+mod dashboard;
 mod error;
 mod jobs;
 mod openapi;
@@ -48,6 +50,9 @@ pub struct ApiState {
 /// The router of the whole API.
 pub fn router(state: ApiState) -> Router {
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::app_js))
+        .route("/dashboard/app.css", get(dashboard::app_css))
         .route("/healthz", get(jobs::healthz))
         .route("/api/openapi.json", get(openapi::serve))
         .route("/api/queue/jobs", post(jobs::submit).get(jobs::list))

@@ -475,6 +475,7 @@ impl<'a> JobRun<'a> {
                     summary: summary.clone(),
                     diff_hash: state.diff_hash.clone(),
                     wall_clock_seconds: report.wall_clock_seconds,
+                    fuel_consumed: report.fuel_consumed,
                 })?;
                 if let Some((class, strategy)) = healed_by {
                     self.metrics.recovered(scope, class.as_str(), strategy.as_str());
@@ -691,6 +692,7 @@ impl<'a> JobRun<'a> {
             failure_signature: failure.signature.hash.clone(),
             diff_hash: failure.diff_hash.clone(),
             wall_clock_seconds: report.wall_clock_seconds,
+            fuel_consumed: report.fuel_consumed,
         }))?;
         Ok(())
     }

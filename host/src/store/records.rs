@@ -62,6 +62,8 @@ pub struct AttemptRow {
     pub strategy: Option<String>,
     /// How long it ran.
     pub wall_clock_seconds: f64,
+    /// Fuel it burned (`None` with metering off).
+    pub fuel_consumed: Option<i64>,
     /// The worker that ran it.
     pub worker: String,
     /// RFC 3339.
@@ -207,10 +209,11 @@ impl Store {
     pub async fn record_attempt(&self, job_id: &str, attempt: &AttemptRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO step_attempts (job_id, step_index, attempt, step_id, outcome, failure_class, strategy, \
-             wall_clock_seconds, worker, finished_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             wall_clock_seconds, worker, finished_at, fuel_consumed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (job_id, step_index, attempt) DO UPDATE SET outcome = excluded.outcome, \
              failure_class = excluded.failure_class, strategy = excluded.strategy, \
-             wall_clock_seconds = excluded.wall_clock_seconds, worker = excluded.worker, finished_at = excluded.finished_at",
+             wall_clock_seconds = excluded.wall_clock_seconds, worker = excluded.worker, finished_at = excluded.finished_at, \
+             fuel_consumed = excluded.fuel_consumed",
         )
         .bind(job_id)
         .bind(i64::from(attempt.step_index))
@@ -222,6 +225,7 @@ impl Store {
         .bind(attempt.wall_clock_seconds)
         .bind(&attempt.worker)
         .bind(&attempt.finished_at)
+        .bind(attempt.fuel_consumed)
         .execute(&self.pool)
         .await
         .map_err(db("record attempt"))?;
@@ -232,7 +236,7 @@ impl Store {
     pub async fn attempts(&self, job_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT step_index, attempt, step_id, outcome, failure_class, strategy, wall_clock_seconds, worker, \
-             finished_at FROM step_attempts WHERE job_id = $1 ORDER BY step_index, attempt",
+             finished_at, fuel_consumed FROM step_attempts WHERE job_id = $1 ORDER BY step_index, attempt",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
@@ -250,6 +254,7 @@ impl Store {
                     wall_clock_seconds: r.try_get("wall_clock_seconds")?,
                     worker: r.try_get("worker")?,
                     finished_at: r.try_get("finished_at")?,
+                    fuel_consumed: r.try_get("fuel_consumed")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

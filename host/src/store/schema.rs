@@ -13,10 +13,11 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "jobs, events, control events, attempts, checkpoints",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "jobs, events, control events, attempts, checkpoints",
+        sql: r#"
 CREATE TABLE jobs (
     id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -84,7 +85,13 @@ CREATE TABLE step_checkpoints (
     PRIMARY KEY (job_id, step_index)
 )
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "fuel burned by each step attempt",
+        sql: "ALTER TABLE step_attempts ADD COLUMN fuel_consumed BIGINT",
+    },
+];
 
 /// The backend a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -83,6 +83,7 @@ async fn write(store: &Store, job_id: &str, worker: &str, workspace: &str, recor
         Event::AttemptFinished {
             step,
             wall_clock_seconds,
+            fuel_consumed,
             ..
         } => Some(AttemptRow {
             step_index: step.step_index,
@@ -92,6 +93,7 @@ async fn write(store: &Store, job_id: &str, worker: &str, workspace: &str, recor
             failure_class: None,
             strategy: None,
             wall_clock_seconds: *wall_clock_seconds,
+            fuel_consumed: fuel_consumed.map(|f| i64::try_from(f).unwrap_or(i64::MAX)),
             worker: worker.to_owned(),
             finished_at: record.at.clone(),
         }),
@@ -103,6 +105,7 @@ async fn write(store: &Store, job_id: &str, worker: &str, workspace: &str, recor
             failure_class: Some(failure.failure_class.clone()),
             strategy: Some(failure.strategy.clone()),
             wall_clock_seconds: failure.wall_clock_seconds,
+            fuel_consumed: failure.fuel_consumed.map(|f| i64::try_from(f).unwrap_or(i64::MAX)),
             worker: worker.to_owned(),
             finished_at: record.at.clone(),
         }),

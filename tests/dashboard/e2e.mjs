@@ -1,0 +1,107 @@
+// Drives the stepd dashboard in Debian's headless Chromium. Run by
+// tests/tests/dashboard.rs, which starts the server and submits the job:
+//   STEPD_URL, STEPD_TOKEN, JOB_ID, SCREENSHOT_DIR, CHROMIUM (default /usr/bin/chromium)
+// Exits non-zero, with the reason, at the first expectation that fails.
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+
+const url = process.env.STEPD_URL;
+const token = process.env.STEPD_TOKEN;
+const jobId = process.env.JOB_ID;
+const shots = process.env.SCREENSHOT_DIR;
+mkdirSync(shots, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const step = (what) => console.log(`dashboard e2e: ${what}`);
+try {
+  const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
+  const requests = [];
+  page.on("request", (r) => requests.push(r.url()));
+  let reason = "e2e";
+  page.on("dialog", (d) => d.accept(reason));
+
+  step("a wrong token is refused with the API's message");
+  await page.goto(url);
+  await page.fill("#token", "not-the-token");
+  await page.click("#login-form button");
+  await page.waitForFunction(() => document.querySelector("#login-error").textContent.includes("unknown bearer token"));
+  await page.screenshot({ path: `${shots}/01-wrong-token.png` });
+
+  step("the right token opens the jobs list");
+  await page.fill("#token", token);
+  await page.click("#login-form button");
+  await page.waitForSelector(`#jobs-table tr[data-id="${jobId}"]`);
+  await page.click(`#jobs-table tr[data-id="${jobId}"]`);
+  await page.waitForFunction(() => document.querySelector("#job-status").textContent === "running");
+
+  step("Pause while the first step is silent");
+  reason = "look before the retry";
+  await page.click('button[data-action="pause"]');
+  await page.waitForFunction(() => document.querySelector("#control-message").textContent.includes("accepted"));
+
+  step("the soft reset appears on the timeline and the job holds");
+  await page.waitForSelector('#timeline li[data-step="warm-up"] .attempt[data-strategy="soft_reset"]', { timeout: 60000 });
+  await page.waitForSelector('#events li[data-event="task.control.pause.active"]', { timeout: 30000 });
+  await page.waitForTimeout(1500);
+  const held = await page.evaluate(() => ({
+    status: document.querySelector("#job-status").textContent,
+    starts: document.querySelectorAll('#events li[data-event="task.step.attempt.started"]').length,
+    live: document.querySelector("#live-control").textContent,
+  }));
+  if (held.status !== "running" || held.starts !== 1 || !held.live.includes("paused")) {
+    throw new Error(`the job did not hold: ${JSON.stringify(held)}`);
+  }
+  await page.screenshot({ path: `${shots}/02-paused-after-soft-reset.png`, fullPage: true });
+
+  step("Resume releases it and the job succeeds");
+  reason = "";
+  await page.click('button[data-action="resume"]');
+  await page.waitForFunction(() => document.querySelector("#job-status").textContent === "succeeded", null, { timeout: 60000 });
+  await page.waitForFunction(() => [...document.querySelectorAll("#timeline .attempt")]
+    .some((chip) => chip.textContent.includes("fuel")));
+  await page.screenshot({ path: `${shots}/03-succeeded.png`, fullPage: true });
+
+  step("a refused action shows the API's message");
+  await page.click('button[data-action="pause"]');
+  await page.waitForFunction(() => document.querySelector("#control-message").textContent.includes("has ended"));
+
+  step("the step log is viewable in the page");
+  await page.click('#artifacts a[data-path="logs/steps/step-0000.log"]');
+  await page.waitForFunction(() => document.querySelector("#viewer").textContent.includes("=== attempt 1"));
+
+  step("Resume From Step on the finished job runs it again");
+  await page.selectOption("#resume-step", "write-guide");
+  reason = "run the guide again";
+  await page.click('button[data-action="resume_from_step"]');
+  await page.waitForFunction(
+    () => document.querySelectorAll('#events li[data-event="task.job.succeeded"]').length === 2
+      && document.querySelector("#job-status").textContent === "succeeded",
+    null, { timeout: 60000 });
+  await page.waitForSelector('#events li[data-event="task.resume.from_step"]');
+  await page.screenshot({ path: `${shots}/04-resumed-from-step.png`, fullPage: true });
+
+  step("an unreachable server is reported, and the page recovers");
+  await page.route("**/api/**", (route) => route.abort("connectionrefused"));
+  await page.waitForFunction(() => !document.querySelector("#banner").hidden
+    && document.querySelector("#banner").textContent.includes("unreachable"), null, { timeout: 15000 });
+  await page.screenshot({ path: `${shots}/05-unreachable.png` });
+  await page.unroute("**/api/**");
+  await page.waitForFunction(() => document.querySelector("#banner").hidden, null, { timeout: 15000 });
+
+  step("the token never went into a URL, and nothing left the server");
+  const leaked = requests.filter((r) => r.includes(token));
+  const foreign = requests.filter((r) => !r.startsWith(url));
+  if (leaked.length || foreign.length) {
+    throw new Error(`token in URLs: ${leaked.join(", ")}; other hosts: ${foreign.join(", ")}`);
+  }
+  step("all expectations held");
+} catch (e) {
+  console.error(`dashboard e2e failed: ${e.stack || e}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

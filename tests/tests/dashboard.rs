@@ -1,0 +1,69 @@
+//! The dashboard in a real headless browser: Debian's Chromium driven by
+//! playwright-core (`tests/dashboard/e2e.mjs`) against a real `stepd
+//! serve`. `.ci/run` installs both; a missing browser or Node is a failure
+//! here, never a skip. Screenshots land in `target/test-artifacts/dashboard/`.
+
+use std::path::Path;
+use std::process::Command;
+
+use stepd_tests::cluster::{Cluster, Mode, OPERATOR_TOKEN};
+
+fn samples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_watches_pauses_resumes_and_reruns_the_hang_sample_in_the_browser() {
+    let script_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboard");
+    assert!(
+        script_dir.join("node_modules/playwright-core").is_dir(),
+        "playwright-core is not installed: run `npm ci --prefix tests/dashboard` (.ci/run does)"
+    );
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).is_file(),
+        "{chromium} is missing: install Debian's chromium package (.ci/run does)"
+    );
+
+    let cluster = Cluster::start(Mode::Embedded, 1, 0).await;
+    // The hang sample, with a longer idle deadline: the page has time to
+    // press Pause while the first step is silent.
+    let text = std::fs::read_to_string(samples().join("self-heal-hang.json")).expect("sample");
+    let mut payload: serde_json::Value = serde_json::from_str(&text).expect("json");
+    payload["task"]["repository"] = samples().join("repos/hello").display().to_string().into();
+    payload["task"]["selfHeal"]["stepIdleTimeoutSeconds"] = 8.into();
+    let id = cluster.submit(&payload).await;
+
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/dashboard");
+    let url = cluster.url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("e2e.mjs")
+            .current_dir(&script_dir)
+            .env("STEPD_URL", &url)
+            .env("STEPD_TOKEN", OPERATOR_TOKEN)
+            .env("JOB_ID", &id)
+            .env("SCREENSHOT_DIR", &shots)
+            .env("CHROMIUM", &chromium)
+            .output()
+            .expect("node must be installed to run the dashboard test")
+    })
+    .await
+    .expect("join");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "{printed}\nserver log:\n{}",
+        cluster.server.log()
+    );
+    assert!(printed.contains("all expectations held"), "{printed}");
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/dashboard");
+    for name in ["02-paused-after-soft-reset.png", "04-resumed-from-step.png"] {
+        assert!(shots.join(name).is_file(), "{name} missing");
+    }
+    cluster.shutdown().await;
+}
