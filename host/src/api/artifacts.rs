@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use super::auth::Scope;
 use super::error::{path_param, ApiError};
+use super::jobs::load_job;
 use super::ApiState;
 
 fn job_dir(state: &ApiState, id: &str) -> Result<Dir, ApiError> {
@@ -56,11 +57,7 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     state.tokens.check(&headers, Scope::Operator)?;
     let id = path_param(id)?;
-    state
-        .store
-        .get_job(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("unknown job {id}")))?;
+    load_job(&state, &id).await?;
     let mut files = Vec::new();
     if let Ok(dir) = job_dir(&state, &id) {
         walk(&dir, "", &mut files)
@@ -97,11 +94,7 @@ pub async fn download(
     state.tokens.check(&headers, Scope::Operator)?;
     let (id, path) = path_param(id_path)?;
     let rel = check_artifact_path(&path)?;
-    state
-        .store
-        .get_job(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("unknown job {id}")))?;
+    load_job(&state, &id).await?;
     let dir = job_dir(&state, &id)?;
     let mut file = dir
         .open(rel)

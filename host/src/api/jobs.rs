@@ -101,7 +101,8 @@ pub fn job_view(job: &JobRecord, first_unfinished: u32) -> Value {
     })
 }
 
-async fn load_job(state: &ApiState, id: &str) -> Result<JobRecord, ApiError> {
+/// The job, or a 404 naming it.
+pub(super) async fn load_job(state: &ApiState, id: &str) -> Result<JobRecord, ApiError> {
     state
         .store
         .get_job(id)

@@ -51,6 +51,16 @@ pub struct Embedded {
     poll: Duration,
 }
 
+impl Embedded {
+    fn new(poll: Duration) -> Self {
+        Embedded {
+            ready: Arc::new(Notify::new()),
+            control: broadcast::channel(256).0,
+            poll,
+        }
+    }
+}
+
 /// The dispatcher a process uses. Cheap to clone.
 #[derive(Clone)]
 pub enum Dispatcher {
@@ -63,18 +73,12 @@ pub enum Dispatcher {
 impl Dispatcher {
     /// The embedded dispatcher; workers also poll the store every `poll`.
     pub fn embedded(poll: Duration) -> Dispatcher {
-        Dispatcher::Embedded(Embedded {
-            ready: Arc::new(Notify::new()),
-            control: broadcast::channel(256).0,
-            poll,
-        })
+        Dispatcher::Embedded(Embedded::new(poll))
     }
 
     /// RabbitMQ at `url` when given, else embedded.
     pub async fn connect(amqp_url: Option<&str>, queue: &str, poll: Duration) -> Result<Dispatcher, QueueError> {
-        let Dispatcher::Embedded(local) = Dispatcher::embedded(poll) else {
-            unreachable!("embedded() builds the embedded dispatcher")
-        };
+        let local = Embedded::new(poll);
         match amqp_url {
             Some(url) => Ok(Dispatcher::Amqp(AmqpDispatcher::connect(url, queue).await?, local)),
             None => Ok(Dispatcher::Embedded(local)),
