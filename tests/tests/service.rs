@@ -623,3 +623,69 @@ async fn bad_requests_get_their_status_and_message_and_change_nothing() {
         cluster.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_from_step_on_a_running_job_rebuilds_from_the_checkpoints_and_goes_on_there() {
+    for mode in Mode::BOTH {
+        let cluster = Cluster::start(mode, 1, 0).await;
+        let steps = vec![
+            write_step("one", "a.txt", "1\n", 0),
+            write_step("two", "b.txt", "2\n", 0),
+            write_step("three", "c.txt", "3\n", 60_000),
+        ];
+        let id = cluster
+            .submit(&task(1, steps, json!({"stepIdleTimeoutSeconds": 30})))
+            .await;
+        let running = cluster
+            .wait_job(&id, "step three running", LONG, |j| j["currentStep"]["id"] == "three")
+            .await;
+        assert_eq!(running["firstUnfinishedStep"], 2);
+        // The first unfinished step itself is allowed (it restarts it).
+        let (status, body) = cluster
+            .control(&id, json!({"action": "resume_from_step", "stepId": "three"}))
+            .await;
+        assert_eq!(status, 200, "three is the first unfinished step: {body}");
+        cluster.wait_event(&id, "task.control.recovery.ack", 1, LONG).await;
+        let (status, body) = cluster
+            .control(
+                &id,
+                json!({"action": "resume_from_step", "stepId": "two", "reason": "redo two"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        cluster.wait_event(&id, "task.control.recovery.ack", 2, LONG).await;
+        cluster
+            .wait_job(&id, "step three running again", LONG, |j| {
+                j["currentStep"]["id"] == "three" && j["payload"]["liveControl"]["recovery"].is_null()
+            })
+            .await;
+        let events = cluster.events(&id).await;
+        let resumed: Vec<&str> = events_named(&events, "task.resume.from_step")
+            .iter()
+            .map(|e| e["payload"]["stepId"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(resumed, vec!["three", "two"], "{mode:?}");
+        let starts: Vec<&str> = events_named(&events, "task.step.attempt.started")
+            .iter()
+            .map(|e| e["payload"]["stepId"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            starts,
+            vec!["one", "two", "three", "three", "two", "three"],
+            "{mode:?}: each request tore step three down and went on from its step"
+        );
+        let job = cluster.job(&id).await;
+        let ws = std::path::PathBuf::from(job["workspace"].as_str().expect("workspace"));
+        assert_eq!(
+            std::fs::read_to_string(ws.join("a.txt")).expect("step one's file"),
+            "1\n"
+        );
+        let rows = job["controlEvents"].as_array().expect("rows");
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1]["reason"], "redo two");
+        let (status, _) = cluster.control(&id, json!({"action": "cancel"})).await;
+        assert_eq!(status, 200);
+        cluster.wait_status(&id, "cancelled", LONG).await;
+        cluster.shutdown().await;
+    }
+}

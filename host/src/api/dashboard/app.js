@@ -225,6 +225,14 @@ async function refreshJob() {
 
 // ---- events (server-sent events read with fetch) ---------------------------
 
+// A burst of events asks for one refresh, not one per event.
+const pending = new Set();
+function soon(refresh) {
+  if (pending.has(refresh)) return;
+  pending.add(refresh);
+  setTimeout(() => { pending.delete(refresh); refresh(); }, 150);
+}
+
 function stopStream() {
   if (state.stream) state.stream.abort();
   state.stream = null;
@@ -268,8 +276,8 @@ async function startStream(id) {
           const event = JSON.parse(data);
           if (state.jobId !== id || event.seq <= state.lastSeq) continue;
           showEvent(event);
-          refreshJob();
-          if (/^task\.(step\.attempt\.(finished|failed)|job\.)/.test(event.event)) refreshArtifacts();
+          soon(refreshJob);
+          if (/^task\.(step\.attempt\.(finished|failed)|job\.)/.test(event.event)) soon(refreshArtifacts);
         }
       }
     } catch (e) {
