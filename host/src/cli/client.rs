@@ -121,14 +121,25 @@ pub async fn submit_and_follow(args: &ClientArgs, job: &Path) -> anyhow::Result<
     let id = submit(args, job).await?;
     println!("submitted job {id}");
     let code = follow_events(args, &id, 0).await?;
-    let job: Value = check(
-        reqwest::Client::new()
-            .get(args.url(&format!("/api/queue/jobs/{id}")))
-            .bearer_auth(args.token()?)
-            .send()
-            .await?,
-    )
-    .await?;
+    // A job's last event is written just before its status: wait for the
+    // status to catch up (briefly) before reporting it.
+    let mut job: Value;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        job = check(
+            reqwest::Client::new()
+                .get(args.url(&format!("/api/queue/jobs/{id}")))
+                .bearer_auth(args.token()?)
+                .send()
+                .await?,
+        )
+        .await?;
+        let ended = !matches!(job["status"].as_str(), Some("queued" | "running"));
+        if ended || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     println!("status: {}", job["status"].as_str().unwrap_or("?"));
     println!(
         "artifacts: {}",

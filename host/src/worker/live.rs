@@ -164,7 +164,7 @@ impl JobLink {
             match renewed {
                 Ok(Some(job)) => self.observe(&job),
                 Ok(None) => {
-                    tracing::warn!(job = %job_id, "lease lost: another process requeued the job");
+                    tracing::warn!(job = %job_id, "lease no longer held: the job ended or another process requeued it");
                     self.lose_lease();
                     return;
                 }
