@@ -54,11 +54,6 @@ impl Tokens {
         Tokens { entries }
     }
 
-    /// True when no operator token is configured.
-    pub fn has_operator(&self) -> bool {
-        self.entries.iter().any(|(_, s, _)| *s == Scope::Operator)
-    }
-
     /// Check the request's bearer token against `scope`.
     pub fn check(&self, headers: &HeaderMap, scope: Scope) -> Result<Caller, ApiError> {
         let value = headers

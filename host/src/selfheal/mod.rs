@@ -243,11 +243,6 @@ impl<'a> JobRun<'a> {
         }
     }
 
-    /// The workspace's directory.
-    pub fn workspace_root(&self) -> &std::path::Path {
-        self.workspace.root()
-    }
-
     /// True when step `k` has a checkpoint in this run's artifacts.
     pub fn has_checkpoint(&self, k: u32) -> bool {
         matches!(self.artifacts.read_step_state(k), Ok(Some(_)))
