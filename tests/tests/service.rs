@@ -2,7 +2,6 @@
 //! processes, real plugins, on the embedded default (SQLite) and on
 //! PostgreSQL + RabbitMQ. Every scenario runs in both modes.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -32,7 +31,6 @@ async fn twenty_jobs_on_two_workers_each_run_exactly_once() {
             );
             ids.push(cluster.submit(&payload).await);
         }
-        let mut owners = HashSet::new();
         for id in &ids {
             let job = cluster.wait_status(id, "succeeded", LONG).await;
             let names = cluster.event_names(id).await;
@@ -44,9 +42,7 @@ async fn twenty_jobs_on_two_workers_each_run_exactly_once() {
             );
             let attempts = job["attempts"].as_array().expect("attempts");
             assert_eq!(attempts.len(), 1, "{mode:?}: {job:#}");
-            owners.insert(attempts[0]["worker"].as_str().unwrap_or_default().to_owned());
         }
-        assert!(!owners.is_empty());
         cluster.shutdown().await;
     }
 }

@@ -285,6 +285,11 @@ async fn events_checkpoints_and_attempts_round_trip() {
         assert_eq!(cps[0].patch, patch, "{}: patches are byte-exact", db.kind());
         assert_eq!(cps[1].state, "{\"again\":true}");
         assert_eq!(store.first_unfinished_step("c").await.expect("first"), 2);
+        let many = store
+            .first_unfinished_steps(&["c".to_owned(), "nope".to_owned()])
+            .await
+            .expect("first of several");
+        assert_eq!((many["c"], many["nope"]), (2, 0));
         store.delete_checkpoints_from("c", 1).await.expect("delete");
         assert_eq!(store.first_unfinished_step("c").await.expect("first"), 1);
 

@@ -183,11 +183,12 @@ pub async fn list(
         .store
         .list_jobs(status, query.limit.unwrap_or(100).min(1000))
         .await?;
-    let mut views = Vec::with_capacity(jobs.len());
-    for job in &jobs {
-        let first = state.store.first_unfinished_step(&job.id).await?;
-        views.push(job_view(job, first));
-    }
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    let first = state.store.first_unfinished_steps(&ids).await?;
+    let views: Vec<Value> = jobs
+        .iter()
+        .map(|job| job_view(job, first.get(&job.id).copied().unwrap_or(0)))
+        .collect();
     Ok(Json(json!({ "jobs": views })))
 }
 

@@ -2,6 +2,8 @@
 //! job by the store, so events from the API and from workers share one
 //! order), control events, step attempts and step checkpoints.
 
+use std::collections::HashMap;
+
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
@@ -316,19 +318,38 @@ impl Store {
     /// The index of the first step without a checkpoint (the step a run
     /// continues at).
     pub async fn first_unfinished_step(&self, job_id: &str) -> Result<u32, StoreError> {
-        let rows = sqlx::query("SELECT step_index FROM step_checkpoints WHERE job_id = $1 ORDER BY step_index")
-            .bind(job_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("read checkpoints"))?;
-        let mut next = 0u32;
-        for r in &rows {
-            if u32_col(r, "step_index").map_err(db("read checkpoints"))? != next {
-                break;
-            }
-            next += 1;
+        let ids = [job_id.to_owned()];
+        Ok(self.first_unfinished_steps(&ids).await?.remove(job_id).unwrap_or(0))
+    }
+
+    /// [`Store::first_unfinished_step`] of several jobs in one query (a
+    /// job list must not cost a query per job).
+    pub async fn first_unfinished_steps(&self, job_ids: &[String]) -> Result<HashMap<String, u32>, StoreError> {
+        let mut first: HashMap<String, u32> = job_ids.iter().map(|id| (id.clone(), 0)).collect();
+        if job_ids.is_empty() {
+            return Ok(first);
         }
-        Ok(next)
+        let placeholders: Vec<String> = (1..=job_ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT job_id, step_index FROM step_checkpoints WHERE job_id IN ({}) ORDER BY job_id, step_index",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in job_ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db("read checkpoints"))?;
+        for r in &rows {
+            let job_id: String = r.try_get("job_id").map_err(db("read checkpoints"))?;
+            let index = u32_col(r, "step_index").map_err(db("read checkpoints"))?;
+            // Rows come in step order: the prefix grows while it is contiguous.
+            if let Some(next) = first.get_mut(&job_id) {
+                if index == *next {
+                    *next += 1;
+                }
+            }
+        }
+        Ok(first)
     }
 
     /// Forget the checkpoints of steps `from` on (the job goes back there).
