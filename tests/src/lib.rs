@@ -8,8 +8,8 @@ pub mod services;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use stepd::config::RuntimeSettings;
-use stepd::runtime::{AttemptLimits, AttemptReport, AttemptRequest, CancelToken, Plugin, Runtime, StepContext};
+use stepd_runtime::{AttemptLimits, AttemptReport, AttemptRequest, CancellationToken, Plugin, Runtime, StepContext};
+use stepd_settings::RuntimeSettings;
 
 /// The directory `build.rs` put this build's plugins in.
 pub fn plugin_dir() -> PathBuf {
@@ -118,7 +118,7 @@ pub async fn attempt(
         workspace: workspace.to_owned(),
         context: context(attempt, inputs),
         limits: AttemptLimits::new(wall, idle),
-        cancel: CancelToken::new(),
+        cancel: CancellationToken::new(),
     };
     runtime
         .run_attempt(plugin, request)
@@ -143,9 +143,9 @@ impl StatsdListener {
     }
 
     /// Where to point `STATSD_HOST`/`STATSD_PORT`.
-    pub fn target(&self) -> stepd::config::StatsdTarget {
+    pub fn target(&self) -> stepd_settings::StatsdTarget {
         let port = self.socket.local_addr().expect("local addr").port();
-        stepd::config::StatsdTarget {
+        stepd_settings::StatsdTarget {
             host: "127.0.0.1".into(),
             port,
         }

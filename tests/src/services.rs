@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use sqlx::{Connection, Executor};
-use stepd::store::Store;
+use stepd_store::Store;
 
 /// The PostgreSQL server tests create their databases on
 /// (`STEPD_TEST_PG_ADMIN_URL`, default the local trust-auth server).

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use stepd::runtime::{AttemptLimits, AttemptOutcome, AttemptRequest, CancelToken};
+use stepd_runtime::{AttemptLimits, AttemptOutcome, AttemptRequest, CancellationToken};
 use stepd_tests::{attempt, context, load, runtime, Scratch};
 
 const SHORT: Duration = Duration::from_millis(200);
@@ -14,7 +14,7 @@ const LONG: Duration = Duration::from_secs(60);
 /// real lateness (about a millisecond).
 const LATE_BOUND: f64 = 0.25;
 
-fn assert_stopped_near_deadline(report: &stepd::runtime::AttemptReport, expected: &AttemptOutcome) {
+fn assert_stopped_near_deadline(report: &stepd_runtime::AttemptReport, expected: &AttemptOutcome) {
     assert_eq!(&report.outcome, expected, "report: {report:?}");
     let overrun = report
         .deadline_overrun_seconds
@@ -186,7 +186,7 @@ async fn given_a_hanging_step_when_it_is_cancelled_then_it_stops_at_once_as_canc
     let hang = load(&rt, "hang");
     let scratch = Scratch::new();
     for mode in ["spin", "sleep"] {
-        let cancel = CancelToken::new();
+        let cancel = CancellationToken::new();
         let request = AttemptRequest {
             workspace: scratch.workspace(),
             context: context(1, json!({"attempts": [1], "mode": mode})),

@@ -3,7 +3,7 @@
 //! view) finds it, and loading the same bytes twice in one runtime reuses
 //! the compiled component.
 
-use stepd::runtime::Runtime;
+use stepd_runtime::Runtime;
 use stepd_tests::{plugin_path, test_settings};
 
 /// Compiled entries under `dir`. What wasmtime's cache worker writes in the
@@ -36,7 +36,7 @@ fn is_entry(path: &std::path::Path) -> bool {
 #[test]
 fn given_a_fresh_cache_when_a_plugin_is_loaded_then_its_compiled_code_is_kept_on_disk_and_reused() {
     let cache = tempfile::tempdir().expect("cache dir");
-    let settings = || stepd::config::RuntimeSettings {
+    let settings = || stepd_settings::RuntimeSettings {
         cache_dir: Some(cache.path().to_owned()),
         ..test_settings()
     };

@@ -4,18 +4,18 @@
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use stepd::runtime::{AttemptLimits, AttemptOutcome, AttemptRequest, CancelToken};
+use stepd_runtime::{AttemptLimits, AttemptOutcome, AttemptRequest, CancellationToken};
 use stepd_tests::{attempt, context, load, runtime, Scratch};
 
 const LONG: Duration = Duration::from_secs(60);
 
 async fn hostile_with(
-    rt: &stepd::runtime::Runtime,
+    rt: &stepd_runtime::Runtime,
     scratch: &Scratch,
     inputs: Value,
     fuel: Option<u64>,
     memory: Option<usize>,
-) -> stepd::runtime::AttemptReport {
+) -> stepd_runtime::AttemptReport {
     let hostile = load(rt, "hostile");
     let request = AttemptRequest {
         workspace: scratch.workspace(),
@@ -25,7 +25,7 @@ async fn hostile_with(
             memory_limit_bytes: memory,
             ..AttemptLimits::new(LONG, LONG)
         },
-        cancel: CancelToken::new(),
+        cancel: CancellationToken::new(),
     };
     rt.run_attempt(&hostile, request).await.expect("attempt set up")
 }

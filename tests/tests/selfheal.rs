@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
-use stepd::config::Settings;
-use stepd::events::{EventObserver, EventRecord};
-use stepd::payload::JobPayload;
-use stepd::redact::Redactor;
-use stepd::runtime::{CancelToken, Runtime};
-use stepd::worker::{run_local, JobStatus, LocalRunOptions};
+use stepd_job::payload::JobPayload;
+use stepd_records::events::{EventObserver, EventRecord};
+use stepd_records::redact::Redactor;
+use stepd_runtime::{CancellationToken, Runtime};
+use stepd_selfheal::{run_local, JobStatus, LocalRunOptions};
+use stepd_settings::Settings;
 use stepd_tests::{files_under, git, git_repo, plugin_dir, test_settings, StatsdListener};
 
 struct Harness {
@@ -86,7 +86,7 @@ impl Harness {
             job,
             &options,
             redactor,
-            CancelToken::new(),
+            CancellationToken::new(),
             observer,
         )
         .await

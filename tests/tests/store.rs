@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::json;
-use stepd::control::{plan, ControlRequest};
-use stepd::store::{AttemptRow, CheckpointRow, ClaimedBy, JobState, NewJob, Store};
+use stepd_api::control::{plan, ControlRequest};
+use stepd_store::{AttemptRow, CheckpointRow, ClaimedBy, JobState, NewJob, Store};
 use stepd_tests::services::TestDb;
 
 fn payload(steps: &[&str]) -> serde_json::Value {
@@ -138,7 +138,7 @@ async fn leases_expire_into_a_retry_then_dead_letter_and_a_pending_cancel_wins()
         };
         let p = plan(&job, &cancel, "ops", "now", 0).expect("cancel is allowed");
         store
-            .apply_control(&p, job.version, "ops", Some("enough"), &[])
+            .apply_control(&p.to_write(), job.version, "ops", Some("enough"), &[])
             .await
             .expect("apply");
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -172,7 +172,7 @@ async fn a_requeued_job_is_not_claimable_before_its_retry_time() {
         );
         let job = store.get_job("r").await.expect("get").expect("r");
         assert_eq!((job.status, job.attempt), (JobState::Queued, 2));
-        assert!(job.next_attempt_at > stepd::store::now_ms());
+        assert!(job.next_attempt_at > stepd_store::now_ms());
         assert!(
             store.claim_next(&by).await.expect("claim").is_none(),
             "{}: not due yet",

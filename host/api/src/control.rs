@@ -1,0 +1,364 @@
+//! Operator-control rules: what each action does to a job in each state —
+//! or why it cannot (400 for a malformed request, 409 for one the job's
+//! state does not allow). Pure: the API asks, the store writes, the worker
+//! acts on `liveControl`.
+
+use stepd_job::control::{ControlAction, LiveControl, RecoveryRequest};
+use stepd_store::{ControlWrite, JobRecord, JobState};
+
+/// The body of `POST /api/task-runs/<id>/control`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ControlRequest {
+    /// The action's wire name; checked by [`plan`], so an unknown one gets
+    /// a message listing the known ones.
+    pub action: String,
+    /// The step, for the step actions.
+    #[serde(default)]
+    pub step_id: Option<String>,
+    /// Why, for the audit trail.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Why an action was refused. `BadRequest` is the caller's mistake (400),
+/// `Conflict` an action the job's state does not allow (409).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ControlError {
+    /// Malformed: unknown action, missing or unknown step.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Impossible in the job's state.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// A control action checked against the job, and the job as it must be
+/// written back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlPlan {
+    /// The action.
+    pub action: ControlAction,
+    /// The step it names, when it names one.
+    pub step_id: Option<String>,
+    /// The job with the action applied (only the fields the store writes
+    /// for a control action change).
+    pub job: JobRecord,
+    /// For events: the job was re-opened or cancelled outright.
+    pub note: Option<String>,
+    /// The job had ended and runs again (due at once).
+    pub reopened: bool,
+}
+
+impl ControlPlan {
+    /// What the store writes for this plan.
+    pub fn to_write(&self) -> ControlWrite {
+        ControlWrite {
+            action: self.action,
+            step_id: self.step_id.clone(),
+            job: self.job.clone(),
+            reopened: self.reopened,
+        }
+    }
+}
+
+/// Check `request` against `job` and work out the job after it.
+/// `first_unfinished` is the index of the first step without a checkpoint.
+pub fn plan(
+    job: &JobRecord,
+    request: &ControlRequest,
+    requested_by: &str,
+    now_rfc3339: &str,
+    first_unfinished: u32,
+) -> Result<ControlPlan, ControlError> {
+    let action = ControlAction::parse(&request.action).ok_or_else(|| {
+        ControlError::BadRequest(format!(
+            "unknown action {:?}; use one of: {}",
+            request.action,
+            ControlAction::ALL.map(ControlAction::as_str).join(", ")
+        ))
+    })?;
+    let step_ids = job.step_ids();
+    let step_index = match request.step_id.as_deref() {
+        Some(id) => Some(
+            step_ids
+                .iter()
+                .position(|s| s == id)
+                .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
+                .ok_or_else(|| {
+                    ControlError::BadRequest(format!(
+                        "unknown stepId {id:?}: job {} has steps {}",
+                        job.id,
+                        step_ids.join(", ")
+                    ))
+                })?,
+        ),
+        None if action.needs_step() => {
+            return Err(ControlError::BadRequest(format!(
+                "{} needs a stepId (one of: {})",
+                action.as_str(),
+                step_ids.join(", ")
+            )))
+        }
+        None => None,
+    };
+    let reason = request.reason.clone().filter(|r| !r.trim().is_empty());
+    let mut next = job.clone();
+    let mut note = None;
+    let mut reopened = false;
+    let active = matches!(job.status, JobState::Queued | JobState::Running);
+    let refuse_unless_active = || {
+        if active {
+            Ok(())
+        } else {
+            Err(ControlError::Conflict(format!(
+                "cannot {} job {}: it has ended ({})",
+                action.as_str().replace('_', " "),
+                job.id,
+                job.status.as_str()
+            )))
+        }
+    };
+    if action.is_recovery() && active {
+        if let Some(pending) = &job.live_control.recovery {
+            return Err(ControlError::Conflict(format!(
+                "job {} already has a pending {} of step {} (requested {}); wait for the worker to acknowledge it",
+                job.id,
+                pending.action.as_str(),
+                pending.step_id,
+                pending.updated_at
+            )));
+        }
+    }
+    match action {
+        ControlAction::Pause => {
+            refuse_unless_active()?;
+            next.live_control.paused = true;
+        }
+        ControlAction::Takeover => {
+            refuse_unless_active()?;
+            next.live_control.takeover = true;
+        }
+        ControlAction::Resume => {
+            refuse_unless_active()?;
+            if !job.live_control.holds() {
+                return Err(ControlError::Conflict(format!(
+                    "job {} is neither paused nor taken over",
+                    job.id
+                )));
+            }
+            next.live_control.paused = false;
+            next.live_control.takeover = false;
+        }
+        ControlAction::Cancel => {
+            refuse_unless_active()?;
+            next.cancel_requested = true;
+            next.live_control.recovery = None;
+            if job.status == JobState::Queued {
+                next.status = JobState::Cancelled;
+                note = Some("cancelled before a worker claimed it".to_owned());
+            }
+        }
+        ControlAction::RetryStep | ControlAction::HardResetStep => {
+            let index = step_index.unwrap_or_default();
+            if job.status != JobState::Running {
+                return Err(ControlError::Conflict(format!(
+                    "cannot {} job {}: it is {}, not running",
+                    action.as_str().replace('_', " "),
+                    job.id,
+                    job.status.as_str()
+                )));
+            }
+            if job.current_step_index != Some(index) {
+                return Err(ControlError::Conflict(format!(
+                    "step {} is not the running step of job {} ({})",
+                    request.step_id.as_deref().unwrap_or_default(),
+                    job.id,
+                    job.current_step_id.as_deref().unwrap_or("none yet")
+                )));
+            }
+            next.live_control.recovery = Some(recovery(action, request, reason.clone(), requested_by, now_rfc3339));
+        }
+        ControlAction::ResumeFromStep => {
+            let index = step_index.unwrap_or_default();
+            if index > first_unfinished {
+                return Err(ControlError::Conflict(format!(
+                    "cannot resume job {} from step {}: step {} has no checkpoint yet; resume from {} or earlier",
+                    job.id,
+                    request.step_id.as_deref().unwrap_or_default(),
+                    step_ids
+                        .get(first_unfinished as usize)
+                        .map_or("the last step", String::as_str),
+                    step_ids
+                        .get(first_unfinished as usize)
+                        .map_or("the last step", String::as_str),
+                )));
+            }
+            match job.status {
+                JobState::Running => {
+                    next.live_control.recovery =
+                        Some(recovery(action, request, reason.clone(), requested_by, now_rfc3339));
+                }
+                JobState::Queued => next.resume_step = Some(index),
+                _ => {
+                    // Re-open: the job runs again from the step, with a fresh
+                    // attempt budget and no leftover operator state.
+                    next.status = JobState::Queued;
+                    next.resume_step = Some(index);
+                    next.attempt = 1;
+                    next.cancel_requested = false;
+                    next.live_control = LiveControl::default();
+                    next.finished_at = None;
+                    next.last_error = None;
+                    note = Some(format!("re-opened from {}", job.status.as_str()));
+                    reopened = true;
+                }
+            }
+        }
+    }
+    Ok(ControlPlan {
+        action,
+        step_id: request.step_id.clone(),
+        job: next,
+        note,
+        reopened,
+    })
+}
+
+fn recovery(
+    action: ControlAction,
+    request: &ControlRequest,
+    reason: Option<String>,
+    requested_by: &str,
+    now: &str,
+) -> RecoveryRequest {
+    RecoveryRequest {
+        action,
+        step_id: request.step_id.clone().unwrap_or_default(),
+        reason,
+        requested_by: requested_by.to_owned(),
+        updated_at: now.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(status: JobState) -> JobRecord {
+        JobRecord {
+            id: "j".into(),
+            status,
+            attempt: 2,
+            max_attempts: 3,
+            next_attempt_at: 0,
+            published_at: None,
+            lease_owner: None,
+            lease_expires_at: None,
+            payload: serde_json::json!({"task": {"steps": [{"id": "a"}, {"id": "b"}, {}]}}),
+            live_control: LiveControl::default(),
+            cancel_requested: false,
+            resume_step: None,
+            current_step_id: Some("b".into()),
+            current_step_index: Some(1),
+            workspace_path: None,
+            last_error: Some("boom".into()),
+            version: 7,
+            created_at: 0,
+            updated_at: 0,
+            finished_at: Some(1),
+        }
+    }
+
+    fn ask(action: &str, step: Option<&str>) -> ControlRequest {
+        ControlRequest {
+            action: action.into(),
+            step_id: step.map(str::to_owned),
+            reason: Some("because".into()),
+        }
+    }
+
+    #[test]
+    fn unknown_actions_and_steps_are_bad_requests_that_name_the_choices() {
+        let running = job(JobState::Running);
+        let err = plan(&running, &ask("explode", None), "op", "now", 1).expect_err("unknown");
+        assert!(
+            matches!(&err, ControlError::BadRequest(m) if m.contains("retry_step")),
+            "{err}"
+        );
+        let err = plan(&running, &ask("retry_step", None), "op", "now", 1).expect_err("no step");
+        assert!(
+            matches!(&err, ControlError::BadRequest(m) if m.contains("a, b, step-2")),
+            "{err}"
+        );
+        let err = plan(&running, &ask("pause", Some("zz")), "op", "now", 1).expect_err("unknown step");
+        assert!(matches!(err, ControlError::BadRequest(_)));
+    }
+
+    #[test]
+    fn step_actions_need_the_running_step_and_one_pending_request_at_a_time() {
+        let running = job(JobState::Running);
+        assert!(matches!(
+            plan(&running, &ask("hard_reset_step", Some("a")), "op", "now", 1),
+            Err(ControlError::Conflict(_))
+        ));
+        let p = plan(&running, &ask("retry_step", Some("b")), "op", "now", 1).expect("allowed");
+        let pending = p.job.live_control.recovery.clone().expect("recovery set");
+        assert_eq!(
+            (pending.action, pending.requested_by.as_str()),
+            (ControlAction::RetryStep, "op")
+        );
+        let err = plan(&p.job, &ask("resume_from_step", Some("a")), "op", "now", 1).expect_err("pending");
+        assert!(
+            matches!(&err, ControlError::Conflict(m) if m.contains("already has a pending retry_step")),
+            "{err}"
+        );
+        assert!(matches!(
+            plan(&job(JobState::Queued), &ask("retry_step", Some("b")), "op", "now", 1),
+            Err(ControlError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn resume_from_step_reopens_an_ended_job_but_not_past_its_first_unfinished_step() {
+        let failed = job(JobState::Failed);
+        let err = plan(&failed, &ask("resume_from_step", Some("b")), "op", "now", 0).expect_err("b not reached");
+        assert!(matches!(err, ControlError::Conflict(_)));
+        let p = plan(&failed, &ask("resume_from_step", Some("b")), "op", "now", 1).expect("reopen");
+        assert!(p.reopened);
+        assert_eq!(
+            (
+                p.job.status,
+                p.job.resume_step,
+                p.job.attempt,
+                p.job.finished_at,
+                p.job.last_error
+            ),
+            (JobState::Queued, Some(1), 1, None, None)
+        );
+    }
+
+    #[test]
+    fn holds_cancel_and_resume_follow_the_job_state() {
+        let queued = job(JobState::Queued);
+        let p = plan(&queued, &ask("cancel", None), "op", "now", 0).expect("cancel queued");
+        assert_eq!(p.job.status, JobState::Cancelled);
+        let running = job(JobState::Running);
+        let p = plan(&running, &ask("cancel", None), "op", "now", 0).expect("cancel running");
+        assert_eq!((p.job.status, p.job.cancel_requested), (JobState::Running, true));
+        assert!(matches!(
+            plan(&running, &ask("resume", None), "op", "now", 0),
+            Err(ControlError::Conflict(_))
+        ));
+        let paused = plan(&running, &ask("takeover", None), "op", "now", 0)
+            .expect("takeover")
+            .job;
+        assert_eq!(paused.live_control.hold_mode(), "takeover");
+        let resumed = plan(&paused, &ask("resume", None), "op", "now", 0).expect("resume").job;
+        assert!(!resumed.live_control.holds());
+        assert!(matches!(
+            plan(&job(JobState::Succeeded), &ask("pause", None), "op", "now", 2),
+            Err(ControlError::Conflict(m)) if m.contains("has ended")
+        ));
+    }
+}

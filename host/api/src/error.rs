@@ -1,0 +1,111 @@
+//! The API's one error shape, `{code, message}`, and its status codes
+//! (docs/OPERATIONS.md#http-api): every refusal names what was wrong.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::control::ControlError;
+use stepd_store::StoreError;
+
+/// An API error: a status and a message for the caller.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// What went wrong, for a human.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400: the request is malformed.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    /// 401: no or a bad token.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+    /// 403: a token of the wrong scope.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+    /// 404: no such job or file.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+    /// 409: impossible in the job's state.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+    /// Any status.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// The `code` field: a stable, machine-readable name of the status.
+    pub fn code(&self) -> &'static str {
+        match self.status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::UNAUTHORIZED => "unauthorized",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::CONFLICT => "conflict",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            _ => "internal",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"code": self.code(), "message": self.message});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownJob(id) => ApiError::not_found(format!("unknown job {id}")),
+            StoreError::DuplicateJob(id) => ApiError::conflict(format!("job {id} already exists")),
+            StoreError::Contended(id) => ApiError::conflict(format!("job {id} is changing too fast; try again")),
+            other => {
+                tracing::error!(error = %other, "store error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
+            }
+        }
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::BadRequest(m) => ApiError::bad_request(m),
+            ControlError::Conflict(m) => ApiError::conflict(m),
+        }
+    }
+}
+
+/// A path parameter, or a JSON 400 naming what is wrong with it (axum's
+/// own rejection is plain text).
+pub fn path_param<T>(
+    value: Result<axum::extract::Path<T>, axum::extract::rejection::PathRejection>,
+) -> Result<T, ApiError> {
+    value
+        .map(|axum::extract::Path(v)| v)
+        .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
+}
+
+/// Query parameters, or a JSON 400 naming what is wrong with them.
+pub fn query_param<T>(
+    value: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    value
+        .map(|axum::extract::Query(v)| v)
+        .map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))
+}

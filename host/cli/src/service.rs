@@ -1,0 +1,229 @@
+//! `stepd serve` (API + embedded workers + sweep) and `stepd worker`
+//! (workers + sweep only, for scale-out).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::client::{self, ClientArgs};
+use stepd_api::{ApiState, Tokens};
+use stepd_queue::{run_sweeper, Dispatcher};
+use stepd_records::redact::Redactor;
+use stepd_runtime::{CancellationToken, Runtime};
+use stepd_settings::Settings;
+use stepd_settings::DEFAULT_PLUGIN_DIR;
+use stepd_store::Store;
+use stepd_worker::{worker_name, Worker, WorkerOptions};
+
+/// Where a process keeps its files.
+#[derive(Debug, Args, Clone)]
+pub struct DataArgs {
+    /// Holds the SQLite file (`stepd.db`), artifacts, workspaces and the
+    /// generated operator token.
+    #[arg(long, env = "STEPD_DATA_DIR", default_value = "var/stepd")]
+    pub data_dir: PathBuf,
+    /// Directory of named plugins.
+    #[arg(long, env = "STEPD_PLUGIN_DIR", default_value = DEFAULT_PLUGIN_DIR)]
+    pub plugins: PathBuf,
+    /// A TOML config file (default: `STEPD_CONFIG`, if set).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// `stepd serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "STEPD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Workers in this process (0: API only).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Submit this job payload once the server is up, follow its events,
+    /// and exit with the job's status (the README's main job).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+}
+
+/// `stepd worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Jobs this process runs at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+struct Process {
+    settings: Arc<Settings>,
+    store: Store,
+    dispatcher: Dispatcher,
+    stop: CancellationToken,
+}
+
+async fn start(data: &DataArgs) -> anyhow::Result<Process> {
+    let settings = Settings::load(data.config.as_deref()).context("reading settings")?;
+    std::fs::create_dir_all(&data.data_dir)
+        .with_context(|| format!("creating data directory {}", data.data_dir.display()))?;
+    let url = settings
+        .service
+        .database_url
+        .clone()
+        .unwrap_or_else(|| Store::sqlite_url(&data.data_dir));
+    let store = Store::open(&url).await.context("opening the store")?;
+    let dispatcher = Dispatcher::connect(
+        settings.service.amqp_url.as_deref(),
+        &settings.service.amqp_queue,
+        settings.service.sweep,
+    )
+    .await
+    .context("connecting to RabbitMQ")?;
+    let stop = CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
+        }
+        eprintln!("stopping: handing running jobs back to the queue");
+        on_signal.cancel();
+    });
+    Ok(Process {
+        settings: Arc::new(settings),
+        store,
+        dispatcher,
+        stop,
+    })
+}
+
+fn spawn_workers(
+    p: &Process,
+    data: &DataArgs,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let runtime = Arc::new(Runtime::new(p.settings.runtime.clone()).context("starting the wasm runtime")?);
+    let redactor = Arc::new(Redactor::from_env());
+    let mut handles = Vec::new();
+    for i in 0..count {
+        let worker = Worker::new(
+            p.store.clone(),
+            p.dispatcher.clone(),
+            runtime.clone(),
+            p.settings.clone(),
+            WorkerOptions {
+                artifact_root: data.data_dir.join("artifacts"),
+                work_root: data.data_dir.join("work"),
+                plugin_dir: data.plugins.clone(),
+                concurrency,
+                name: worker_name(i),
+            },
+            redactor.clone(),
+        );
+        let stop = p.stop.clone();
+        handles.push(tokio::spawn(async move { worker.run(stop).await }));
+    }
+    Ok(handles)
+}
+
+/// Run `stepd serve`.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let p = start(&args.data).await?;
+    let mut operator = p.settings.service.operator_tokens.clone();
+    if operator.is_empty() {
+        let (token, made) = stepd_api::load_or_generate_token(&args.data.data_dir).context("operator token")?;
+        let path = stepd_api::token_file(&args.data.data_dir);
+        if made {
+            eprintln!("generated an operator token in {}", path.display());
+        } else {
+            eprintln!("operator token: {}", path.display());
+        }
+        operator.push(token);
+    }
+    let tokens = Tokens::new(&operator, &p.settings.service.worker_tokens);
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    eprintln!(
+        "stepd serving http://{address} (store: {:?}, dispatch: {}, workers: {})",
+        p.store.backend(),
+        p.dispatcher.kind(),
+        args.workers
+    );
+    let state = ApiState {
+        store: p.store.clone(),
+        dispatcher: p.dispatcher.clone(),
+        tokens: Arc::new(tokens),
+        artifact_root: args.data.data_dir.join("artifacts"),
+        plugin_dir: args.data.plugins.clone(),
+        base_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        lease: p.settings.service.lease,
+    };
+    let sweeper = tokio::spawn(run_sweeper(
+        p.store.clone(),
+        p.dispatcher.clone(),
+        p.settings.service.sweep,
+        p.stop.clone(),
+    ));
+    let workers = spawn_workers(&p, &args.data, args.workers, 1)?;
+    let server = tokio::spawn(stepd_api::serve(listener, state, p.stop.clone()));
+
+    let mut code = ExitCode::SUCCESS;
+    if let Some(job) = &args.run {
+        let client_args = ClientArgs {
+            server: format!("http://{address}"),
+            token: Some(operator[0].clone()),
+            data_dir: args.data.data_dir.clone(),
+        };
+        code = client::submit_and_follow(&client_args, job).await.unwrap_or_else(|e| {
+            eprintln!("error: {e:#}");
+            ExitCode::from(super::EXIT_INVALID_INPUT)
+        });
+        p.stop.cancel();
+    }
+    p.stop.cancelled().await;
+    for w in workers {
+        let _ = w.await;
+    }
+    let _ = sweeper.await;
+    if let Ok(Err(e)) = server.await {
+        eprintln!("error: serving: {e}");
+    }
+    p.store.close().await;
+    Ok(code)
+}
+
+/// Run `stepd worker`.
+pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let p = start(&args.data).await?;
+    eprintln!(
+        "stepd worker (store: {:?}, dispatch: {}, concurrency: {})",
+        p.store.backend(),
+        p.dispatcher.kind(),
+        args.concurrency
+    );
+    let sweeper = tokio::spawn(run_sweeper(
+        p.store.clone(),
+        p.dispatcher.clone(),
+        p.settings.service.sweep,
+        p.stop.clone(),
+    ));
+    let workers = spawn_workers(&p, &args.data, 1, args.concurrency.max(1))?;
+    for w in workers {
+        let _ = w.await;
+    }
+    let _ = sweeper.await;
+    p.store.close().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,404 @@
+//! The job payload (docs/OPERATIONS.md#job-payload): parsed with serde, then validated as a
+//! whole before anything runs. A payload that does not validate is refused
+//! with an error naming the field (`task.steps[1].id`, ...); it is never
+//! queued or run.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use stepd_settings::SelfHealOverrides;
+
+/// A payload error: the field (a JSON path) and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid job payload: {field}: {message}")]
+pub struct PayloadError {
+    /// Where, as a path into the payload (`task.steps[0].plugin`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn payload_error(field: impl Into<String>, message: impl Into<String>) -> PayloadError {
+    PayloadError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// The payload as submitted. Unknown fields are refused: a typo such as
+/// `maxAttempt` must not silently leave a default in place.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobPayload {
+    /// Must be `"task"`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Job attempts (queue retries included), default 3.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// The task.
+    pub task: TaskSpec,
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+/// What to do, where.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TaskSpec {
+    /// What the task is for; every step is told.
+    #[serde(default)]
+    pub objective: String,
+    /// The baseline: a git repository (path or URL) or a plain directory.
+    #[serde(default)]
+    pub repository: String,
+    /// The branch of `repository` to start from.
+    #[serde(default = "default_branch")]
+    pub starting_branch: String,
+    /// The steps, in order.
+    #[serde(default)]
+    pub steps: Vec<StepSpec>,
+    /// Budget overrides for this job.
+    #[serde(default)]
+    pub self_heal: SelfHealOverrides,
+}
+
+fn default_branch() -> String {
+    "main".to_owned()
+}
+
+/// One step as submitted.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StepSpec {
+    /// Unique within the task; `step-<index>` when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// A human title.
+    #[serde(default)]
+    pub title: String,
+    /// Which plugin runs it.
+    pub plugin: PluginSpec,
+    /// Free text for the step.
+    #[serde(default)]
+    pub instructions: String,
+    /// The step's inputs (a JSON object).
+    #[serde(default = "empty_object")]
+    pub inputs: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// A plugin reference: a name in the plugin directory, or a name or path
+/// with an optional sha256 pin.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum PluginSpec {
+    /// `"write-file"`.
+    Name(String),
+    /// `{"name": "lint", "sha256": "..."}` or `{"path": "x.wasm", ...}`.
+    Detailed(PluginDetail),
+}
+
+/// The object form of a plugin reference. Unknown keys are refused, so a
+/// misspelt `sha256` cannot silently drop the pin.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginDetail {
+    /// A name in the plugin directory.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A `.wasm` path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The expected sha256 (hex) of the file.
+    #[serde(default)]
+    pub sha256: Option<String>,
+}
+
+/// A step ready to run: id settled, plugin file found and pinned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedStep {
+    /// Its id.
+    pub id: String,
+    /// 0-based index.
+    pub index: u32,
+    /// Title.
+    pub title: String,
+    /// Instructions.
+    pub instructions: String,
+    /// Inputs as JSON text.
+    pub inputs: String,
+    /// The plugin's name (for signatures and logs).
+    pub plugin_name: String,
+    /// The plugin file.
+    pub plugin_path: PathBuf,
+    /// The file's sha256, as checked at validation.
+    pub plugin_sha256: String,
+}
+
+/// A payload that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedJob {
+    /// The payload as submitted.
+    pub payload: JobPayload,
+    /// The repository, with a relative local path made absolute.
+    pub repository: String,
+    /// The steps, resolved.
+    pub steps: Vec<ResolvedStep>,
+}
+
+impl JobPayload {
+    /// Parse JSON text; a type error names the field it is in.
+    pub fn parse(text: &str) -> Result<Self, PayloadError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let field = e.path().to_string();
+            payload_error(
+                if field == "." { "payload".to_owned() } else { field },
+                e.into_inner().to_string(),
+            )
+        })
+    }
+
+    /// Check everything that can be checked before running: the type, the
+    /// budgets, the repository, every step's id and plugin. Relative local
+    /// paths (repository, plugin paths) are taken from `base_dir` (the
+    /// payload file's directory); named plugins from `plugin_dir`.
+    pub fn validate(&self, base_dir: &Path, plugin_dir: &Path) -> Result<ValidatedJob, PayloadError> {
+        if self.kind != "task" {
+            return Err(payload_error("type", format!("must be \"task\", got {:?}", self.kind)));
+        }
+        if self.max_attempts == 0 {
+            return Err(payload_error("maxAttempts", "must be an integer >= 1"));
+        }
+        self.task.self_heal.validate().map_err(|e| match e {
+            stepd_settings::ConfigError::Invalid { variable, reason, .. } => payload_error(variable, reason),
+            other => payload_error("task.selfHeal", other.to_string()),
+        })?;
+        let repository = resolve_repository(&self.task.repository, base_dir)?;
+        if self.task.starting_branch.trim().is_empty() {
+            return Err(payload_error("task.startingBranch", "must not be empty"));
+        }
+        if self.task.steps.is_empty() {
+            return Err(payload_error("task.steps", "a task needs at least one step"));
+        }
+        let mut seen = HashSet::new();
+        let mut steps = Vec::with_capacity(self.task.steps.len());
+        for (index, step) in self.task.steps.iter().enumerate() {
+            let field = format!("task.steps[{index}]");
+            let id = step.id.clone().unwrap_or_else(|| format!("step-{index}"));
+            if !is_valid_step_id(&id) {
+                return Err(payload_error(
+                    format!("{field}.id"),
+                    format!("{id:?} is not a valid step id (1-64 letters, digits, '.', '-', '_')"),
+                ));
+            }
+            if !seen.insert(id.clone()) {
+                return Err(payload_error(
+                    format!("{field}.id"),
+                    format!("duplicate step id {id:?}"),
+                ));
+            }
+            if !step.inputs.is_object() {
+                return Err(payload_error(format!("{field}.inputs"), "must be a JSON object"));
+            }
+            let (plugin_name, plugin_path, plugin_sha256) =
+                resolve_plugin(&step.plugin, &format!("{field}.plugin"), base_dir, plugin_dir)?;
+            steps.push(ResolvedStep {
+                id,
+                index: u32::try_from(index).map_err(|_| payload_error("task.steps", "too many steps"))?,
+                title: step.title.clone(),
+                instructions: step.instructions.clone(),
+                inputs: step.inputs.to_string(),
+                plugin_name,
+                plugin_path,
+                plugin_sha256,
+            });
+        }
+        Ok(ValidatedJob {
+            payload: self.clone(),
+            repository,
+            steps,
+        })
+    }
+}
+
+fn is_valid_step_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && id != "."
+        && id != ".."
+}
+
+fn resolve_repository(repository: &str, base_dir: &Path) -> Result<String, PayloadError> {
+    let field = "task.repository";
+    let repository = repository.trim();
+    if repository.is_empty() {
+        return Err(payload_error(
+            field,
+            "is required (a git repository path or URL, or a directory)",
+        ));
+    }
+    if repository.contains("://") {
+        return Ok(repository.to_owned());
+    }
+    let path = base_dir.join(repository);
+    if !path.is_dir() {
+        return Err(payload_error(field, format!("{} is not a directory", path.display())));
+    }
+    Ok(path.to_string_lossy().into_owned())
+}
+
+fn resolve_plugin(
+    spec: &PluginSpec,
+    field: &str,
+    base_dir: &Path,
+    plugin_dir: &Path,
+) -> Result<(String, PathBuf, String), PayloadError> {
+    let (name, path, pin) = match spec {
+        PluginSpec::Name(name) => (Some(name.clone()), None, None),
+        PluginSpec::Detailed(PluginDetail { name, path, sha256 }) => (name.clone(), path.clone(), sha256.clone()),
+    };
+    let (label, file) = match (name, path) {
+        (Some(name), None) => {
+            if name.is_empty() || name.contains('/') || name.contains("..") {
+                return Err(payload_error(field, format!("{name:?} is not a plugin name")));
+            }
+            let file = plugin_dir.join(format!("{name}.wasm"));
+            (name, file)
+        }
+        (None, Some(path)) => {
+            let file = base_dir.join(&path);
+            let label = file
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or(path);
+            (label, file)
+        }
+        (Some(_), Some(_)) => return Err(payload_error(field, "give a name or a path, not both")),
+        (None, None) => return Err(payload_error(field, "needs a name or a path")),
+    };
+    let bytes = std::fs::read(&file)
+        .map_err(|e| payload_error(field, format!("unknown plugin {label:?}: {}: {e}", file.display())))?;
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    if let Some(pin) = pin {
+        if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(payload_error(format!("{field}.sha256"), "must be 64 hex digits"));
+        }
+        if !pin.eq_ignore_ascii_case(&sha256) {
+            return Err(payload_error(
+                format!("{field}.sha256"),
+                format!("plugin {label:?} has sha256 {sha256}, not the pinned {pin}"),
+            ));
+        }
+    }
+    Ok((label, file, sha256))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::create_dir_all(dir.path().join("plugins")).expect("plugins");
+            std::fs::create_dir_all(dir.path().join("repo")).expect("repo");
+            std::fs::write(dir.path().join("plugins/write-file.wasm"), b"not checked here").expect("plugin");
+            Fixture { dir }
+        }
+
+        fn validate(&self, json: serde_json::Value) -> Result<ValidatedJob, PayloadError> {
+            JobPayload::parse(&json.to_string())?.validate(self.dir.path(), &self.dir.path().join("plugins"))
+        }
+    }
+
+    fn job(steps: serde_json::Value) -> serde_json::Value {
+        serde_json::json!({"type": "task", "task": {"objective": "o", "repository": "repo", "steps": steps}})
+    }
+
+    #[test]
+    fn a_valid_payload_gets_default_ids_and_resolved_plugins() {
+        let fx = Fixture::new();
+        let job = fx
+            .validate(job(
+                serde_json::json!([{"plugin": "write-file"}, {"id": "b", "plugin": "write-file"}]),
+            ))
+            .expect("valid");
+        assert_eq!(job.steps[0].id, "step-0");
+        assert_eq!(job.steps[1].id, "b");
+        assert_eq!(job.payload.max_attempts, 3);
+        assert_eq!(job.payload.task.starting_branch, "main");
+        assert!(job.steps[0].plugin_path.ends_with("plugins/write-file.wasm"));
+        assert!(job.repository.ends_with("repo"));
+    }
+
+    #[test]
+    fn each_kind_of_bad_payload_is_refused_naming_its_field() {
+        let fx = Fixture::new();
+        let cases = [
+            (
+                job(serde_json::json!([{"id": "a", "plugin": "write-file"}, {"id": "a", "plugin": "write-file"}])),
+                "task.steps[1].id: duplicate step id \"a\"",
+            ),
+            (
+                job(serde_json::json!([{"plugin": "nope"}])),
+                "task.steps[0].plugin: unknown plugin \"nope\"",
+            ),
+            (
+                job(serde_json::json!([{"plugin": {"name": "write-file", "sha256": "00"}}])),
+                "task.steps[0].plugin.sha256",
+            ),
+            (
+                serde_json::json!({"type": "task", "task": {"steps": [{"plugin": "write-file"}]}}),
+                "task.repository: is required",
+            ),
+            (
+                serde_json::json!({"type": "task", "task": {"repository": "repo", "steps": [{"plugin": "write-file"}], "selfHeal": {"stepTimeoutSeconds": 0}}}),
+                "task.selfHeal.stepTimeoutSeconds",
+            ),
+            (
+                serde_json::json!({"type": "task", "task": {"repository": "repo", "steps": [{"plugin": "write-file"}], "selfHeal": {"stepTimeoutSeconds": "x"}}}),
+                "task.selfHeal.stepTimeoutSeconds",
+            ),
+            (
+                serde_json::json!({"type": "task", "task": {"repository": "repo", "steps": [{"plugin": "write-file"}], "selfHeal": {"stepTimeout": 3}}}),
+                "task.selfHeal",
+            ),
+            (
+                serde_json::json!({"type": "job", "task": {"repository": "repo", "steps": []}}),
+                "type: must be \"task\"",
+            ),
+            (job(serde_json::json!([])), "task.steps: a task needs at least one step"),
+            (
+                job(serde_json::json!([{"plugin": "write-file", "inputs": [1]}])),
+                "task.steps[0].inputs: must be a JSON object",
+            ),
+            (
+                job(serde_json::json!([{"id": "../x", "plugin": "write-file"}])),
+                "task.steps[0].id",
+            ),
+        ];
+        for (payload, expected) in cases {
+            let err = fx.validate(payload.clone()).expect_err("invalid");
+            assert!(
+                err.to_string().contains(expected),
+                "{payload}: got {err}, wanted {expected}"
+            );
+        }
+    }
+}

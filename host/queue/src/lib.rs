@@ -1,0 +1,165 @@
+//! Dispatch (docs/OPERATIONS.md#dispatch): telling workers a job is ready. The store is
+//! the source of truth — a message is only a hint, claiming is atomic, so
+//! a duplicate or lost message is harmless — and the sweep makes up for
+//! lost ones. Embedded by default (an in-process wake-up plus polling the
+//! store); RabbitMQ through lapin when `AMQP_URL` is set.
+
+mod amqp;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, Notify};
+
+pub use amqp::AmqpDispatcher;
+
+use stepd_store::{Store, StoreError};
+use tokio_util::sync::CancellationToken;
+
+/// Why dispatch failed. Names the broker (without its password).
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The broker could not be reached or refused an operation.
+    #[error("RabbitMQ at {url} ({operation}): {message}")]
+    Broker {
+        /// The broker URL, password hidden.
+        url: String,
+        /// What dispatch was doing.
+        operation: &'static str,
+        /// The client's error.
+        message: String,
+    },
+    /// The store failed during a sweep.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a worker should try to claim next.
+pub enum Hint {
+    /// Any claimable job (embedded: something changed, or the poll tick).
+    Any,
+    /// The job a message named; `ack` it once the claim was tried.
+    Job(Box<amqp::Delivery>),
+}
+
+/// Wakes in-process workers: one notification per announced job, and a
+/// broadcast of job ids whose `liveControl` changed.
+#[derive(Clone)]
+pub struct Embedded {
+    ready: Arc<Notify>,
+    control: broadcast::Sender<String>,
+    poll: Duration,
+}
+
+impl Embedded {
+    fn new(poll: Duration) -> Self {
+        Embedded {
+            ready: Arc::new(Notify::new()),
+            control: broadcast::channel(256).0,
+            poll,
+        }
+    }
+}
+
+/// The dispatcher a process uses. Cheap to clone.
+#[derive(Clone)]
+pub enum Dispatcher {
+    /// In-process wake-ups and store polling.
+    Embedded(Embedded),
+    /// RabbitMQ (plus the in-process control broadcast for local workers).
+    Amqp(AmqpDispatcher, Embedded),
+}
+
+impl Dispatcher {
+    /// The embedded dispatcher; workers also poll the store every `poll`.
+    pub fn embedded(poll: Duration) -> Dispatcher {
+        Dispatcher::Embedded(Embedded::new(poll))
+    }
+
+    /// RabbitMQ at `url` when given, else embedded.
+    pub async fn connect(amqp_url: Option<&str>, queue: &str, poll: Duration) -> Result<Dispatcher, QueueError> {
+        let local = Embedded::new(poll);
+        match amqp_url {
+            Some(url) => Ok(Dispatcher::Amqp(AmqpDispatcher::connect(url, queue).await?, local)),
+            None => Ok(Dispatcher::Embedded(local)),
+        }
+    }
+
+    fn local(&self) -> &Embedded {
+        match self {
+            Dispatcher::Embedded(local) | Dispatcher::Amqp(_, local) => local,
+        }
+    }
+
+    /// `embedded` or `rabbitmq`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Dispatcher::Embedded(_) => "embedded",
+            Dispatcher::Amqp(..) => "rabbitmq",
+        }
+    }
+
+    /// Tell workers job `id` is ready.
+    pub async fn announce(&self, id: &str) -> Result<(), QueueError> {
+        self.local().ready.notify_one();
+        if let Dispatcher::Amqp(amqp, _) = self {
+            amqp.publish(id).await?;
+        }
+        Ok(())
+    }
+
+    /// Tell this process's workers that job `id`'s `liveControl` changed,
+    /// so they act before their next heartbeat.
+    pub fn control_changed(&self, id: &str) {
+        let _ = self.local().control.send(id.to_owned());
+    }
+
+    /// A receiver of [`Dispatcher::control_changed`] notices.
+    pub fn control_wake(&self) -> broadcast::Receiver<String> {
+        self.local().control.subscribe()
+    }
+
+    /// Wait for something worth claiming. Embedded: a wake-up or the poll
+    /// tick. RabbitMQ: a message (consumed with `prefetch` unacknowledged).
+    pub async fn next(&self, prefetch: u16) -> Result<Hint, QueueError> {
+        match self {
+            Dispatcher::Embedded(local) => {
+                tokio::select! {
+                    () = local.ready.notified() => {}
+                    () = tokio::time::sleep(local.poll) => {}
+                }
+                Ok(Hint::Any)
+            }
+            Dispatcher::Amqp(amqp, _) => Ok(Hint::Job(Box::new(amqp.next(prefetch).await?))),
+        }
+    }
+}
+
+/// Every `interval` until `stop`: requeue jobs whose lease expired and
+/// announce queued jobs nobody was told about (new, due after a backoff,
+/// released by a pause, or whose message was lost).
+pub async fn run_sweeper(store: Store, dispatcher: Dispatcher, interval: Duration, stop: CancellationToken) {
+    // A message sent less than this long ago is not sent again.
+    let stale = (interval * 10).max(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return,
+        }
+        if let Err(e) = sweep_once(&store, &dispatcher, stale).await {
+            tracing::warn!(error = %e, "sweep failed; trying again next round");
+        }
+    }
+}
+
+/// One sweep (see [`run_sweeper`]).
+pub async fn sweep_once(store: &Store, dispatcher: &Dispatcher, stale: Duration) -> Result<(), QueueError> {
+    for id in store.expire_leases().await? {
+        tracing::info!(job = %id, "lease expired; job queued again");
+    }
+    for id in store.take_unannounced(stale, 100).await? {
+        dispatcher.announce(&id).await?;
+        store.mark_announced(&id).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! Deadlines of one attempt: the wall deadline, the idle deadline (time since
+//! the last output chunk or progress call) and the operator's cancel flag.
+//!
+//! Two paths enforce them, because neither alone stops every guest:
+//! - the store's epoch-deadline callback runs [`AttemptClock::check`] every
+//!   tick while guest code executes, trapping a CPU-bound guest;
+//! - [`AttemptClock::watch`] is raced against the call on the tokio side,
+//!   stopping a guest that is blocked in a host call (a WASI sleep or poll),
+//!   where epochs never fire.
+//!
+//! Both compare real-clock [`Instant`]s, never tick counts (which drift).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::capture::ActivityClock;
+
+/// Why the host stopped an attempt before it returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The attempt ran past its wall-clock deadline.
+    #[error("wall-clock deadline passed")]
+    WallTimeout,
+    /// The attempt produced no output and no progress for too long.
+    #[error("idle deadline passed (no output or progress)")]
+    IdleTimeout,
+    /// An operator (or the host) cancelled the attempt.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// How close to a deadline [`AttemptClock::watch`] switches from tokio's
+/// timer (whole milliseconds, rounded up) to the epoch ticker's ticks.
+const NEAR_DEADLINE: Duration = Duration::from_millis(2);
+
+/// `at + after`, or a point a century away when that overflows: an absurd
+/// timeout means "never", not a panic.
+fn far_add(at: Instant, after: Duration) -> Instant {
+    at.checked_add(after)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(at)
+}
+
+/// The deadlines of one attempt, checked against the real clock.
+#[derive(Debug)]
+pub struct AttemptClock {
+    wall_deadline: Instant,
+    idle_timeout: Duration,
+    activity: Arc<ActivityClock>,
+    cancel: CancellationToken,
+    ticks: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl AttemptClock {
+    /// Deadlines for an attempt that started when `activity` did.
+    pub fn new(
+        wall_timeout: Duration,
+        idle_timeout: Duration,
+        activity: Arc<ActivityClock>,
+        cancel: CancellationToken,
+    ) -> Self {
+        AttemptClock {
+            wall_deadline: far_add(activity.started(), wall_timeout),
+            idle_timeout,
+            activity,
+            cancel,
+            ticks: None,
+        }
+    }
+
+    /// Also wake on `ticks` (the epoch ticker) when a deadline is near, for
+    /// a stop within a tick of it rather than within tokio's rounding.
+    pub fn with_ticks(self, ticks: Arc<tokio::sync::Notify>) -> Self {
+        AttemptClock {
+            ticks: Some(ticks),
+            ..self
+        }
+    }
+
+    /// The instant the idle deadline falls on, given the activity so far.
+    pub fn idle_deadline(&self) -> Instant {
+        far_add(self.activity.last(), self.idle_timeout)
+    }
+
+    /// The instant the wall deadline falls on.
+    pub fn wall_deadline(&self) -> Instant {
+        self.wall_deadline
+    }
+
+    /// Whether the attempt must stop at `now`: a cancel first, then the
+    /// wall deadline, then the idle deadline.
+    pub fn check(&self, now: Instant) -> Option<StopReason> {
+        if self.cancel.is_cancelled() {
+            Some(StopReason::Cancelled)
+        } else if now >= self.wall_deadline {
+            Some(StopReason::WallTimeout)
+        } else if now >= self.idle_deadline() {
+            Some(StopReason::IdleTimeout)
+        } else {
+            None
+        }
+    }
+
+    /// Resolves when the attempt must stop. Sleeps on tokio's timer until
+    /// shortly before the nearer deadline, then on the epoch ticks, checking
+    /// again each time (output may have moved the idle deadline).
+    pub async fn watch(&self) -> StopReason {
+        loop {
+            let now = Instant::now();
+            if let Some(reason) = self.check(now) {
+                return reason;
+            }
+            let next = self.wall_deadline.min(self.idle_deadline());
+            let near = next.saturating_duration_since(now) <= NEAR_DEADLINE;
+            match &self.ticks {
+                Some(ticks) if near => {
+                    tokio::select! {
+                        biased;
+                        () = self.cancel.cancelled() => return StopReason::Cancelled,
+                        () = ticks.notified() => {}
+                        // Should the ticker stall: never later than tokio's timer.
+                        () = tokio::time::sleep_until(next.into()) => {}
+                    }
+                }
+                ticks => {
+                    let until = if ticks.is_some() { next - NEAR_DEADLINE } else { next };
+                    tokio::select! {
+                        biased;
+                        () = self.cancel.cancelled() => return StopReason::Cancelled,
+                        () = tokio::time::sleep_until(until.into()) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock(wall_ms: u64, idle_ms: u64) -> (AttemptClock, Arc<ActivityClock>, CancellationToken) {
+        let activity = Arc::new(ActivityClock::new(Instant::now()));
+        let cancel = CancellationToken::new();
+        let clock = AttemptClock::new(
+            Duration::from_millis(wall_ms),
+            Duration::from_millis(idle_ms),
+            activity.clone(),
+            cancel.clone(),
+        );
+        (clock, activity, cancel)
+    }
+
+    #[test]
+    fn cancel_wins_over_deadlines_and_wall_over_idle() {
+        let (clock, activity, cancel) = clock(10, 10);
+        let later = activity.started() + Duration::from_millis(20);
+        assert_eq!(clock.check(later), Some(StopReason::WallTimeout));
+        cancel.cancel();
+        assert_eq!(clock.check(later), Some(StopReason::Cancelled));
+    }
+
+    #[test]
+    fn activity_pushes_the_idle_deadline_back() {
+        let (clock, activity, _cancel) = clock(10_000, 5);
+        std::thread::sleep(Duration::from_millis(6));
+        assert_eq!(clock.check(Instant::now()), Some(StopReason::IdleTimeout));
+        activity.touch();
+        assert_eq!(clock.check(Instant::now()), None);
+    }
+
+    #[tokio::test]
+    async fn watch_resolves_on_the_idle_deadline_unless_output_arrives() {
+        let (clock, activity, _cancel) = clock(10_000, 40);
+        let toucher = {
+            let activity = activity.clone();
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    activity.touch();
+                }
+            })
+        };
+        let reason = clock.watch().await;
+        let elapsed = activity.started().elapsed();
+        toucher.await.expect("toucher task");
+        assert_eq!(reason, StopReason::IdleTimeout);
+        // Five touches 20 ms apart keep it alive for at least ~100 ms.
+        assert!(elapsed >= Duration::from_millis(100), "stopped after {elapsed:?}");
+    }
+
+    #[tokio::test]
+    async fn watch_resolves_at_once_on_cancel() {
+        let (clock, _activity, cancel) = clock(10_000, 10_000);
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            cancel.cancel();
+        });
+        let reason = tokio::time::timeout(Duration::from_secs(5), clock.watch())
+            .await
+            .expect("cancel stops the watch");
+        canceller.await.expect("canceller task");
+        assert_eq!(reason, StopReason::Cancelled);
+    }
+}

@@ -1,0 +1,387 @@
+//! The sandboxed runtime: runs one attempt of one step as a fresh instance
+//! of a WASI 0.2 component, under fuel, memory and epoch deadlines, and
+//! tears it down.
+//!
+//! One [`Runtime`] per process owns the wasmtime `Engine`, the linker (WASI
+//! plus the `stepd:plugin/host` imports), the compiled-plugin cache and the
+//! epoch ticker. [`Runtime::run_attempt`] builds a new `Store` for every
+//! attempt and drops it at the end: nothing of a guest survives its attempt.
+//! This crate knows nothing of tasks, retries, self-heal, git or servers
+//! (tests/tests/architecture.rs holds it to that).
+
+mod capture;
+mod deadline;
+mod engine;
+mod limits;
+mod outcome;
+mod plugin;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+
+pub use capture::{ActivityClock, CapturedOutput, OutputCapture, OutputChunk, OutputStreamKind};
+pub use deadline::{AttemptClock, StopReason};
+pub use engine::{engine_config, EpochTicker};
+pub use limits::{MemoryLimitExceeded, SandboxLimiter};
+pub use outcome::{AttemptOutcome, AttemptReport, GuestErrorKind};
+pub use plugin::{resolve_plugin_path, Plugin, PluginError};
+pub use tokio_util::sync::CancellationToken;
+
+use stepd_settings::RuntimeSettings;
+
+/// Host-side bindings of the `stepd:plugin` world (documented in the WIT).
+#[allow(missing_docs)]
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "step",
+        exports: { default: async },
+        additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+    });
+}
+
+pub use bindings::stepd::plugin::types::{RetryContext, StepContext, StepError, StepOutput};
+use bindings::stepd::plugin::{host, types};
+
+/// Fuel burned between two yields of a metered guest (about a millisecond
+/// of CPU): the precision of `fuel_consumed` for a stopped attempt.
+const FUEL_YIELD_INTERVAL: u64 = 2_000_000;
+
+/// Why the runtime itself could not start or run an attempt (as opposed to
+/// the guest failing, which is an [`AttemptOutcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine could not be configured or created.
+    #[error("creating the wasmtime engine: {0}")]
+    Engine(String),
+    /// The linker could not be set up.
+    #[error("setting up the linker: {0}")]
+    Linker(String),
+    /// The epoch ticker thread could not start.
+    #[error("starting the epoch ticker: {0}")]
+    Ticker(std::io::Error),
+    /// The workspace directory cannot be preopened.
+    #[error("workspace {} cannot be opened: {message}", path.display())]
+    Workspace {
+        /// The workspace path.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// A per-attempt limit is outside what this engine supports.
+    #[error("attempt limits are invalid: {0}")]
+    Limits(String),
+    /// The store could not be set up (fuel, limits).
+    #[error("setting up the attempt's store: {0}")]
+    Store(String),
+}
+
+/// State of one attempt's `Store`: its WASI context, its resource table,
+/// its limits and its output capture.
+pub struct AttemptState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: SandboxLimiter,
+    output: Arc<OutputCapture>,
+}
+
+impl WasiView for AttemptState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl host::Host for AttemptState {
+    fn emit(&mut self, stream: host::OutputStream, chunk: String) {
+        let kind = match stream {
+            host::OutputStream::Stdout => OutputStreamKind::Stdout,
+            host::OutputStream::Stderr => OutputStreamKind::Stderr,
+        };
+        self.output.push(kind, chunk.as_bytes());
+    }
+
+    fn progress(&mut self, msg: String) {
+        self.output.push(OutputStreamKind::Progress, msg.as_bytes());
+    }
+}
+
+impl types::Host for AttemptState {}
+
+/// Deadlines and limits for one attempt. Limits left `None` take the
+/// runtime's settings.
+#[derive(Debug, Clone)]
+pub struct AttemptLimits {
+    /// Stop the attempt this long after it started.
+    pub wall_timeout: Duration,
+    /// Stop the attempt after this long without output or progress.
+    pub idle_timeout: Duration,
+    /// Fuel budget override (only when metering is on).
+    pub fuel: Option<u64>,
+    /// Memory ceiling override, at most the runtime's setting.
+    pub memory_limit_bytes: Option<usize>,
+}
+
+impl AttemptLimits {
+    /// Wall and idle deadlines with the runtime's fuel and memory limits.
+    pub fn new(wall_timeout: Duration, idle_timeout: Duration) -> Self {
+        AttemptLimits {
+            wall_timeout,
+            idle_timeout,
+            fuel: None,
+            memory_limit_bytes: None,
+        }
+    }
+}
+
+/// Everything one attempt needs: where, what it is told, and its limits.
+#[derive(Debug, Clone)]
+pub struct AttemptRequest {
+    /// The host directory preopened as `/workspace` (read-write).
+    pub workspace: PathBuf,
+    /// What the guest receives in `run`.
+    pub context: StepContext,
+    /// Deadlines and limits.
+    pub limits: AttemptLimits,
+    /// Lets an operator or the host stop the attempt.
+    pub cancel: CancellationToken,
+}
+
+/// The per-process runtime. See the module docs.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<AttemptState>,
+    plugins: plugin::PluginCache,
+    settings: RuntimeSettings,
+    ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// Create the engine, the linker and the epoch ticker.
+    pub fn new(settings: RuntimeSettings) -> Result<Self, RuntimeError> {
+        let config = engine_config(&settings).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        bindings::Step::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        let ticker = EpochTicker::start(&engine, settings.epoch_tick).map_err(RuntimeError::Ticker)?;
+        Ok(Runtime {
+            engine,
+            linker,
+            plugins: plugin::PluginCache::default(),
+            settings,
+            ticker,
+        })
+    }
+
+    /// The settings this runtime was built with.
+    pub fn settings(&self) -> &RuntimeSettings {
+        &self.settings
+    }
+
+    /// Load (and compile, once) the plugin at `path`.
+    pub fn load_plugin(&self, path: &Path) -> Result<Plugin, PluginError> {
+        self.plugins.load(&self.engine, &self.linker, path)
+    }
+
+    /// Run one attempt in a fresh instance and drop it. A guest failure of
+    /// any kind is an `Ok` report; `Err` means the host could not even set
+    /// the attempt up.
+    pub async fn run_attempt(&self, plugin: &Plugin, request: AttemptRequest) -> Result<AttemptReport, RuntimeError> {
+        let memory_limit = request
+            .limits
+            .memory_limit_bytes
+            .unwrap_or(self.settings.memory_limit_bytes);
+        if memory_limit > self.settings.memory_limit_bytes {
+            return Err(RuntimeError::Limits(format!(
+                "memory limit {memory_limit} bytes is above this host's ceiling of {} bytes",
+                self.settings.memory_limit_bytes
+            )));
+        }
+        let fuel = self
+            .settings
+            .fuel_per_attempt
+            .map(|default| request.limits.fuel.unwrap_or(default));
+
+        let started = Instant::now();
+        let activity = Arc::new(ActivityClock::new(started));
+        let output = Arc::new(OutputCapture::new(activity.clone(), self.settings.output_limit_bytes));
+        let clock = Arc::new(
+            AttemptClock::new(
+                request.limits.wall_timeout,
+                request.limits.idle_timeout,
+                activity.clone(),
+                request.cancel.clone(),
+            )
+            .with_ticks(self.ticker.ticks()),
+        );
+
+        let wasi = sandbox_wasi(&request.workspace, &output)?;
+        let state = AttemptState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: SandboxLimiter {
+                memory_bytes: memory_limit,
+                table_elements: self.settings.table_elements_limit,
+                instances: self.settings.instances_limit,
+            },
+            output: output.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        if let Some(fuel) = fuel {
+            store
+                .set_fuel(fuel)
+                .map_err(|e| RuntimeError::Store(format!("{e:#}")))?;
+            // Compiled code keeps its fuel count in a register and writes it
+            // back only at calls and yields; a tight loop stopped by a
+            // deadline would report almost nothing burned. Yielding every
+            // slice writes it back, so `fuel_consumed` is exact to a slice.
+            store
+                .fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))
+                .map_err(|e| RuntimeError::Store(format!("{e:#}")))?;
+        }
+        if self.settings.epoch_interruption {
+            // Every tick: stop if a deadline passed, else yield to tokio so
+            // the watch below (and other tasks) get to run.
+            let clock = clock.clone();
+            store.epoch_deadline_callback(move |_| match clock.check(Instant::now()) {
+                Some(reason) => Err(wasmtime::Error::new(reason)),
+                None => Ok(UpdateDeadline::Yield(1)),
+            });
+            store.set_epoch_deadline(1);
+        }
+
+        let result = {
+            let call = async {
+                let step = plugin.pre().instantiate_async(&mut store).await?;
+                step.call_run(&mut store, &request.context).await
+            };
+            tokio::select! {
+                biased;
+                reason = clock.watch() => Err(reason),
+                result = call => Ok(result),
+            }
+        };
+        let stopped_at = Instant::now();
+        let fuel_consumed = fuel.and_then(|budget| store.get_fuel().ok().map(|left| budget.saturating_sub(left)));
+        // Teardown: nothing of the guest survives its store.
+        drop(store);
+
+        let outcome = match result {
+            Err(reason) => stop_outcome(reason),
+            Ok(Ok(Ok(out))) => AttemptOutcome::Succeeded {
+                summary: out.summary,
+                data: out.data,
+            },
+            Ok(Ok(Err(err))) => guest_error_outcome(err),
+            Ok(Err(trap)) => trap_outcome(&trap),
+        };
+        let deadline_overrun_seconds = match &outcome {
+            AttemptOutcome::WallTimeout => Some(clock.wall_deadline()),
+            AttemptOutcome::IdleTimeout => Some(clock.idle_deadline()),
+            _ => None,
+        }
+        .map(|deadline| stopped_at.saturating_duration_since(deadline).as_secs_f64());
+        Ok(AttemptReport {
+            outcome,
+            wall_clock_seconds: stopped_at.duration_since(started).as_secs_f64(),
+            idle_seconds: stopped_at.saturating_duration_since(activity.last()).as_secs_f64(),
+            fuel_consumed,
+            deadline_overrun_seconds,
+            output: output.snapshot(),
+        })
+    }
+}
+
+/// The WASI context of one attempt: the workspace at `/workspace` and
+/// nothing else. No env, no args, no stdin, no sockets, no name lookup;
+/// stdout and stderr go to the capture.
+fn sandbox_wasi(workspace: &Path, output: &Arc<OutputCapture>) -> Result<WasiCtx, RuntimeError> {
+    let meta = std::fs::symlink_metadata(workspace).map_err(|e| RuntimeError::Workspace {
+        path: workspace.to_owned(),
+        message: e.to_string(),
+    })?;
+    if !meta.is_dir() {
+        return Err(RuntimeError::Workspace {
+            path: workspace.to_owned(),
+            message: "not a directory (a symlink is refused too)".into(),
+        });
+    }
+    let mut builder = WasiCtx::builder();
+    builder
+        .stdout(capture::CaptureStream::new(output.clone(), OutputStreamKind::Stdout))
+        .stderr(capture::CaptureStream::new(output.clone(), OutputStreamKind::Stderr))
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false)
+        .socket_addr_check(|_, _| Box::pin(async { false }));
+    // The preopen is a cap-std directory: the guest cannot name anything
+    // outside it, through `..`, an absolute path or a symlink.
+    builder
+        .preopened_dir(workspace, "/workspace", FsPerms::ReadWrite)
+        .map_err(|e| RuntimeError::Workspace {
+            path: workspace.to_owned(),
+            message: format!("{e:#}"),
+        })?;
+    Ok(builder.build())
+}
+
+fn stop_outcome(reason: StopReason) -> AttemptOutcome {
+    match reason {
+        StopReason::WallTimeout => AttemptOutcome::WallTimeout,
+        StopReason::IdleTimeout => AttemptOutcome::IdleTimeout,
+        StopReason::Cancelled => AttemptOutcome::Cancelled,
+    }
+}
+
+fn guest_error_outcome(err: StepError) -> AttemptOutcome {
+    let (kind, message) = match err {
+        StepError::Retry(m) => (GuestErrorKind::Retry, m),
+        StepError::Contract(m) => (GuestErrorKind::Contract, m),
+        StepError::Policy(m) => (GuestErrorKind::Policy, m),
+        StepError::Repo(m) => (GuestErrorKind::Repo, m),
+        StepError::Other(m) => (GuestErrorKind::Other, m),
+    };
+    AttemptOutcome::GuestError { kind, message }
+}
+
+/// Turn a wasmtime error into the typed outcome: our own stop signals and
+/// limit errors first (they travel as the error's root cause), then
+/// wasmtime's trap codes, then anything else as a plain trap.
+fn trap_outcome(err: &wasmtime::Error) -> AttemptOutcome {
+    for cause in err.chain() {
+        if let Some(reason) = cause.downcast_ref::<StopReason>() {
+            return stop_outcome(*reason);
+        }
+        if let Some(limit) = cause.downcast_ref::<MemoryLimitExceeded>() {
+            return AttemptOutcome::MemoryLimit {
+                requested_bytes: limit.requested_bytes,
+                limit_bytes: limit.limit_bytes,
+            };
+        }
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => AttemptOutcome::OutOfFuel,
+        Some(Trap::StackOverflow) => AttemptOutcome::StackOverflow,
+        _ => AttemptOutcome::Trap {
+            message: format!("{err:#}"),
+        },
+    }
+}

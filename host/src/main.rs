@@ -1,5 +1,0 @@
-//! The `stepd` binary: everything lives in the library's `cli` module.
-
-fn main() -> std::process::ExitCode {
-    stepd::cli::main()
-}

@@ -1,0 +1,546 @@
+//! Job rows: submit, read, claim with a lease, heartbeat, finish, requeue,
+//! sweep expired leases and unannounced jobs, and apply operator control.
+
+use std::time::Duration;
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{db, duration_ms, opt_u32, u32_col, JobRecord, JobState, Store, StoreError};
+use stepd_job::control::{ControlAction, LiveControl};
+use stepd_records::events::Event;
+
+const JOB_COLUMNS: &str = "id, status, attempt, max_attempts, next_attempt_at, published_at, lease_owner, \
+    lease_expires_at, payload, live_control, cancel_requested, resume_step, current_step_id, \
+    current_step_index, workspace_path, last_error, version, created_at, updated_at, finished_at";
+
+/// A job to submit.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// Its id.
+    pub id: String,
+    /// The validated payload.
+    pub payload: serde_json::Value,
+    /// Its attempt budget.
+    pub max_attempts: u32,
+}
+
+/// An operator action as the store writes it: the rules that decided it
+/// live with the API; the store only makes it durable.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlWrite {
+    /// The action.
+    pub action: ControlAction,
+    /// The step it names, when it names one.
+    pub step_id: Option<String>,
+    /// The job with the action applied (status, attempt, cancel flag,
+    /// resume step, `liveControl`, finish time, last error).
+    pub job: JobRecord,
+    /// The job had ended and runs again (due at once).
+    pub reopened: bool,
+}
+
+/// Who claims: a worker's id and how long its lease lasts.
+#[derive(Debug, Clone)]
+pub struct ClaimedBy {
+    /// The worker's id (`host:pid:n`).
+    pub owner: String,
+    /// How long a claim or heartbeat holds.
+    pub lease: Duration,
+}
+
+fn decode_job(row: &AnyRow) -> Result<JobRecord, StoreError> {
+    let id: String = row.try_get("id").map_err(db("decode job"))?;
+    let malformed = |column: &'static str, message: String| StoreError::Malformed {
+        job_id: id.clone(),
+        column,
+        message,
+    };
+    let status: String = row.try_get("status").map_err(db("decode job"))?;
+    let status = JobState::parse(&status).ok_or_else(|| malformed("status", status.clone()))?;
+    let payload: String = row.try_get("payload").map_err(db("decode job"))?;
+    let payload = serde_json::from_str(&payload).map_err(|e| malformed("payload", e.to_string()))?;
+    let live: String = row.try_get("live_control").map_err(db("decode job"))?;
+    let live_control: LiveControl =
+        serde_json::from_str(&live).map_err(|e| malformed("live_control", e.to_string()))?;
+    let get = |r: &AnyRow| -> Result<JobRecord, sqlx::Error> {
+        Ok(JobRecord {
+            id: id.clone(),
+            status,
+            attempt: u32_col(r, "attempt")?,
+            max_attempts: u32_col(r, "max_attempts")?,
+            next_attempt_at: r.try_get("next_attempt_at")?,
+            published_at: r.try_get("published_at")?,
+            lease_owner: r.try_get("lease_owner")?,
+            lease_expires_at: r.try_get("lease_expires_at")?,
+            payload,
+            live_control,
+            cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
+            resume_step: opt_u32(r, "resume_step")?,
+            current_step_id: r.try_get("current_step_id")?,
+            current_step_index: opt_u32(r, "current_step_index")?,
+            workspace_path: r.try_get("workspace_path")?,
+            last_error: r.try_get("last_error")?,
+            version: r.try_get("version")?,
+            created_at: r.try_get("created_at")?,
+            updated_at: r.try_get("updated_at")?,
+            finished_at: r.try_get("finished_at")?,
+        })
+    };
+    get(row).map_err(db("decode job"))
+}
+
+impl Store {
+    /// Add a queued job, claimable at once. No event: a job's log starts
+    /// with the first `task.job.started` a worker records.
+    pub async fn insert_job(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
+        let now = self.clock().await?;
+        let live = serde_json::to_string(&LiveControl::default()).unwrap_or_default();
+        let result = sqlx::query(
+            "INSERT INTO jobs (id, status, attempt, max_attempts, next_attempt_at, payload, live_control, created_at, updated_at) \
+             VALUES ($1, 'queued', 1, $2, $3, $4, $5, $3, $3)",
+        )
+        .bind(&job.id)
+        .bind(i64::from(job.max_attempts))
+        .bind(now)
+        .bind(job.payload.to_string())
+        .bind(live)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(StoreError::DuplicateJob(job.id.clone()))
+            }
+            Err(e) => return Err(db("insert job")(e)),
+        }
+        self.get_job(&job.id)
+            .await?
+            .ok_or_else(|| StoreError::UnknownJob(job.id.clone()))
+    }
+
+    /// One job, or `None`.
+    pub async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("get job"))?;
+        row.as_ref().map(decode_job).transpose()
+    }
+
+    /// The newest jobs first, optionally of one status.
+    pub async fn list_jobs(&self, status: Option<JobState>, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
+        let by_status =
+            format!("SELECT {JOB_COLUMNS} FROM jobs WHERE status = $1 ORDER BY created_at DESC, id LIMIT $2");
+        let all = format!("SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at DESC, id LIMIT $1");
+        let rows = match status {
+            Some(status) => sqlx::query(&by_status).bind(status.as_str()).bind(i64::from(limit)),
+            None => sqlx::query(&all).bind(i64::from(limit)),
+        }
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("list jobs"))?;
+        rows.iter().map(decode_job).collect()
+    }
+
+    /// Claim the oldest claimable job: queued, due, not held by a pause.
+    /// Atomic: two workers never get the same job.
+    pub async fn claim_next(&self, by: &ClaimedBy) -> Result<Option<JobRecord>, StoreError> {
+        let lock = match self.backend {
+            super::Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            super::Backend::Sqlite => "",
+        };
+        let now = self.clock().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = $2, updated_at = $3, \
+             published_at = NULL, version = version + 1 \
+             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND next_attempt_at <= $3 AND held = 0 \
+                         ORDER BY next_attempt_at, created_at LIMIT 1 {lock}) \
+               AND status = 'queued' \
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(&by.owner)
+        .bind(now + duration_ms(by.lease))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("claim next job"))?;
+        row.as_ref().map(decode_job).transpose()
+    }
+
+    /// Claim job `id` if it is claimable (a "job ready" message named it).
+    /// `None` when it is not: already claimed, ended, held or not yet due —
+    /// which makes duplicate messages harmless.
+    pub async fn claim_job(&self, id: &str, by: &ClaimedBy) -> Result<Option<JobRecord>, StoreError> {
+        let now = self.clock().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = $2, updated_at = $3, \
+             published_at = NULL, version = version + 1 \
+             WHERE id = $4 AND status = 'queued' AND next_attempt_at <= $3 AND held = 0 \
+             RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(&by.owner)
+        .bind(now + duration_ms(by.lease))
+        .bind(now)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("claim job"))?;
+        row.as_ref().map(decode_job).transpose()
+    }
+
+    /// Renew `by`'s lease on job `id` and return the job (with its
+    /// `liveControl`). `None` when `by` no longer holds it.
+    pub async fn heartbeat(&self, id: &str, by: &ClaimedBy) -> Result<Option<JobRecord>, StoreError> {
+        let now = self.clock().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET lease_expires_at = $1, updated_at = $2 \
+             WHERE id = $3 AND lease_owner = $4 AND status = 'running' RETURNING {JOB_COLUMNS}"
+        ))
+        .bind(now + duration_ms(by.lease))
+        .bind(now)
+        .bind(id)
+        .bind(&by.owner)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("heartbeat"))?;
+        row.as_ref().map(decode_job).transpose()
+    }
+
+    /// Note which step `owner` is running and where its workspace is (a
+    /// new version: a step action planned against the old step plans again).
+    pub async fn set_current_step(
+        &self,
+        id: &str,
+        owner: &str,
+        step_id: &str,
+        step_index: u32,
+        workspace: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET current_step_id = $1, current_step_index = $2, workspace_path = $3, updated_at = $4, \
+             version = version + 1 \
+             WHERE id = $5 AND lease_owner = $6 AND status = 'running'",
+        )
+        .bind(step_id)
+        .bind(i64::from(step_index))
+        .bind(workspace)
+        .bind(self.clock().await?)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db("set current step"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// End job `id` held by `owner` with `status` (a terminal state), if
+    /// nothing changed it since `version` (an operator's request that
+    /// arrived meanwhile must be acted on, not dropped). False when `owner`
+    /// lost the lease or the job changed.
+    pub async fn finish(
+        &self,
+        id: &str,
+        owner: &str,
+        status: JobState,
+        error: Option<&str>,
+        version: i64,
+    ) -> Result<bool, StoreError> {
+        let now = self.clock().await?;
+        let done = sqlx::query(
+            "UPDATE jobs SET status = $1, lease_owner = NULL, lease_expires_at = NULL, finished_at = $2, \
+             updated_at = $2, last_error = $3, resume_step = NULL, version = version + 1 \
+             WHERE id = $4 AND lease_owner = $5 AND status = 'running' AND version = $6",
+        )
+        .bind(status.as_str())
+        .bind(now)
+        .bind(error)
+        .bind(id)
+        .bind(owner)
+        .bind(version)
+        .execute(&self.pool)
+        .await
+        .map_err(db("finish job"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Put job `id` back in the queue for job attempt `attempt`, claimable
+    /// after `delay` — or end it `cancelled` when a cancel arrived
+    /// meanwhile. Returns the job's status now, `None` when `owner` lost
+    /// the lease meanwhile.
+    pub async fn requeue(
+        &self,
+        id: &str,
+        owner: &str,
+        attempt: u32,
+        delay: Duration,
+    ) -> Result<Option<JobState>, StoreError> {
+        let now = self.clock().await?;
+        let row = sqlx::query(
+            "UPDATE jobs SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END, \
+             finished_at = CASE WHEN cancel_requested = 1 THEN $3 ELSE NULL END, \
+             attempt = $1, next_attempt_at = $2, lease_owner = NULL, \
+             lease_expires_at = NULL, published_at = NULL, updated_at = $3, version = version + 1 \
+             WHERE id = $4 AND lease_owner = $5 AND status = 'running' RETURNING status",
+        )
+        .bind(i64::from(attempt))
+        .bind(now + duration_ms(delay))
+        .bind(now)
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("requeue job"))?;
+        match row {
+            Some(row) => {
+                let status: String = row.try_get("status").map_err(db("requeue job"))?;
+                Ok(JobState::parse(&status))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Give up a claim without ending the job (shutdown): queued again at
+    /// once, same attempt.
+    pub async fn release(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, published_at = NULL, \
+             next_attempt_at = $1, updated_at = $1, version = version + 1 \
+             WHERE id = $2 AND lease_owner = $3 AND status = 'running'",
+        )
+        .bind(self.clock().await?)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db("release job"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forget a `resume_step` once the worker has rebuilt for it.
+    pub async fn clear_resume_step(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        // Bumping the version makes a control write planned before this
+        // one plan again, so it cannot put the old step back.
+        sqlx::query("UPDATE jobs SET resume_step = NULL, version = version + 1 WHERE id = $1 AND lease_owner = $2")
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await
+            .map_err(db("clear resume step"))?;
+        Ok(())
+    }
+
+    /// Requeue every job whose lease has expired: attempt + 1, or
+    /// `dead_letter` when its attempts are used up, or `cancelled` when a
+    /// cancel was asked. Each gets a `task.job.lease_expired` event.
+    /// Returns the jobs queued again (to announce them).
+    pub async fn expire_leases(&self) -> Result<Vec<String>, StoreError> {
+        let now = self.clock().await?;
+        let rows = sqlx::query(
+            "SELECT id, attempt, max_attempts, cancel_requested, lease_owner FROM jobs \
+             WHERE status = 'running' AND lease_expires_at < $1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("find expired leases"))?;
+        let mut requeued = Vec::new();
+        for row in rows {
+            let decode = |r: &AnyRow| -> Result<(String, u32, u32, bool, Option<String>), sqlx::Error> {
+                Ok((
+                    r.try_get("id")?,
+                    u32_col(r, "attempt")?,
+                    u32_col(r, "max_attempts")?,
+                    r.try_get::<i64, _>("cancel_requested")? != 0,
+                    r.try_get("lease_owner")?,
+                ))
+            };
+            let (id, attempt, max_attempts, cancel, owner) = decode(&row).map_err(db("find expired leases"))?;
+            let (status, next_attempt) = if cancel {
+                (JobState::Cancelled, attempt)
+            } else if attempt >= max_attempts {
+                (JobState::DeadLetter, attempt)
+            } else {
+                (JobState::Queued, attempt + 1)
+            };
+            let finished = status.is_terminal().then_some(now);
+            let mut tx = self.pool.begin().await.map_err(db("expire lease"))?;
+            let done = sqlx::query(
+                "UPDATE jobs SET status = $1, attempt = $2, lease_owner = NULL, lease_expires_at = NULL, \
+                 next_attempt_at = $3, published_at = NULL, finished_at = $4, updated_at = $3, version = version + 1 \
+                 WHERE id = $5 AND status = 'running' AND lease_expires_at < $3 AND lease_owner = $6",
+            )
+            .bind(status.as_str())
+            .bind(i64::from(next_attempt))
+            .bind(now)
+            .bind(finished)
+            .bind(&id)
+            .bind(&owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("expire lease"))?;
+            if done.rows_affected() != 1 {
+                // Another sweeper got there first, or the worker came back.
+                continue;
+            }
+            let event = Event::LeaseExpired {
+                lost_owner: owner.unwrap_or_default(),
+                status: status.as_str().to_owned(),
+                next_job_attempt: next_attempt,
+            };
+            Self::append_event_in(&mut tx, &id, &event).await?;
+            tx.commit().await.map_err(db("expire lease"))?;
+            if status == JobState::Queued {
+                requeued.push(id);
+            }
+        }
+        Ok(requeued)
+    }
+
+    /// Queued, due, unheld jobs that were never announced, or not for
+    /// `stale` (a lost message, a broker restart): the sweep announces
+    /// them again, marking each once its message went out.
+    pub async fn take_unannounced(&self, stale: Duration, limit: u32) -> Result<Vec<String>, StoreError> {
+        let now = self.clock().await?;
+        let rows = sqlx::query(
+            "SELECT id FROM jobs WHERE status = 'queued' AND held = 0 AND next_attempt_at <= $1 \
+             AND (published_at IS NULL OR published_at < $2) ORDER BY next_attempt_at LIMIT $3",
+        )
+        .bind(now)
+        .bind(now - duration_ms(stale))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("find unannounced jobs"))?;
+        let ids: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get::<String, _>("id"))
+            .collect::<Result<_, _>>()
+            .map_err(db("find unannounced jobs"))?;
+        Ok(ids)
+    }
+
+    /// Record that a "job ready" message for `id` went out.
+    pub async fn mark_announced(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET published_at = $1 WHERE id = $2 AND status = 'queued'")
+            .bind(self.clock().await?)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db("mark announced"))?;
+        Ok(())
+    }
+
+    /// Write an operator's action: the job's new control state (if nobody
+    /// changed the job since the caller read it), one control-event row, a
+    /// `task.control` event and `extra` events — all or nothing.
+    /// `Contended` when the job changed meanwhile (decide again).
+    pub async fn apply_control(
+        &self,
+        plan: &ControlWrite,
+        expected_version: i64,
+        requested_by: &str,
+        reason: Option<&str>,
+        extra: &[Event],
+    ) -> Result<JobRecord, StoreError> {
+        let job = &plan.job;
+        let now = self.clock().await?;
+        let live = serde_json::to_string(&job.live_control).unwrap_or_default();
+        let mut tx = self.pool.begin().await.map_err(db("apply control"))?;
+        let done = sqlx::query(
+            "UPDATE jobs SET status = $1, attempt = $2, cancel_requested = $3, resume_step = $4, live_control = $5, \
+             held = $6, finished_at = $7, last_error = $8, updated_at = $9, version = version + 1, \
+             next_attempt_at = CASE WHEN $10 = 1 THEN $9 ELSE next_attempt_at END, \
+             published_at = CASE WHEN $10 = 1 THEN NULL ELSE published_at END \
+             WHERE id = $11 AND version = $12",
+        )
+        .bind(job.status.as_str())
+        .bind(i64::from(job.attempt))
+        .bind(i64::from(job.cancel_requested))
+        .bind(job.resume_step.map(i64::from))
+        .bind(live)
+        .bind(i64::from(job.live_control.holds()))
+        .bind(if job.status.is_terminal() {
+            Some(job.finished_at.unwrap_or(now))
+        } else {
+            None
+        })
+        .bind(job.last_error.as_deref())
+        .bind(now)
+        .bind(i64::from(plan.reopened))
+        .bind(&job.id)
+        .bind(expected_version)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("apply control"))?;
+        if done.rows_affected() != 1 {
+            return Err(StoreError::Contended(job.id.clone()));
+        }
+        sqlx::query(
+            "INSERT INTO control_events (job_id, action, step_id, reason, requested_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&job.id)
+        .bind(plan.action.as_str())
+        .bind(plan.step_id.as_deref())
+        .bind(reason)
+        .bind(requested_by)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("record control event"))?;
+        let control = Event::Control {
+            action: plan.action.as_str().to_owned(),
+            step_id: plan.step_id.clone(),
+            reason: reason.map(str::to_owned),
+        };
+        Self::append_event_in(&mut tx, &job.id, &control).await?;
+        for event in extra {
+            Self::append_event_in(&mut tx, &job.id, event).await?;
+        }
+        tx.commit().await.map_err(db("apply control"))?;
+        self.get_job(&job.id)
+            .await?
+            .ok_or_else(|| StoreError::UnknownJob(job.id.clone()))
+    }
+
+    /// Change the `liveControl` of a job `owner` holds with `change`
+    /// (the worker clearing a recovery it acted on), retrying when an
+    /// operator wrote meanwhile. Returns the control as written, or `None`
+    /// when `owner` lost the job.
+    pub async fn update_live_control(
+        &self,
+        id: &str,
+        owner: &str,
+        change: impl Fn(&mut LiveControl),
+    ) -> Result<Option<LiveControl>, StoreError> {
+        for _ in 0..20 {
+            let Some(job) = self.get_job(id).await? else {
+                return Err(StoreError::UnknownJob(id.to_owned()));
+            };
+            if job.lease_owner.as_deref() != Some(owner) || job.status != JobState::Running {
+                return Ok(None);
+            }
+            let mut live = job.live_control.clone();
+            change(&mut live);
+            let done = sqlx::query(
+                "UPDATE jobs SET live_control = $1, held = $2, version = version + 1, updated_at = $3 \
+                 WHERE id = $4 AND version = $5 AND lease_owner = $6",
+            )
+            .bind(serde_json::to_string(&live).unwrap_or_default())
+            .bind(i64::from(live.holds()))
+            .bind(self.clock().await?)
+            .bind(id)
+            .bind(job.version)
+            .bind(owner)
+            .execute(&self.pool)
+            .await
+            .map_err(db("update live control"))?;
+            if done.rows_affected() == 1 {
+                return Ok(Some(live));
+            }
+        }
+        Err(StoreError::Contended(id.to_owned()))
+    }
+}

@@ -1,0 +1,365 @@
+//! What a job leaves in the store besides its row: events (numbered per
+//! job by the store, so events from the API and from workers share one
+//! order), control events, step attempts and step checkpoints.
+
+use std::collections::HashMap;
+
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+
+use super::{db, now_ms, u32_col, Store, StoreError};
+use stepd_records::events::Event;
+
+/// One event as the store keeps it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredEvent {
+    /// 1-based, per job, assigned by the store.
+    pub seq: i64,
+    /// The job.
+    pub job_id: String,
+    /// RFC 3339.
+    pub at: String,
+    /// Its name (`task.control`, ...).
+    pub event: String,
+    /// Its fields.
+    pub payload: serde_json::Value,
+}
+
+/// One operator action, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ControlEventRow {
+    /// Row id (increasing).
+    pub id: i64,
+    /// The job.
+    pub job_id: String,
+    /// The action's wire name.
+    pub action: String,
+    /// The step it named.
+    pub step_id: Option<String>,
+    /// The operator's reason.
+    pub reason: Option<String>,
+    /// Who asked.
+    pub requested_by: String,
+    /// When (Unix ms).
+    pub created_at: i64,
+}
+
+/// One finished step attempt.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptRow {
+    /// The step's index.
+    pub step_index: u32,
+    /// The attempt (1-based, across job attempts).
+    pub attempt: u32,
+    /// The step's id.
+    pub step_id: String,
+    /// `succeeded` or the runtime outcome of the failure.
+    pub outcome: String,
+    /// The failure class, for a failure.
+    pub failure_class: Option<String>,
+    /// The strategy chosen, for a failure.
+    pub strategy: Option<String>,
+    /// How long it ran.
+    pub wall_clock_seconds: f64,
+    /// Fuel it burned (`None` with metering off).
+    pub fuel_consumed: Option<i64>,
+    /// The worker that ran it.
+    pub worker: String,
+    /// RFC 3339.
+    pub finished_at: String,
+}
+
+/// A finished step's checkpoint: enough to rebuild the workspace after it
+/// on any host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRow {
+    /// The step's index.
+    pub step_index: u32,
+    /// The step's id.
+    pub step_id: String,
+    /// The step's patch, byte-exact.
+    pub patch: Vec<u8>,
+    /// The step's state JSON (`state/steps/step-XXXX.json`).
+    pub state: String,
+}
+
+fn decode_event(row: &AnyRow) -> Result<StoredEvent, StoreError> {
+    let get = |r: &AnyRow| -> Result<(i64, String, String, String, String), sqlx::Error> {
+        Ok((
+            r.try_get("seq")?,
+            r.try_get("job_id")?,
+            r.try_get("at")?,
+            r.try_get("name")?,
+            r.try_get("payload")?,
+        ))
+    };
+    let (seq, job_id, at, event, payload) = get(row).map_err(db("decode event"))?;
+    let payload = serde_json::from_str(&payload).map_err(|e| StoreError::Malformed {
+        job_id: job_id.clone(),
+        column: "job_events.payload",
+        message: e.to_string(),
+    })?;
+    Ok(StoredEvent {
+        seq,
+        job_id,
+        at,
+        event,
+        payload,
+    })
+}
+
+impl Store {
+    /// Append `event` to job `job_id`'s events (already redacted by the
+    /// caller) at `at`, numbered after the last one.
+    pub async fn append_event(&self, job_id: &str, at: &str, event: &serde_json::Value) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("append event"))?;
+        let seq = Self::append_value_in(&mut tx, job_id, at, event).await?;
+        tx.commit().await.map_err(db("append event"))?;
+        Ok(seq)
+    }
+
+    /// Append `event`, now, inside `tx`.
+    pub(super) async fn append_event_in(
+        tx: &mut Transaction<'static, Any>,
+        job_id: &str,
+        event: &Event,
+    ) -> Result<i64, StoreError> {
+        let value = serde_json::to_value(event).unwrap_or_default();
+        let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+        Self::append_value_in(tx, job_id, &at, &value).await
+    }
+
+    async fn append_value_in(
+        tx: &mut Transaction<'static, Any>,
+        job_id: &str,
+        at: &str,
+        event: &serde_json::Value,
+    ) -> Result<i64, StoreError> {
+        // Numbering through the job row serialises appenders on the row
+        // lock, on SQLite and PostgreSQL alike.
+        let row = sqlx::query("UPDATE jobs SET event_seq = event_seq + 1 WHERE id = $1 RETURNING event_seq")
+            .bind(job_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db("number event"))?
+            .ok_or_else(|| StoreError::UnknownJob(job_id.to_owned()))?;
+        let seq: i64 = row.try_get(0).map_err(db("number event"))?;
+        sqlx::query("INSERT INTO job_events (job_id, seq, at, name, payload) VALUES ($1, $2, $3, $4, $5)")
+            .bind(job_id)
+            .bind(seq)
+            .bind(at)
+            .bind(event["event"].as_str().unwrap_or_default())
+            .bind(event["payload"].to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(db("append event"))?;
+        Ok(seq)
+    }
+
+    /// Append `event` now (the worker's own lifecycle notes).
+    pub async fn record_event(&self, job_id: &str, event: &Event) -> Result<i64, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("append event"))?;
+        let seq = Self::append_event_in(&mut tx, job_id, event).await?;
+        tx.commit().await.map_err(db("append event"))?;
+        Ok(seq)
+    }
+
+    /// Events of a job after `after`, oldest first, at most `limit`.
+    pub async fn events_after(&self, job_id: &str, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, job_id, at, name, payload FROM job_events WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(job_id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read events"))?;
+        rows.iter().map(decode_event).collect()
+    }
+
+    /// The job's control events, oldest first.
+    pub async fn control_events(&self, job_id: &str) -> Result<Vec<ControlEventRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, job_id, action, step_id, reason, requested_by, created_at FROM control_events \
+             WHERE job_id = $1 ORDER BY id",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read control events"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(ControlEventRow {
+                    id: r.try_get("id")?,
+                    job_id: r.try_get("job_id")?,
+                    action: r.try_get("action")?,
+                    step_id: r.try_get("step_id")?,
+                    reason: r.try_get("reason")?,
+                    requested_by: r.try_get("requested_by")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db("read control events"))
+    }
+
+    /// Record (or replace) one step attempt.
+    pub async fn record_attempt(&self, job_id: &str, attempt: &AttemptRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO step_attempts (job_id, step_index, attempt, step_id, outcome, failure_class, strategy, \
+             wall_clock_seconds, worker, finished_at, fuel_consumed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             ON CONFLICT (job_id, step_index, attempt) DO UPDATE SET outcome = excluded.outcome, \
+             failure_class = excluded.failure_class, strategy = excluded.strategy, \
+             wall_clock_seconds = excluded.wall_clock_seconds, worker = excluded.worker, finished_at = excluded.finished_at, \
+             fuel_consumed = excluded.fuel_consumed",
+        )
+        .bind(job_id)
+        .bind(i64::from(attempt.step_index))
+        .bind(i64::from(attempt.attempt))
+        .bind(&attempt.step_id)
+        .bind(&attempt.outcome)
+        .bind(attempt.failure_class.as_deref())
+        .bind(attempt.strategy.as_deref())
+        .bind(attempt.wall_clock_seconds)
+        .bind(&attempt.worker)
+        .bind(&attempt.finished_at)
+        .bind(attempt.fuel_consumed)
+        .execute(&self.pool)
+        .await
+        .map_err(db("record attempt"))?;
+        Ok(())
+    }
+
+    /// Every recorded attempt of a job, by step then attempt.
+    pub async fn attempts(&self, job_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT step_index, attempt, step_id, outcome, failure_class, strategy, wall_clock_seconds, worker, \
+             finished_at, fuel_consumed FROM step_attempts WHERE job_id = $1 ORDER BY step_index, attempt",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read attempts"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(AttemptRow {
+                    step_index: u32_col(r, "step_index")?,
+                    attempt: u32_col(r, "attempt")?,
+                    step_id: r.try_get("step_id")?,
+                    outcome: r.try_get("outcome")?,
+                    failure_class: r.try_get("failure_class")?,
+                    strategy: r.try_get("strategy")?,
+                    wall_clock_seconds: r.try_get("wall_clock_seconds")?,
+                    worker: r.try_get("worker")?,
+                    finished_at: r.try_get("finished_at")?,
+                    fuel_consumed: r.try_get("fuel_consumed")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db("read attempts"))
+    }
+
+    /// Store step `step_index`'s checkpoint (replacing one left by an
+    /// earlier run of the same step) — only while `owner` holds the job's
+    /// lease, so a worker that lost its job cannot splice its patch into
+    /// another worker's chain. False when it does not hold it.
+    pub async fn put_checkpoint(
+        &self,
+        job_id: &str,
+        owner: &str,
+        checkpoint: &CheckpointRow,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO step_checkpoints (job_id, step_index, step_id, patch, state, created_at) \
+             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS \
+               (SELECT 1 FROM jobs WHERE id = $1 AND lease_owner = $7 AND status = 'running') \
+             ON CONFLICT (job_id, step_index) DO UPDATE SET \
+             step_id = excluded.step_id, patch = excluded.patch, state = excluded.state, created_at = excluded.created_at",
+        )
+        .bind(job_id)
+        .bind(i64::from(checkpoint.step_index))
+        .bind(&checkpoint.step_id)
+        .bind(checkpoint.patch.clone())
+        .bind(&checkpoint.state)
+        .bind(now_ms())
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db("store checkpoint"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// A job's checkpoints, by step.
+    pub async fn checkpoints(&self, job_id: &str) -> Result<Vec<CheckpointRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT step_index, step_id, patch, state FROM step_checkpoints WHERE job_id = $1 ORDER BY step_index",
+        )
+        .bind(job_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db("read checkpoints"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(CheckpointRow {
+                    step_index: u32_col(r, "step_index")?,
+                    step_id: r.try_get("step_id")?,
+                    patch: r.try_get("patch")?,
+                    state: r.try_get("state")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db("read checkpoints"))
+    }
+
+    /// The index of the first step without a checkpoint (the step a run
+    /// continues at).
+    pub async fn first_unfinished_step(&self, job_id: &str) -> Result<u32, StoreError> {
+        let ids = [job_id.to_owned()];
+        Ok(self.first_unfinished_steps(&ids).await?.remove(job_id).unwrap_or(0))
+    }
+
+    /// [`Store::first_unfinished_step`] of several jobs in one query (a
+    /// job list must not cost a query per job).
+    pub async fn first_unfinished_steps(&self, job_ids: &[String]) -> Result<HashMap<String, u32>, StoreError> {
+        let mut first: HashMap<String, u32> = job_ids.iter().map(|id| (id.clone(), 0)).collect();
+        if job_ids.is_empty() {
+            return Ok(first);
+        }
+        let placeholders: Vec<String> = (1..=job_ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT job_id, step_index FROM step_checkpoints WHERE job_id IN ({}) ORDER BY job_id, step_index",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in job_ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db("read checkpoints"))?;
+        for r in &rows {
+            let job_id: String = r.try_get("job_id").map_err(db("read checkpoints"))?;
+            let index = u32_col(r, "step_index").map_err(db("read checkpoints"))?;
+            // Rows come in step order: the prefix grows while it is contiguous.
+            if let Some(next) = first.get_mut(&job_id) {
+                if index == *next {
+                    *next += 1;
+                }
+            }
+        }
+        Ok(first)
+    }
+
+    /// Forget the checkpoints of steps `from` on (the job goes back there).
+    pub async fn delete_checkpoints_from(&self, job_id: &str, from: u32) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM step_checkpoints WHERE job_id = $1 AND step_index >= $2")
+            .bind(job_id)
+            .bind(i64::from(from))
+            .execute(&self.pool)
+            .await
+            .map_err(db("delete checkpoints"))?;
+        Ok(())
+    }
+}

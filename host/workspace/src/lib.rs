@@ -1,0 +1,566 @@
+//! The workspace: the one directory a step's guest sees as `/workspace`,
+//! and the git object store, kept outside it, that records its states
+//! (docs/ARCHITECTURE.md#workspace-model).
+//!
+//! This crate owns baseline materialisation, incremental snapshots (a
+//! directory state becomes a git tree), diffs between states (a step's patch
+//! in `git diff --binary` format), patch replay onto trees, and hard resets
+//! of the directory. It knows nothing of steps, retries or artifacts: the
+//! self-heal loop decides when to snapshot, diff and rebuild.
+//!
+//! Every host read and write of the workspace directory goes through one
+//! `cap_std::fs::Dir` opened on it: cap-std resolves every path beneath that
+//! root or fails, entries are classified with `lstat`, symlinks are recorded
+//! and recreated as symlinks and never followed by a read or a write, and
+//! patch paths are checked before they are used. So a symlink or `..`
+//! planted by a guest or carried by a patch cannot make the host touch
+//! anything outside. Git metadata (the bare object store and the stat
+//! cache) lives in a separate directory that may not overlap the workspace:
+//! the guest never sees a `.git`.
+//!
+//! The host snapshots and resets only while no guest instance runs in the
+//! workspace (the attempt's instance has been dropped). These calls block
+//! (file system and libgit2 work); async callers run them on a blocking
+//! thread.
+
+mod baseline;
+mod cache;
+mod headers;
+mod materialize;
+mod patch;
+mod relpath;
+mod scan;
+mod snapshot;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, MetadataExt};
+use git2::{ErrorCode, Oid, Repository};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use cache::{RootId, StatCache, RACY_MARGIN};
+
+/// Deepest directory nesting the host will walk, write or accept in a
+/// patch. Writing a tree holds one directory handle per level, so this
+/// bounds the descriptors and stack a hostile tree, patch or guest can make
+/// the host use (git itself caps tree depth too).
+pub const MAX_DEPTH: usize = 256;
+
+/// Why a workspace operation failed; every variant names its input.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    /// The baseline repository path or URL names nothing that exists here,
+    /// so the job cannot start (a job payload error, not a host fault).
+    #[error("baseline repository {repository:?} not found")]
+    BaselineNotFound {
+        /// The repository as given.
+        repository: String,
+    },
+    /// The baseline repository exists but has no such branch.
+    #[error("branch {branch:?} not found in baseline repository {repository:?}")]
+    BranchNotFound {
+        /// The repository as given.
+        repository: String,
+        /// The branch as given.
+        branch: String,
+    },
+    /// The branch name is not a valid git ref name (it could otherwise bend
+    /// the fetch refspec).
+    #[error("{branch:?} is not a valid branch name (baseline repository {repository:?})")]
+    InvalidBranch {
+        /// The repository as given.
+        repository: String,
+        /// The branch as given.
+        branch: String,
+    },
+    /// The baseline repository could not be read or fetched.
+    #[error("cannot read baseline repository {repository:?}: {source}")]
+    Baseline {
+        /// The repository as given.
+        repository: String,
+        /// What libgit2 said.
+        source: git2::Error,
+    },
+    /// The git directory would be visible (and writable) to the guest.
+    #[error("git directory {} is inside the workspace directory {}", git_dir.display(), workspace_dir.display())]
+    GitDirInsideWorkspace {
+        /// The git directory.
+        git_dir: PathBuf,
+        /// The workspace directory.
+        workspace_dir: PathBuf,
+    },
+    /// The workspace directory lies inside the git directory, where a guest
+    /// could write objects or the stat cache.
+    #[error("workspace directory {} is inside the git directory {}", workspace_dir.display(), git_dir.display())]
+    WorkspaceInsideGitDir {
+        /// The workspace directory.
+        workspace_dir: PathBuf,
+        /// The git directory.
+        git_dir: PathBuf,
+    },
+    /// A baseline is only materialised into a fresh directory, never over
+    /// someone's files.
+    #[error("workspace directory {} exists and is not empty", path.display())]
+    WorkspaceNotEmpty {
+        /// The workspace directory.
+        path: PathBuf,
+    },
+    /// The git directory could not be created or opened as a bare repository.
+    #[error("git directory {}: {source}", path.display())]
+    GitDir {
+        /// The git directory.
+        path: PathBuf,
+        /// What libgit2 said.
+        source: git2::Error,
+    },
+    /// A tree id that is not in this workspace's object store (a checkpoint
+    /// from another store, or a store that was wiped).
+    #[error("tree {tree} is not in the object store {}", git_dir.display())]
+    TreeNotFound {
+        /// The tree asked for.
+        tree: TreeId,
+        /// The git directory searched.
+        git_dir: PathBuf,
+    },
+    /// A patch names a path that could write outside the workspace, into
+    /// git metadata, or through a symlink; nothing was applied.
+    #[error("patch {patch_sha256} names unsafe path {path:?}: {reason}")]
+    UnsafePatchPath {
+        /// The path as the patch names it.
+        path: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+        /// sha256 of the patch bytes.
+        patch_sha256: String,
+    },
+    /// A patch that does not parse, or whose hunks do not match the tree it
+    /// is applied to (altered, or replayed onto the wrong base).
+    #[error("patch {patch_sha256} does not apply: {reason}")]
+    PatchDoesNotApply {
+        /// sha256 of the patch bytes.
+        patch_sha256: String,
+        /// What libgit2 said.
+        reason: String,
+    },
+    /// A tree holds an entry that cannot be written safely (a name such as
+    /// `..` or `.git`, an unknown mode): only a hostile baseline has these.
+    #[error("tree {tree} has entry {path:?} that cannot be written: {reason}")]
+    UnsafeTreeEntry {
+        /// The tree being written.
+        tree: TreeId,
+        /// Workspace-relative path of the entry.
+        path: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// Directories nest deeper than [`MAX_DEPTH`].
+    #[error("{} nests deeper than {max} directories", path.display())]
+    TooDeep {
+        /// The first path too deep.
+        path: PathBuf,
+        /// The limit.
+        max: usize,
+    },
+    /// An object-store operation failed.
+    #[error("{context}: {source}")]
+    Git {
+        /// What was being done, naming the path or tree.
+        context: String,
+        /// What libgit2 said.
+        source: git2::Error,
+    },
+    /// A filesystem operation failed (in the workspace or the git directory).
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path operated on.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Map a libgit2 error to [`WorkspaceError::Git`] with its context.
+fn git_err(context: String) -> impl FnOnce(git2::Error) -> WorkspaceError {
+    move |source| WorkspaceError::Git { context, source }
+}
+
+/// `root/rel` for error messages (`rel` is workspace-relative bytes).
+fn display_path(root: &Path, rel: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    if rel.is_empty() {
+        root.to_owned()
+    } else {
+        root.join(std::ffi::OsStr::from_bytes(rel))
+    }
+}
+
+/// The git tree id of a workspace state: what checkpoints record and what
+/// diffs and rebuilds take. Serialised as its 40-digit hex string.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TreeId(Oid);
+
+impl TreeId {
+    /// The git object id, for callers that work with git2 directly.
+    pub fn oid(self) -> Oid {
+        self.0
+    }
+}
+
+impl fmt::Debug for TreeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TreeId({})", self.0)
+    }
+}
+
+impl fmt::Display for TreeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl FromStr for TreeId {
+    type Err = git2::Error;
+
+    /// Parses the full 40-digit hex form only: an abbreviation could be
+    /// ambiguous.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 40 {
+            return Err(git2::Error::from_str("a tree id has 40 hex digits"));
+        }
+        Oid::from_str(s).map(TreeId)
+    }
+}
+
+impl Serialize for TreeId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TreeId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A step's patch, as stored in `patches/steps/step-XXXX.patch` and checked
+/// before replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Patch {
+    /// `git diff --binary` text: `git apply` accepts it in any checkout.
+    pub bytes: Vec<u8>,
+    /// Lowercase hex sha256 of `bytes`: the step's diff hash.
+    pub sha256: String,
+    /// Every path the patch touches, '/'-separated, sorted, for the retry
+    /// context and the step state.
+    pub changed_files: Vec<String>,
+}
+
+/// What the last snapshot cost: proof that a step costs what it changed,
+/// not what the repository holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SnapshotStats {
+    /// Files (and symlinks) whose content was read and hashed.
+    pub files_hashed: usize,
+    /// Files whose blob id came from the stat cache without reading them.
+    pub files_reused: usize,
+    /// Directories whose tree came from the cache without rebuilding it.
+    pub trees_reused: usize,
+    /// Tree objects written (directories that changed).
+    pub trees_written: usize,
+    /// Entries not recorded: `.git`, sockets, FIFOs, devices.
+    pub entries_skipped: usize,
+}
+
+/// A job's workspace: a host directory the guest sees as `/workspace`, plus
+/// git metadata kept outside it. One `Workspace` per directory; it is not
+/// shared between threads (libgit2 handles are not `Sync`).
+pub struct Workspace {
+    root_path: PathBuf,
+    root: Dir,
+    root_id: RootId,
+    git_dir: PathBuf,
+    repo: Repository,
+    cache: StatCache,
+    last_stats: SnapshotStats,
+}
+
+impl fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Workspace")
+            .field("root", &self.root_path)
+            .field("git_dir", &self.git_dir)
+            .field("cached_files", &self.cache.files.len())
+            .finish()
+    }
+}
+
+/// `path` made absolute with symlinks resolved as far as it exists, so two
+/// paths can be compared for nesting before either is created.
+fn normalize(path: &Path) -> Result<PathBuf, WorkspaceError> {
+    let io = |source| WorkspaceError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let absolute = std::path::absolute(path).map_err(io)?;
+    let mut existing = absolute.as_path();
+    let mut rest = Vec::new();
+    loop {
+        match existing.canonicalize() {
+            Ok(mut resolved) => {
+                for component in rest.iter().rev() {
+                    match component {
+                        Component::ParentDir => {
+                            resolved.pop();
+                        }
+                        Component::Normal(name) => resolved.push(name),
+                        _ => {}
+                    }
+                }
+                return Ok(resolved);
+            }
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => return Err(io(source)),
+            Err(_) => {}
+        }
+        match (existing.parent(), existing.components().next_back()) {
+            (Some(parent), Some(last)) => {
+                rest.push(last);
+                existing = parent;
+            }
+            _ => return Ok(absolute),
+        }
+    }
+}
+
+/// Refuse a git directory and workspace directory that overlap.
+fn check_separate(workspace_dir: &Path, git_dir: &Path) -> Result<(), WorkspaceError> {
+    let (ws, git) = (normalize(workspace_dir)?, normalize(git_dir)?);
+    if git.starts_with(&ws) {
+        return Err(WorkspaceError::GitDirInsideWorkspace {
+            git_dir: git_dir.to_owned(),
+            workspace_dir: workspace_dir.to_owned(),
+        });
+    }
+    if ws.starts_with(&git) {
+        return Err(WorkspaceError::WorkspaceInsideGitDir {
+            workspace_dir: workspace_dir.to_owned(),
+            git_dir: git_dir.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Open the bare repository at `git_dir`, creating it if needed.
+fn open_or_init_store(git_dir: &Path) -> Result<Repository, WorkspaceError> {
+    let git_error = |source| WorkspaceError::GitDir {
+        path: git_dir.to_owned(),
+        source,
+    };
+    match Repository::open_bare(git_dir) {
+        Ok(repo) => Ok(repo),
+        Err(e) if e.code() == ErrorCode::NotFound => {
+            std::fs::create_dir_all(git_dir).map_err(|source| WorkspaceError::Io {
+                path: git_dir.to_owned(),
+                source,
+            })?;
+            Repository::init_bare(git_dir).map_err(git_error)
+        }
+        Err(e) => Err(git_error(e)),
+    }
+}
+
+/// Open the workspace directory as the capability every host access uses.
+fn open_root(workspace_dir: &Path) -> Result<(Dir, RootId), WorkspaceError> {
+    let io = |source| WorkspaceError::Io {
+        path: workspace_dir.to_owned(),
+        source,
+    };
+    let root = Dir::open_ambient_dir(workspace_dir, ambient_authority()).map_err(io)?;
+    let md = root.dir_metadata().map_err(io)?;
+    Ok((root, (md.dev(), md.ino())))
+}
+
+impl Workspace {
+    /// Create (or reuse) the object store at `git_dir` (a bare repository,
+    /// never inside `workspace_dir`), read the baseline from `repository` at
+    /// `branch`, and materialise it into `workspace_dir`, which must not
+    /// exist or must be empty. `repository` is a local path to a git
+    /// repository (bare or not), a `file://` URL, or a plain directory that
+    /// is not a repository (its files are the baseline and `branch` is
+    /// ignored). An empty `branch` means the repository's default branch.
+    /// Returns the workspace and the baseline tree.
+    pub fn create_from_baseline(
+        repository: &str,
+        branch: &str,
+        workspace_dir: &Path,
+        git_dir: &Path,
+    ) -> Result<(Workspace, TreeId), WorkspaceError> {
+        check_separate(workspace_dir, git_dir)?;
+        match std::fs::read_dir(workspace_dir) {
+            Ok(mut entries) => {
+                if entries.next().is_some() {
+                    return Err(WorkspaceError::WorkspaceNotEmpty {
+                        path: workspace_dir.to_owned(),
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(WorkspaceError::Io {
+                    path: workspace_dir.to_owned(),
+                    source,
+                })
+            }
+        }
+        let repo = open_or_init_store(git_dir)?;
+        // Read the baseline before creating anything, so a bad payload
+        // leaves no directory behind.
+        let baseline = baseline::load(&repo, repository, branch)?;
+        std::fs::create_dir_all(workspace_dir).map_err(|source| WorkspaceError::Io {
+            path: workspace_dir.to_owned(),
+            source,
+        })?;
+        let (root, root_id) = open_root(workspace_dir)?;
+        let mut workspace = Workspace {
+            root_path: workspace_dir.to_owned(),
+            root,
+            root_id,
+            git_dir: git_dir.to_owned(),
+            repo,
+            cache: StatCache::default(),
+            last_stats: SnapshotStats::default(),
+        };
+        workspace.reset_to(baseline)?;
+        Ok((workspace, baseline))
+    }
+
+    /// Open an existing workspace directory and git directory (after a
+    /// process restart); the persisted stat cache is loaded once, here.
+    pub fn open(workspace_dir: &Path, git_dir: &Path) -> Result<Workspace, WorkspaceError> {
+        check_separate(workspace_dir, git_dir)?;
+        let repo = Repository::open_bare(git_dir).map_err(|source| WorkspaceError::GitDir {
+            path: git_dir.to_owned(),
+            source,
+        })?;
+        let (root, root_id) = open_root(workspace_dir)?;
+        let cache = StatCache::load(git_dir, root_id);
+        Ok(Workspace {
+            root_path: workspace_dir.to_owned(),
+            root,
+            root_id,
+            git_dir: git_dir.to_owned(),
+            repo,
+            cache,
+            last_stats: SnapshotStats::default(),
+        })
+    }
+
+    /// The workspace directory: what the runtime preopens as `/workspace`.
+    pub fn root(&self) -> &Path {
+        &self.root_path
+    }
+
+    /// The git directory holding the object store and the stat cache.
+    pub fn git_dir(&self) -> &Path {
+        &self.git_dir
+    }
+
+    /// What the last [`snapshot`](Self::snapshot) read and reused.
+    pub fn last_snapshot_stats(&self) -> SnapshotStats {
+        self.last_stats
+    }
+
+    fn odb(&self) -> Result<git2::Odb<'_>, WorkspaceError> {
+        self.repo
+            .odb()
+            .map_err(git_err(format!("opening the object store {}", self.git_dir.display())))
+    }
+
+    /// Record the directory as a tree. Incremental: a file whose size,
+    /// mtime, ctime and inode match the stat cache keeps its blob id unread,
+    /// and an unchanged directory keeps its tree. Symlinks are recorded as
+    /// symlinks (never followed), empty directories are not recorded (git
+    /// semantics), and a `.git` entry a guest wrote is skipped.
+    pub fn snapshot(&mut self) -> Result<TreeId, WorkspaceError> {
+        let odb = self
+            .repo
+            .odb()
+            .map_err(git_err(format!("opening the object store {}", self.git_dir.display())))?;
+        let snap = match snapshot::snapshot(&odb, &self.root, &self.root_path, &mut self.cache) {
+            Ok(snap) => snap,
+            Err(e) => {
+                // A half-updated cache could vouch for a tree it no longer
+                // describes: drop it (the next snapshot re-hashes, slow but
+                // never wrong).
+                self.cache = StatCache::default();
+                return Err(e);
+            }
+        };
+        drop(odb);
+        self.last_stats = snap.stats;
+        if snap.changed {
+            self.cache.save(&self.git_dir, self.root_id)?;
+        }
+        Ok(TreeId(snap.tree))
+    }
+
+    /// The patch from `from` to `to` in `git diff --binary` format, or None
+    /// when nothing changed.
+    pub fn diff(&self, from: TreeId, to: TreeId) -> Result<Option<Patch>, WorkspaceError> {
+        patch::diff(&self.repo, &self.git_dir, from, to)
+    }
+
+    /// Apply patch bytes to `base` and return the resulting tree, after
+    /// proving every path the patch names safe. Object-store work only: the
+    /// directory is not touched.
+    pub fn apply_patch(&self, base: TreeId, patch: &[u8]) -> Result<TreeId, WorkspaceError> {
+        patch::apply(&self.repo, &self.git_dir, base, patch)
+    }
+
+    /// Hard reset: delete everything in the workspace directory, write
+    /// `tree` into it and rebuild the stat cache from what was written. The
+    /// directory itself stays, so the guest's preopen path is stable.
+    pub fn reset_to(&mut self, tree: TreeId) -> Result<(), WorkspaceError> {
+        let git_tree = self.repo.find_tree(tree.0).map_err(|_| WorkspaceError::TreeNotFound {
+            tree,
+            git_dir: self.git_dir.clone(),
+        })?;
+        self.cache = StatCache::default();
+        StatCache::remove(&self.git_dir)?;
+        materialize::clear(&self.root, &self.root_path)?;
+        let odb = self.odb()?;
+        let mut cache = materialize::write_tree(&self.repo, &odb, &self.root, &self.root_path, &git_tree)?;
+        drop(odb);
+        // Wait out the racy window (at most RACY_MARGIN) so every file just
+        // written is trusted by the next snapshot instead of re-read.
+        if let Some(latest) = cache.latest_precise_ctime() {
+            let wait = latest + RACY_MARGIN.as_nanos() as i128 + 1_000_000 - cache::now_ns();
+            if wait > 0 {
+                std::thread::sleep(Duration::from_nanos(wait.min(2 * RACY_MARGIN.as_nanos() as i128) as u64));
+            }
+        }
+        cache.mark_racy(cache::now_ns());
+        self.cache = cache;
+        self.cache.save(&self.git_dir, self.root_id)
+    }
+
+    /// Rebuild: apply `patches` in order onto `baseline` (each checked as by
+    /// [`apply_patch`](Self::apply_patch)), then reset the directory to the
+    /// result. If any patch fails, the directory is left untouched. Returns
+    /// the final tree.
+    pub fn rebuild_from_baseline(&mut self, baseline: TreeId, patches: &[&[u8]]) -> Result<TreeId, WorkspaceError> {
+        let mut tree = baseline;
+        for patch in patches {
+            tree = self.apply_patch(tree, patch)?;
+        }
+        self.reset_to(tree)?;
+        Ok(tree)
+    }
+}

@@ -1,0 +1,294 @@
+//! Snapshot: turn the workspace directory into a git tree in the object
+//! store, reading only files the stat cache cannot vouch for and rebuilding
+//! only directories that changed. `scan.rs` lists and stats the tree; this
+//! file decides, reads and writes objects.
+//!
+//! Nothing is followed: entries are classified by `lstat`, a symlink is
+//! recorded as a symlink (mode 120000, its target as the blob) and its
+//! target is never read. A `.git` entry (any case, at any depth) is
+//! skipped: git metadata is kept outside the workspace, so a `.git` there
+//! was written by a guest and is not part of the workspace's state (git
+//! could not record it in a tree anyway). Empty directories are not
+//! recorded, and neither are sockets, FIFOs or devices.
+
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use cap_std::fs::{Dir, MetadataExt};
+use git2::{ObjectType, Odb, Oid};
+
+use super::cache::{now_ns, CachedDir, CachedFile, FileStat, StatCache, MODE_LINK, MODE_TREE};
+use super::scan::{self, Entry, Kind, Scan};
+use super::{display_path, SnapshotStats, WorkspaceError};
+
+/// Files larger than this are streamed into the object store instead of
+/// being read into memory whole.
+const STREAM_THRESHOLD: u64 = 8 << 20;
+
+/// One entry of a tree being built.
+struct TreeItem {
+    name: Vec<u8>,
+    mode: u32,
+    oid: Oid,
+}
+
+/// The result of a snapshot.
+pub(crate) struct Snapshot {
+    pub tree: Oid,
+    pub stats: SnapshotStats,
+    /// Whether the cache changed (worth saving).
+    pub changed: bool,
+}
+
+/// Snapshot the directory `root` (shown in errors as `root_path`), trusting
+/// the entries of `cache` whose stat is unchanged and updating it in place.
+/// If this fails, `cache` must be discarded: it may be half updated.
+pub(crate) fn snapshot(
+    odb: &Odb<'_>,
+    root: &Dir,
+    root_path: &Path,
+    cache: &mut StatCache,
+) -> Result<Snapshot, WorkspaceError> {
+    let Scan { dirs, paths } = scan::scan(root, root_path)?;
+    cache.generation = cache.generation.wrapping_add(1);
+    let mut walk = Walk {
+        odb,
+        root,
+        root_path,
+        cache,
+        dirs,
+        paths,
+        path: Vec::new(),
+        stats: SnapshotStats::default(),
+        changed: false,
+    };
+    let tree = match walk.dir(0)? {
+        Some((oid, _)) => oid,
+        None => odb
+            .write(ObjectType::Tree, &[])
+            .map_err(|e| git_error(format!("writing the empty tree of {}", root_path.display()), e))?,
+    };
+    let Walk { stats, mut changed, .. } = walk;
+    // Drop what this walk did not see: deleted files and directories.
+    let generation = cache.generation;
+    let before = (cache.files.len(), cache.dirs.len());
+    cache.files.retain(|_, f| f.seen == generation);
+    cache.dirs.retain(|_, d| d.seen == generation);
+    changed |= before != (cache.files.len(), cache.dirs.len());
+    if stats.files_hashed > 0 {
+        // Racy entries were all re-hashed just now; judge them and the newly
+        // hashed ones against the end of this walk.
+        cache.mark_racy(now_ns());
+    }
+    Ok(Snapshot { tree, stats, changed })
+}
+
+struct Walk<'a, 'r> {
+    odb: &'a Odb<'r>,
+    root: &'a Dir,
+    root_path: &'a Path,
+    cache: &'a mut StatCache,
+    /// The scan's listings, taken as each directory is built.
+    dirs: Vec<Vec<Entry>>,
+    paths: Vec<Vec<u8>>,
+    /// Workspace-relative path of the entry being looked at ('/'-separated),
+    /// reused so that a file the cache knows costs no allocation here.
+    path: Vec<u8>,
+    stats: SnapshotStats,
+    changed: bool,
+}
+
+fn git_error(context: String, source: git2::Error) -> WorkspaceError {
+    WorkspaceError::Git { context, source }
+}
+
+impl Walk<'_, '_> {
+    /// An I/O error at the current path (built only when there is an error).
+    fn io(&self, source: std::io::Error) -> WorkspaceError {
+        WorkspaceError::Io {
+            path: display_path(self.root_path, &self.path),
+            source,
+        }
+    }
+
+    fn shown(&self) -> String {
+        display_path(self.root_path, &self.path).display().to_string()
+    }
+
+    /// Build the tree of scanned directory `index` (at `self.path`); returns
+    /// it and whether it is the tree the cache had for this path, or None
+    /// when nothing in it is recorded.
+    fn dir(&mut self, index: usize) -> Result<Option<(Oid, bool)>, WorkspaceError> {
+        let base = self.path.len();
+        let mut items = Vec::new();
+        let mut unchanged = true;
+        // Opened only if a file here must be read.
+        let mut handle: Option<Dir> = None;
+        for Entry { name, kind } in std::mem::take(&mut self.dirs[index]) {
+            self.path.truncate(base);
+            if base > 0 {
+                self.path.push(b'/');
+            }
+            self.path.extend_from_slice(&name);
+            match kind {
+                Kind::Skipped => self.stats.entries_skipped += 1,
+                Kind::Dir(sub) => {
+                    if let Some((oid, same)) = self.dir(sub)? {
+                        unchanged &= same;
+                        items.push(TreeItem {
+                            name,
+                            mode: MODE_TREE,
+                            oid,
+                        });
+                    }
+                }
+                Kind::File { stat, mode } => {
+                    let (oid, same) = self.file(index, &mut handle, &name, stat, mode)?;
+                    unchanged &= same;
+                    items.push(TreeItem { name, mode, oid });
+                }
+            }
+        }
+        self.path.truncate(base);
+        if items.is_empty() {
+            return Ok(None);
+        }
+        let generation = self.cache.generation;
+        let entries = items.len() as u32;
+        if let Some(old) = self.cache.dirs.get_mut(self.path.as_slice()) {
+            if unchanged && old.entries == entries {
+                // Every entry is one the old tree had, and there are as
+                // many: the very same tree.
+                old.seen = generation;
+                self.stats.trees_reused += 1;
+                return Ok(Some((old.oid, true)));
+            }
+        }
+        let bytes = tree_bytes(&mut items);
+        let oid = Oid::hash_object(ObjectType::Tree, &bytes)
+            .map_err(|e| git_error(format!("hashing the tree of {}", self.shown()), e))?;
+        let entry = CachedDir {
+            oid,
+            entries,
+            seen: generation,
+        };
+        let same = match self.cache.dirs.get_mut(self.path.as_slice()) {
+            Some(old) => std::mem::replace(old, entry).oid == oid,
+            None => {
+                self.cache.dirs.insert(self.path.clone(), entry);
+                false
+            }
+        };
+        if !same {
+            self.odb
+                .write(ObjectType::Tree, &bytes)
+                .map_err(|e| git_error(format!("writing the tree of {}", self.shown()), e))?;
+            self.stats.trees_written += 1;
+        }
+        self.changed = true;
+        Ok(Some((oid, same)))
+    }
+
+    /// Record the regular file or symlink at `self.path` (in scanned
+    /// directory `index`, opened into `handle` if it must be read); returns
+    /// its blob and whether blob and mode equal what the cache had.
+    fn file(
+        &mut self,
+        index: usize,
+        handle: &mut Option<Dir>,
+        name: &[u8],
+        stat: FileStat,
+        mode: u32,
+    ) -> Result<(Oid, bool), WorkspaceError> {
+        let generation = self.cache.generation;
+        let old = match self.cache.files.get_mut(self.path.as_slice()) {
+            Some(old) if !old.racy && old.stat == stat && old.mode == mode => {
+                old.seen = generation;
+                self.stats.files_reused += 1;
+                return Ok((old.oid, true));
+            }
+            Some(old) => Some(*old),
+            None => None,
+        };
+        if index != 0 && handle.is_none() {
+            let rel = OsStr::from_bytes(&self.paths[index]);
+            *handle = Some(self.root.open_dir(rel).map_err(|e| self.io(e))?);
+        }
+        let dir = handle.as_ref().unwrap_or(self.root);
+        let oid = if mode == MODE_LINK {
+            let target = dir
+                .read_link_contents(OsStr::from_bytes(name))
+                .map_err(|e| self.io(e))?;
+            self.odb
+                .write(ObjectType::Blob, target.as_os_str().as_bytes())
+                .map_err(|e| git_error(format!("writing the symlink {}", self.shown()), e))?
+        } else {
+            self.hash_file(dir, name, &stat)?
+        };
+        self.stats.files_hashed += 1;
+        self.changed = true;
+        let entry = CachedFile {
+            stat,
+            mode,
+            oid,
+            racy: false,
+            seen: generation,
+        };
+        match self.cache.files.get_mut(self.path.as_slice()) {
+            Some(slot) => *slot = entry,
+            None => {
+                self.cache.files.insert(self.path.clone(), entry);
+            }
+        }
+        Ok((oid, old.is_some_and(|o| o.oid == oid && o.mode == mode)))
+    }
+
+    /// Write a regular file's content as a blob. The opened file must be
+    /// the one that was stat'ed (same inode), so the content matches the
+    /// recorded stat.
+    fn hash_file(&self, dir: &Dir, name: &[u8], stat: &FileStat) -> Result<Oid, WorkspaceError> {
+        let mut file = dir.open(OsStr::from_bytes(name)).map_err(|e| self.io(e))?;
+        let opened = file.metadata().map_err(|e| self.io(e))?;
+        if !opened.is_file() || opened.ino() != stat.ino {
+            return Err(self.io(std::io::Error::other(
+                "the file was replaced while the workspace was being read",
+            )));
+        }
+        let size = opened.len();
+        if size <= STREAM_THRESHOLD {
+            let mut bytes = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut bytes).map_err(|e| self.io(e))?;
+            return self
+                .odb
+                .write(ObjectType::Blob, &bytes)
+                .map_err(|e| git_error(format!("writing the blob of {}", self.shown()), e));
+        }
+        let context = || format!("streaming the blob of {}", self.shown());
+        let mut writer = self
+            .odb
+            .writer(size as usize, ObjectType::Blob)
+            .map_err(|e| git_error(context(), e))?;
+        std::io::copy(&mut file, &mut writer).map_err(|e| self.io(e))?;
+        writer.finalize().map_err(|e| git_error(context(), e))
+    }
+}
+
+/// Serialise a tree object: entries in git's order (a directory sorts as if
+/// its name ended in '/'), each `<octal mode> <name>\0<20-byte id>`.
+fn tree_bytes(items: &mut [TreeItem]) -> Vec<u8> {
+    fn key(item: &TreeItem) -> impl Iterator<Item = &u8> {
+        let slash: &[u8] = if item.mode == MODE_TREE { b"/" } else { b"" };
+        item.name.iter().chain(slash)
+    }
+    items.sort_by(|a, b| key(a).cmp(key(b)));
+    let mut out = Vec::with_capacity(items.iter().map(|i| i.name.len() + 28).sum());
+    for item in items.iter() {
+        out.extend_from_slice(format!("{:o} ", item.mode).as_bytes());
+        out.extend_from_slice(&item.name);
+        out.push(0);
+        out.extend_from_slice(item.oid.as_bytes());
+    }
+    out
+}
