@@ -27,6 +27,7 @@ async fn submit(store: &Store, id: &str, max_attempts: u32) {
         .insert_job(&NewJob {
             id: id.into(),
             payload: payload(&["one", "two"]),
+            resolved: None,
             max_attempts,
         })
         .await
@@ -46,7 +47,7 @@ async fn twenty_jobs_claimed_by_four_racing_workers_are_each_claimed_once() {
         let store = db.open().await;
         // Opening again is a no-op migration.
         let again = db.open().await;
-        assert_eq!(again.schema_versions().await.expect("versions"), vec![1, 2]);
+        assert_eq!(again.schema_versions().await.expect("versions"), vec![1, 2, 3]);
         for i in 0..20 {
             submit(&store, &format!("job-{i:02}"), 1).await;
         }

@@ -133,12 +133,16 @@ pub async fn submit(State(state): State<ApiState>, headers: HeaderMap, body: Bod
     let validated = payload
         .validate(&state.base_dir, &state.plugin_dir)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // The job is resolved here, once: workers run this form as it is.
+    let resolved = serde_json::to_value(&validated)
+        .map_err(|e| ApiError::bad_request(format!("the resolved job cannot be stored: {e}")))?;
     let id = uuid::Uuid::new_v4().to_string();
     let job = state
         .store
         .insert_job(&NewJob {
             id: id.clone(),
             payload: serde_json::to_value(&validated.payload).unwrap_or(raw),
+            resolved: Some(resolved),
             max_attempts: validated.payload.max_attempts,
         })
         .await?;

@@ -123,7 +123,8 @@ pub struct PluginDetail {
 }
 
 /// A step ready to run: id settled, plugin file found and pinned.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResolvedStep {
     /// Its id.
     pub id: String,
@@ -143,8 +144,11 @@ pub struct ResolvedStep {
     pub plugin_sha256: String,
 }
 
-/// A payload that passed validation.
-#[derive(Debug, Clone, PartialEq)]
+/// A payload that passed validation, resolved: the form the API stores at
+/// submit and a worker runs as it is, without resolving anything again
+/// (the plugin's hash is still checked when the file is loaded).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ValidatedJob {
     /// The payload as submitted.
     pub payload: JobPayload,
@@ -256,6 +260,7 @@ fn resolve_repository(repository: &str, base_dir: &Path) -> Result<String, Paylo
     if !path.is_dir() {
         return Err(payload_error(field, format!("{} is not a directory", path.display())));
     }
+    let path = std::fs::canonicalize(&path).unwrap_or(path);
     Ok(path.to_string_lossy().into_owned())
 }
 
@@ -291,6 +296,9 @@ fn resolve_plugin(
     let bytes = std::fs::read(&file)
         .map_err(|e| payload_error(field, format!("unknown plugin {label:?}: {}: {e}", file.display())))?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
+    // Absolute, so the resolved job means the same file to every process
+    // that runs it, whatever its working directory.
+    let file = std::fs::canonicalize(&file).unwrap_or(file);
     if let Some(pin) = pin {
         if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(payload_error(format!("{field}.sha256"), "must be 64 hex digits"));

@@ -1,11 +1,14 @@
 //! [`run_local`]: the in-process runner behind `stepd run` — one job, no
-//! server, no queue; a retryable failure is retried here, after the same
-//! backoff the queue would apply.
+//! server, no queue. It is the one job lifecycle (`lifecycle`) with a host
+//! that records endings as events only, retries a job here after the same
+//! backoff the queue would apply, and ends it `cancelled` when its token is
+//! (Ctrl-C).
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::{JobRun, JobRunParts, PassOutcome, SelfHealError};
+use stepd_job::control::RecoveryRequest;
 use stepd_job::payload::ValidatedJob;
 use stepd_records::artifacts::JobArtifacts;
 use stepd_records::events::{Event, EventObserver, EventSink};
@@ -13,21 +16,11 @@ use stepd_records::metrics::Metrics;
 use stepd_records::redact::Redactor;
 use stepd_runtime::{CancellationToken, Runtime};
 use stepd_settings::Settings;
-use stepd_workspace::Workspace;
 
-/// How a job ended.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    /// Every step succeeded.
-    Succeeded,
-    /// A deterministic failure.
-    Failed,
-    /// Retryable failures used up the job's attempts.
-    DeadLetter,
-    /// Cancelled.
-    Cancelled,
-}
+use crate::lifecycle::{
+    run_job, Ending, Interruption, JobHost, JobSpec, JobStart, JobStatus, LifecycleError, Requeued, Settled,
+};
+use crate::RunHooks;
 
 /// Where a local run keeps its files.
 #[derive(Debug, Clone)]
@@ -46,15 +39,9 @@ pub struct LocalRunOptions {
 /// failure, which is a [`JobStatus`]).
 #[derive(Debug, thiserror::Error)]
 pub enum LocalRunError {
-    /// The loop hit a host-side failure.
+    /// The lifecycle hit a host-side failure.
     #[error(transparent)]
-    SelfHeal(#[from] SelfHealError),
-    /// Artifacts could not be opened.
-    #[error(transparent)]
-    Artifact(#[from] stepd_records::artifacts::ArtifactError),
-    /// The baseline could not be materialised.
-    #[error("materialising the baseline: {0}")]
-    Baseline(#[from] stepd_workspace::WorkspaceError),
+    Lifecycle(#[from] LifecycleError),
     /// The job id already has artifacts: running again would mix two runs
     /// in one audit trail.
     #[error("job {job_id} already has artifacts in {}; pick another --job-id or remove them", path.display())]
@@ -63,14 +50,6 @@ pub enum LocalRunError {
         job_id: String,
         /// Its artifact directory.
         path: PathBuf,
-    },
-    /// The work directory could not be prepared.
-    #[error("work directory {path}: {source}")]
-    WorkDir {
-        /// The directory.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
     },
 }
 
@@ -92,123 +71,86 @@ pub async fn run_local(
             path: existing,
         });
     }
-    let artifacts = JobArtifacts::open(&options.artifact_root, &options.job_id, redactor.clone())?;
-    let mut events = EventSink::new(&options.job_id, artifacts.clone(), redactor.clone())?;
-    if let Some(observer) = observer {
-        events = events.with_observer(observer);
-    }
-    let job_dir = options.work_root.join(&options.job_id);
-    if job_dir.exists() {
-        std::fs::remove_dir_all(&job_dir).map_err(|source| LocalRunError::WorkDir {
-            path: job_dir.clone(),
-            source,
-        })?;
-    }
-    std::fs::create_dir_all(&job_dir).map_err(|source| LocalRunError::WorkDir {
-        path: job_dir.clone(),
-        source,
-    })?;
-    let (workspace, baseline) = Workspace::create_from_baseline(
-        &job.repository,
-        &job.payload.task.starting_branch,
-        &job_dir.join("workspace"),
-        &job_dir.join("git"),
-    )?;
-    let config = settings.self_heal.with_overrides(&job.payload.task.self_heal);
-    let max_attempts = job.payload.max_attempts;
-    let metrics = Metrics::new(settings.statsd.as_ref(), redactor.clone());
-    let mut run = JobRun::new(JobRunParts {
+    let spec = JobSpec {
         runtime,
         job_id: options.job_id.clone(),
-        job,
-        config,
-        artifacts,
-        events: events.clone(),
-        metrics,
+        job: Ok(job),
+        self_heal: settings.self_heal,
+        retry: settings.retry,
+        artifact_root: options.artifact_root.clone(),
+        work_root: options.work_root.clone(),
+        metrics: Metrics::new(settings.statsd.as_ref(), redactor.clone()),
         redactor,
-        workspace,
-        baseline,
-        cancel: cancel.clone(),
-    });
+        observer,
+    };
+    let status = run_job(spec, &mut LocalHost { cancel }).await?;
+    // A local host always ends the job itself.
+    Ok(status.unwrap_or(JobStatus::Cancelled))
+}
 
-    let mut job_attempt = 1;
-    let mut start = 0;
-    loop {
-        events.emit(Event::JobStarted {
-            job_attempt,
-            max_attempts,
-            first_step_index: start,
+/// `stepd run`'s host: endings are events, a queue retry waits here.
+struct LocalHost {
+    cancel: CancellationToken,
+}
+
+impl LocalHost {
+    fn cancelled(events: &EventSink) -> Result<Option<JobStatus>, LifecycleError> {
+        events.emit(Event::JobCancelled {
+            reason: "cancel requested".into(),
         })?;
-        let pass = match run.run_from(start).await {
-            Ok(pass) => pass,
-            Err(e) => {
-                // The host itself failed (disk full, workspace unreadable):
-                // record an ending if we still can, then report the error.
-                let _ = events.emit(Event::JobFailed {
-                    step_id: None,
-                    step_index: None,
-                    failure_class: "host_error".into(),
-                    reason: e.to_string(),
-                });
-                return Err(e.into());
-            }
-        };
-        match pass {
-            PassOutcome::Succeeded => {
-                events.emit(Event::JobSucceeded { job_attempt })?;
-                return Ok(JobStatus::Succeeded);
-            }
-            PassOutcome::Failed {
-                step_id,
-                step_index,
-                class,
-                reason,
-            } => {
-                events.emit(Event::JobFailed {
-                    step_id: Some(step_id),
-                    step_index: Some(step_index),
-                    failure_class: class.as_str().to_owned(),
-                    reason,
-                })?;
-                return Ok(JobStatus::Failed);
-            }
-            PassOutcome::Cancelled => {
-                events.emit(Event::JobCancelled {
-                    reason: "cancel requested".into(),
-                })?;
-                return Ok(JobStatus::Cancelled);
-            }
-            PassOutcome::RetryableExhausted { step_index, .. } => {
-                if job_attempt >= max_attempts {
-                    events.emit(Event::JobDeadLetter {
-                        job_attempts: job_attempt,
-                    })?;
-                    return Ok(JobStatus::DeadLetter);
-                }
-                let delay = settings.retry.delay_after(job_attempt);
-                job_attempt += 1;
-                events.emit(Event::JobRequeued {
-                    next_job_attempt: job_attempt,
-                    delay_seconds: delay.as_secs(),
-                })?;
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = cancel.cancelled() => {
-                        events.emit(Event::JobCancelled { reason: "cancel requested".into() })?;
-                        return Ok(JobStatus::Cancelled);
-                    }
-                }
-                start = step_index;
-                if let Err(e) = run.resume_from_step(start)? {
-                    events.emit(Event::JobFailed {
-                        step_id: None,
-                        step_index: Some(start),
-                        failure_class: "deterministic_repo".into(),
-                        reason: e.to_string(),
-                    })?;
-                    return Ok(JobStatus::Failed);
-                }
-            }
+        Ok(Some(JobStatus::Cancelled))
+    }
+}
+
+impl JobHost for LocalHost {
+    async fn restore(&mut self, _artifacts: &JobArtifacts) -> Result<JobStart, LifecycleError> {
+        Ok(JobStart::fresh())
+    }
+
+    fn hooks(&self, _events: &EventSink) -> Option<Arc<dyn RunHooks>> {
+        None
+    }
+
+    fn new_pass(&mut self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    async fn interruption(&mut self) -> Option<Interruption> {
+        None
+    }
+
+    async fn settle(
+        &mut self,
+        events: &EventSink,
+        ending: Ending,
+        _interruptible: bool,
+    ) -> Result<Settled, LifecycleError> {
+        events.emit(ending.event)?;
+        Ok(Settled::Left(Some(ending.status)))
+    }
+
+    async fn requeue(
+        &mut self,
+        events: &EventSink,
+        _next_attempt: u32,
+        delay: Duration,
+    ) -> Result<Requeued, LifecycleError> {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => Ok(Requeued::RunAgain),
+            () = self.cancel.cancelled() => Ok(Requeued::Left(Self::cancelled(events)?)),
         }
+    }
+
+    /// Only a cancel tears a local pass down.
+    async fn hand_back(&mut self, events: &EventSink) -> Result<Option<JobStatus>, LifecycleError> {
+        Self::cancelled(events)
+    }
+
+    async fn forget_checkpoints_from(&mut self, _k: u32) -> Result<(), LifecycleError> {
+        Ok(())
+    }
+
+    async fn acknowledge(&mut self, _events: &EventSink, _request: &RecoveryRequest) -> Result<(), LifecycleError> {
+        Ok(())
     }
 }

@@ -11,7 +11,7 @@ use stepd_job::control::{ControlAction, LiveControl};
 use stepd_records::events::Event;
 
 const JOB_COLUMNS: &str = "id, status, attempt, max_attempts, next_attempt_at, published_at, lease_owner, \
-    lease_expires_at, payload, live_control, cancel_requested, resume_step, current_step_id, \
+    lease_expires_at, payload, resolved, live_control, cancel_requested, resume_step, current_step_id, \
     current_step_index, workspace_path, last_error, version, created_at, updated_at, finished_at";
 
 /// A job to submit.
@@ -19,8 +19,11 @@ const JOB_COLUMNS: &str = "id, status, attempt, max_attempts, next_attempt_at, p
 pub struct NewJob {
     /// Its id.
     pub id: String,
-    /// The validated payload.
+    /// The payload as submitted (defaults filled in).
     pub payload: serde_json::Value,
+    /// The job as resolved at submit — absolute paths, plugin hashes — which
+    /// is what a worker runs.
+    pub resolved: Option<serde_json::Value>,
     /// Its attempt budget.
     pub max_attempts: u32,
 }
@@ -60,6 +63,10 @@ fn decode_job(row: &AnyRow) -> Result<JobRecord, StoreError> {
     let status = JobState::parse(&status).ok_or_else(|| malformed("status", status.clone()))?;
     let payload: String = row.try_get("payload").map_err(db("decode job"))?;
     let payload = serde_json::from_str(&payload).map_err(|e| malformed("payload", e.to_string()))?;
+    let resolved: Option<String> = row.try_get("resolved").map_err(db("decode job"))?;
+    let resolved = resolved
+        .map(|text| serde_json::from_str(&text).map_err(|e| malformed("resolved", e.to_string())))
+        .transpose()?;
     let live: String = row.try_get("live_control").map_err(db("decode job"))?;
     let live_control: LiveControl =
         serde_json::from_str(&live).map_err(|e| malformed("live_control", e.to_string()))?;
@@ -74,6 +81,7 @@ fn decode_job(row: &AnyRow) -> Result<JobRecord, StoreError> {
             lease_owner: r.try_get("lease_owner")?,
             lease_expires_at: r.try_get("lease_expires_at")?,
             payload,
+            resolved,
             live_control,
             cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
             resume_step: opt_u32(r, "resume_step")?,
@@ -97,13 +105,14 @@ impl Store {
         let now = self.clock().await?;
         let live = serde_json::to_string(&LiveControl::default()).unwrap_or_default();
         let result = sqlx::query(
-            "INSERT INTO jobs (id, status, attempt, max_attempts, next_attempt_at, payload, live_control, created_at, updated_at) \
-             VALUES ($1, 'queued', 1, $2, $3, $4, $5, $3, $3)",
+            "INSERT INTO jobs (id, status, attempt, max_attempts, next_attempt_at, payload, resolved, live_control, \
+             created_at, updated_at) VALUES ($1, 'queued', 1, $2, $3, $4, $5, $6, $3, $3)",
         )
         .bind(&job.id)
         .bind(i64::from(job.max_attempts))
         .bind(now)
         .bind(job.payload.to_string())
+        .bind(job.resolved.as_ref().map(serde_json::Value::to_string))
         .bind(live)
         .execute(&self.pool)
         .await;

@@ -91,6 +91,11 @@ CREATE TABLE step_checkpoints (
         name: "fuel burned by each step attempt",
         sql: "ALTER TABLE step_attempts ADD COLUMN fuel_consumed BIGINT",
     },
+    Migration {
+        version: 3,
+        name: "the job as resolved at submit (absolute paths, plugin hashes)",
+        sql: "ALTER TABLE jobs ADD COLUMN resolved TEXT",
+    },
 ];
 
 /// The backend a store talks to.

@@ -3,6 +3,7 @@
 //! self-heal loop with the operator's live control honoured, and ends it or
 //! queues it again. Knows no HTTP.
 
+mod host;
 mod live;
 mod recorder;
 mod service;

@@ -1,0 +1,530 @@
+//! One job lifecycle for `stepd run` and the service worker: open the
+//! job's artifacts and events, materialise its workspace, pick up where an
+//! earlier run left it, run passes over its steps, and end it — or send it
+//! back to work. What differs between the two is a [`JobHost`]: how an
+//! ending is recorded (an event, or an event and a status the store must
+//! accept), what a queue retry is (wait here, or requeue in the store), and
+//! what an operator may ask between passes (nothing locally; pause, cancel
+//! and recoveries in the service).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use stepd_job::control::{ControlAction, RecoveryRequest};
+use stepd_job::payload::ValidatedJob;
+use stepd_records::artifacts::{ArtifactError, JobArtifacts};
+use stepd_records::events::{Event, EventObserver, EventSink};
+use stepd_records::metrics::Metrics;
+use stepd_records::redact::Redactor;
+use stepd_runtime::{CancellationToken, Runtime};
+use stepd_settings::{RetryBackoff, SelfHealConfig};
+use stepd_workspace::{TreeId, Workspace, WorkspaceError};
+
+use crate::{blocking, Checkpoint, FailureClass, JobRun, JobRunParts, PassOutcome, RunHooks, SelfHealError};
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Every step succeeded.
+    Succeeded,
+    /// A deterministic failure.
+    Failed,
+    /// Retryable failures used up the job's attempts.
+    DeadLetter,
+    /// Cancelled.
+    Cancelled,
+}
+
+/// Why the lifecycle stopped without an ending it could record. A job
+/// failure is not one of these: it is a [`JobStatus`].
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// The self-heal loop hit a host-side failure.
+    #[error(transparent)]
+    SelfHeal(#[from] SelfHealError),
+    /// Artifacts could not be opened or written.
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    /// The job's work directory could not be prepared.
+    #[error("work directory {}: {source}", path.display())]
+    WorkDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The host's own records failed (the store, for the service worker).
+    #[error("{0}")]
+    Host(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl LifecycleError {
+    /// Wrap a host-side error.
+    pub fn host(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        LifecycleError::Host(error.into())
+    }
+}
+
+/// Everything the lifecycle needs to run one job.
+pub struct JobSpec<'a> {
+    /// The runtime attempts run on.
+    pub runtime: &'a Runtime,
+    /// The job's id.
+    pub job_id: String,
+    /// The job as resolved at submit, or why the host could not read it
+    /// (the job then fails `deterministic_contract` with that reason).
+    pub job: Result<ValidatedJob, String>,
+    /// Self-heal budgets before the job's own overrides.
+    pub self_heal: SelfHealConfig,
+    /// The queue-retry backoff.
+    pub retry: RetryBackoff,
+    /// Artifacts go to `<artifact_root>/agent_jobs/<job_id>/`.
+    pub artifact_root: PathBuf,
+    /// The workspace and its git store go to `<work_root>/<job_id>/`.
+    pub work_root: PathBuf,
+    /// The scrubber every record passes through.
+    pub redactor: Arc<Redactor>,
+    /// Where metrics go.
+    pub metrics: Metrics,
+    /// Sees every event as it is recorded (a live view, the store's copy).
+    pub observer: Option<EventObserver>,
+}
+
+/// Where a run of the job starts, as earlier runs left it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobStart {
+    /// The first step to run.
+    pub step: u32,
+    /// Rebuild the workspace from the checkpoints before `step` first.
+    pub rebuild: bool,
+    /// The job attempt this run is (queue retries count up).
+    pub job_attempt: u32,
+    /// The last attempt number of each step so far, so numbers run on.
+    pub last_attempts: HashMap<u32, u32>,
+    /// The job's checkpoints when the host keeps them (the service's
+    /// store: the one source of truth, written before a step counts as
+    /// done); `None` when the artifacts are their record (`stepd run`).
+    pub checkpoints: Option<Vec<Checkpoint>>,
+}
+
+impl JobStart {
+    /// A job nobody ran before.
+    pub fn fresh() -> Self {
+        JobStart {
+            step: 0,
+            rebuild: false,
+            job_attempt: 1,
+            last_attempts: HashMap::new(),
+            checkpoints: None,
+        }
+    }
+}
+
+/// What overrides a pass's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Interruption {
+    /// Another process holds the job now: leave it untouched.
+    Lost,
+    /// Hand the job back to the queue as it is (the worker is stopping).
+    HandBack,
+    /// Cancel the job; `reason` goes into `task.job.cancelled`.
+    Cancel {
+        /// Why.
+        reason: String,
+    },
+    /// Act on an operator's recovery request, then go on.
+    Recover(RecoveryRequest),
+}
+
+/// A job's ending as the lifecycle decided it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ending {
+    /// The status the job ends with.
+    pub status: JobStatus,
+    /// Its last event.
+    pub event: Event,
+    /// The error kept on the job record, when it failed.
+    pub error: Option<String>,
+}
+
+impl Ending {
+    fn succeeded(job_attempt: u32) -> Self {
+        Ending {
+            status: JobStatus::Succeeded,
+            event: Event::JobSucceeded { job_attempt },
+            error: None,
+        }
+    }
+
+    /// A failure of step `(id, index)` when there is one.
+    fn failed(step: (Option<String>, Option<u32>), class: &str, reason: String) -> Self {
+        Ending {
+            status: JobStatus::Failed,
+            event: Event::JobFailed {
+                step_id: step.0,
+                step_index: step.1,
+                failure_class: class.to_owned(),
+                reason: reason.clone(),
+            },
+            error: Some(reason),
+        }
+    }
+
+    fn cancelled(reason: String) -> Self {
+        Ending {
+            status: JobStatus::Cancelled,
+            event: Event::JobCancelled { reason },
+            error: None,
+        }
+    }
+
+    fn dead_letter(job_attempts: u32) -> Self {
+        Ending {
+            status: JobStatus::DeadLetter,
+            event: Event::JobDeadLetter { job_attempts },
+            error: Some("retryable failures used up the job's attempts".into()),
+        }
+    }
+}
+
+/// How recording an ending came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// The job left this host (ended with the status, or was lost).
+    Left(Option<JobStatus>),
+    /// An operator asked for more first: run another pass.
+    Interrupted,
+}
+
+/// What a queue retry came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requeued {
+    /// Run the next job attempt here, now (after the backoff).
+    RunAgain,
+    /// The job left this host (requeued, or ended meanwhile).
+    Left(Option<JobStatus>),
+}
+
+/// What differs between `stepd run` and the service worker.
+pub trait JobHost: Send {
+    /// Lay the checkpoints earlier runs left into `artifacts` and say
+    /// where this run starts.
+    fn restore(&mut self, artifacts: &JobArtifacts) -> impl Future<Output = Result<JobStart, LifecycleError>> + Send;
+    /// The attempt loop's hooks (holding for an operator, keeping
+    /// checkpoints beyond this host), if any.
+    fn hooks(&self, events: &EventSink) -> Option<Arc<dyn RunHooks>>;
+    /// The cancel token of the next pass.
+    fn new_pass(&mut self) -> CancellationToken;
+    /// After a pass, before its outcome counts: what overrides it.
+    fn interruption(&mut self) -> impl Future<Output = Option<Interruption>> + Send;
+    /// Record `ending`: its event, then the job's status. When
+    /// `interruptible`, an operator's request that arrived meanwhile sends
+    /// the job back to work instead ([`Settled::Interrupted`]).
+    fn settle(
+        &mut self,
+        events: &EventSink,
+        ending: Ending,
+        interruptible: bool,
+    ) -> impl Future<Output = Result<Settled, LifecycleError>> + Send;
+    /// Retryable failures used up this job attempt and attempts remain;
+    /// `task.job.requeued` is recorded. Run again here after `delay`, or
+    /// leave the job to the queue.
+    fn requeue(
+        &mut self,
+        events: &EventSink,
+        next_attempt: u32,
+        delay: Duration,
+    ) -> impl Future<Output = Result<Requeued, LifecycleError>> + Send;
+    /// The pass was torn down with nothing the lifecycle knows behind it:
+    /// hand the job back as it is.
+    fn hand_back(
+        &mut self,
+        events: &EventSink,
+    ) -> impl Future<Output = Result<Option<JobStatus>, LifecycleError>> + Send;
+    /// The workspace was rebuilt before step `k`, and the checkpoints from
+    /// `k` on are gone from the artifacts: forget them wherever else they
+    /// are kept.
+    fn forget_checkpoints_from(&mut self, k: u32) -> impl Future<Output = Result<(), LifecycleError>> + Send;
+    /// An operator's recovery was acted on (or failed): say so.
+    fn acknowledge(
+        &mut self,
+        events: &EventSink,
+        request: &RecoveryRequest,
+    ) -> impl Future<Output = Result<(), LifecycleError>> + Send;
+}
+
+/// Run a job on `host` until it ends or leaves: `None` when it left
+/// without an ending of this host's (requeued, handed back, lost).
+pub async fn run_job<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<Option<JobStatus>, LifecycleError> {
+    let redactor = spec.redactor.clone();
+    let artifacts = blocking(|| JobArtifacts::open(&spec.artifact_root, &spec.job_id, redactor.clone()))?;
+    let mut events = blocking(|| EventSink::new(&spec.job_id, artifacts.clone(), redactor.clone()))?;
+    if let Some(observer) = spec.observer {
+        events = events.with_observer(observer);
+    }
+    let job = match spec.job {
+        Ok(job) => job,
+        Err(reason) => {
+            let ending = Ending::failed((None, None), FailureClass::DeterministicContract.as_str(), reason);
+            return settled(host.settle(&events, ending, false).await?);
+        }
+    };
+    let (workspace, baseline) = match blocking(|| prepare_workspace(&spec.work_root, &spec.job_id, &job))? {
+        Ok(pair) => pair,
+        Err(e) => {
+            let reason = format!("materialising the baseline: {e}");
+            let ending = Ending::failed((None, None), FailureClass::DeterministicRepo.as_str(), reason);
+            return settled(host.settle(&events, ending, false).await?);
+        }
+    };
+    let start = host.restore(&artifacts).await?;
+    let config = spec.self_heal.with_overrides(&job.payload.task.self_heal);
+    let max_attempts = job.payload.max_attempts;
+    let step_ids: Vec<String> = job.steps.iter().map(|s| s.id.clone()).collect();
+    let mut run = JobRun::new(JobRunParts {
+        runtime: spec.runtime,
+        job_id: spec.job_id,
+        job,
+        config,
+        artifacts,
+        events: events.clone(),
+        metrics: spec.metrics,
+        redactor,
+        workspace,
+        baseline,
+        cancel: CancellationToken::new(),
+    });
+    if let Some(hooks) = host.hooks(&events) {
+        run = run.with_hooks(hooks);
+    }
+    run.continue_attempt_numbers(start.last_attempts);
+    if let Some(checkpoints) = start.checkpoints {
+        run.keep_checkpoints(checkpoints);
+    }
+    if start.rebuild {
+        if let Err(e) = run.resume_from_step(start.step)? {
+            let step = (step_ids.get(start.step as usize).cloned(), Some(start.step));
+            let reason = format!("rebuilding the workspace for step {}: {e}", start.step);
+            let ending = Ending::failed(step, FailureClass::DeterministicRepo.as_str(), reason);
+            return settled(host.settle(&events, ending, false).await?);
+        }
+        host.forget_checkpoints_from(start.step).await?;
+    }
+    let mut passes = Passes {
+        run,
+        host,
+        events,
+        step_ids,
+        max_attempts,
+        retry: spec.retry,
+        job_attempt: start.job_attempt,
+    };
+    passes.drive(start.step).await
+}
+
+fn settled(settled: Settled) -> Result<Option<JobStatus>, LifecycleError> {
+    Ok(match settled {
+        Settled::Left(status) => status,
+        Settled::Interrupted => None,
+    })
+}
+
+/// An empty `<work_root>/<job_id>/` holding the workspace materialised from
+/// the job's baseline and the git store beside it. The outer error is the
+/// host's (the directory); the inner one the baseline's, a job failure.
+fn prepare_workspace(
+    work_root: &Path,
+    job_id: &str,
+    job: &ValidatedJob,
+) -> Result<Result<(Workspace, TreeId), WorkspaceError>, LifecycleError> {
+    let job_dir = work_root.join(job_id);
+    let work_dir = |source| LifecycleError::WorkDir {
+        path: job_dir.clone(),
+        source,
+    };
+    if job_dir.exists() {
+        std::fs::remove_dir_all(&job_dir).map_err(work_dir)?;
+    }
+    std::fs::create_dir_all(&job_dir).map_err(work_dir)?;
+    Ok(Workspace::create_from_baseline(
+        &job.repository,
+        &job.payload.task.starting_branch,
+        &job_dir.join("workspace"),
+        &job_dir.join("git"),
+    ))
+}
+
+/// The passes over a job's steps on one host.
+struct Passes<'a, 'h, H: JobHost> {
+    run: JobRun<'a>,
+    host: &'h mut H,
+    events: EventSink,
+    step_ids: Vec<String>,
+    max_attempts: u32,
+    retry: RetryBackoff,
+    job_attempt: u32,
+}
+
+impl<H: JobHost> Passes<'_, '_, H> {
+    /// Run passes from step `start` until the job ends or leaves.
+    async fn drive(&mut self, mut start: u32) -> Result<Option<JobStatus>, LifecycleError> {
+        let mut announce = true;
+        loop {
+            self.run.set_cancel(self.host.new_pass());
+            if announce {
+                self.events.emit(Event::JobStarted {
+                    job_attempt: self.job_attempt,
+                    max_attempts: self.max_attempts,
+                    first_step_index: start,
+                })?;
+                announce = false;
+            }
+            let outcome = match self.run.run_from(start).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    // The host itself failed (disk full, workspace
+                    // unreadable): record an ending if it still can, then
+                    // report the error.
+                    let ending = Ending::failed((None, None), "host_error", e.to_string());
+                    if let Err(also) = self.host.settle(&self.events, ending, false).await {
+                        tracing::warn!(error = %also, "recording the host error's ending failed too");
+                    }
+                    return Err(e.into());
+                }
+            };
+            let (ending, interruptible) = match self.host.interruption().await {
+                Some(Interruption::Lost) => return Ok(None),
+                Some(Interruption::HandBack) => return self.host.hand_back(&self.events).await,
+                Some(Interruption::Cancel { reason }) => (Ending::cancelled(reason), true),
+                Some(Interruption::Recover(request)) => {
+                    let recovered = self.recover(&request).await?;
+                    self.host.acknowledge(&self.events, &request).await?;
+                    match recovered {
+                        Ok(k) => {
+                            start = k;
+                            continue;
+                        }
+                        Err(reason) => {
+                            let k = self.step_ids.iter().position(|s| *s == request.step_id);
+                            let step = (Some(request.step_id.clone()), k.and_then(|k| u32::try_from(k).ok()));
+                            (
+                                Ending::failed(step, FailureClass::DeterministicRepo.as_str(), reason),
+                                false,
+                            )
+                        }
+                    }
+                }
+                None => match self.after_pass(outcome).await? {
+                    AfterPass::End(ending, interruptible) => (*ending, interruptible),
+                    AfterPass::Left(status) => return Ok(status),
+                    AfterPass::RunAgainFrom(k) => {
+                        start = k;
+                        announce = true;
+                        continue;
+                    }
+                },
+            };
+            match self.host.settle(&self.events, ending, interruptible).await? {
+                Settled::Left(status) => return Ok(status),
+                // An operator asked for more while the job was ending: the
+                // next pass is cancelled at once and the request handled.
+                Settled::Interrupted => continue,
+            }
+        }
+    }
+
+    /// What a pass's own outcome means for the job.
+    async fn after_pass(&mut self, outcome: PassOutcome) -> Result<AfterPass, LifecycleError> {
+        Ok(match outcome {
+            PassOutcome::Succeeded => AfterPass::end(Ending::succeeded(self.job_attempt), true),
+            PassOutcome::Failed {
+                step_id,
+                step_index,
+                class,
+                reason,
+            } => AfterPass::end(
+                Ending::failed((Some(step_id), Some(step_index)), class.as_str(), reason),
+                true,
+            ),
+            PassOutcome::Cancelled => AfterPass::Left(self.host.hand_back(&self.events).await?),
+            PassOutcome::RetryableExhausted { .. } if self.job_attempt >= self.max_attempts => {
+                AfterPass::end(Ending::dead_letter(self.job_attempt), true)
+            }
+            PassOutcome::RetryableExhausted { step_index, .. } => {
+                let delay = self.retry.delay_after(self.job_attempt);
+                let next_attempt = self.job_attempt + 1;
+                self.events.emit(Event::JobRequeued {
+                    next_job_attempt: next_attempt,
+                    delay_seconds: delay.as_secs(),
+                })?;
+                match self.host.requeue(&self.events, next_attempt, delay).await? {
+                    Requeued::Left(status) => AfterPass::Left(status),
+                    Requeued::RunAgain => {
+                        self.job_attempt = next_attempt;
+                        match self.run.resume_from_step(step_index)? {
+                            Ok(()) => AfterPass::RunAgainFrom(step_index),
+                            Err(e) => {
+                                let class = FailureClass::DeterministicRepo.as_str();
+                                AfterPass::end(Ending::failed((None, Some(step_index)), class, e.to_string()), false)
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Act on a recovery request; returns the step to go on at, or why the
+    /// workspace could not be rebuilt. A step action naming a step that
+    /// already finished (the request crossed the step's end) rebuilds the
+    /// workspace before that step, as `resume_from_step` does, rather than
+    /// run the step again over its own changes.
+    async fn recover(&mut self, request: &RecoveryRequest) -> Result<Result<u32, String>, LifecycleError> {
+        let Some(k) = self.step_ids.iter().position(|s| *s == request.step_id) else {
+            return Ok(Err(format!("recovery names unknown step {}", request.step_id)));
+        };
+        let k = u32::try_from(k).unwrap_or(u32::MAX);
+        let finished = self.run.has_checkpoint(k);
+        match request.action {
+            // Same workspace, fresh instance, fresh attempt budget (the
+            // step's patch still starts from its last checkpoint).
+            ControlAction::RetryStep if !finished => {}
+            ControlAction::HardResetStep if !finished => {
+                if let Err(e) = self.run.rebuild_for_step(k) {
+                    return Ok(Err(format!("hard reset of step {} failed: {e}", request.step_id)));
+                }
+            }
+            _ => {
+                if let Err(e) = self.run.resume_from_step(k)? {
+                    return Ok(Err(format!(
+                        "{} of step {} failed: {e}",
+                        request.action.as_str(),
+                        request.step_id
+                    )));
+                }
+                self.host.forget_checkpoints_from(k).await?;
+            }
+        }
+        Ok(Ok(k))
+    }
+}
+
+/// What a pass's outcome came to.
+enum AfterPass {
+    /// End the job (`true`: an operator's late request may interrupt).
+    End(Box<Ending>, bool),
+    /// The job left this host.
+    Left(Option<JobStatus>),
+    /// Another job attempt here, from this step.
+    RunAgainFrom(u32),
+}
+
+impl AfterPass {
+    fn end(ending: Ending, interruptible: bool) -> Self {
+        AfterPass::End(Box::new(ending), interruptible)
+    }
+}

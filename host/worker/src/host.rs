@@ -1,0 +1,235 @@
+//! The job lifecycle's host for a job this worker claimed: endings are
+//! settled with the store under this worker's lease (an operator's request
+//! that arrived meanwhile interrupts the ending, so an accepted action is
+//! never dropped), a queue retry is a requeue in the store, and the store's
+//! checkpoints are where a run that another worker started picks up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use stepd_job::control::RecoveryRequest;
+use stepd_records::artifacts::{JobArtifacts, StepState};
+use stepd_records::events::{Event, EventSink};
+use stepd_runtime::CancellationToken;
+use stepd_selfheal::{
+    blocking, Checkpoint, Ending, Interruption, JobHost, JobStart, JobStatus, LifecycleError, Requeued, RunHooks,
+    Settled,
+};
+use stepd_store::{ClaimedBy, JobRecord, JobState, Store};
+
+use crate::live::{JobLink, ServiceHooks};
+use crate::recorder::EventRecorder;
+
+/// A claimed job's host.
+pub struct ServiceHost {
+    store: Store,
+    by: ClaimedBy,
+    job_id: String,
+    job_attempt: u32,
+    /// The step an operator asked the job to resume from before it was
+    /// claimed; cleared once the workspace is rebuilt there.
+    resume_step: Option<u32>,
+    link: Arc<JobLink>,
+    recorder: EventRecorder,
+}
+
+fn store_error(e: stepd_store::StoreError) -> LifecycleError {
+    LifecycleError::host(e)
+}
+
+impl ServiceHost {
+    /// The host of `job`, claimed by `by`.
+    pub fn new(store: Store, by: ClaimedBy, job: &JobRecord, link: Arc<JobLink>, recorder: EventRecorder) -> Self {
+        ServiceHost {
+            store,
+            by,
+            job_id: job.id.clone(),
+            job_attempt: job.attempt,
+            resume_step: job.resume_step,
+            link,
+            recorder,
+        }
+    }
+
+    fn owner(&self) -> &str {
+        &self.by.owner
+    }
+}
+
+impl JobHost for ServiceHost {
+    /// The store's checkpoints are the one source of truth: the run keeps
+    /// them (the unbroken run from step 0) and replays them, hash-checked;
+    /// this host's artifacts get a copy for operators, never read back. It
+    /// goes on at the first unfinished step (or before it, when an operator
+    /// asked to resume earlier).
+    async fn restore(&mut self, artifacts: &JobArtifacts) -> Result<JobStart, LifecycleError> {
+        let rows = self.store.checkpoints(&self.job_id).await.map_err(store_error)?;
+        let mut checkpoints = Vec::new();
+        for (row, step_index) in rows.iter().zip(0u32..) {
+            if row.step_index != step_index {
+                break;
+            }
+            let state: StepState = serde_json::from_str(&row.state).map_err(LifecycleError::host)?;
+            blocking(|| artifacts.write_step_checkpoint(&row.patch, &state))?;
+            checkpoints.push(Checkpoint {
+                patch: row.patch.clone(),
+                state,
+            });
+        }
+        let prefix = u32::try_from(checkpoints.len()).unwrap_or(u32::MAX);
+        let mut last_attempts: HashMap<u32, u32> = HashMap::new();
+        for row in self.store.attempts(&self.job_id).await.map_err(store_error)? {
+            let entry = last_attempts.entry(row.step_index).or_insert(0);
+            *entry = (*entry).max(row.attempt);
+        }
+        let step = self.resume_step.map_or(prefix, |k| k.min(prefix));
+        Ok(JobStart {
+            step,
+            rebuild: step > 0 || self.resume_step.is_some() || !rows.is_empty(),
+            job_attempt: self.job_attempt,
+            last_attempts,
+            checkpoints: Some(checkpoints),
+        })
+    }
+
+    fn hooks(&self, events: &EventSink) -> Option<Arc<dyn RunHooks>> {
+        Some(Arc::new(ServiceHooks {
+            link: self.link.clone(),
+            events: events.clone(),
+            store: self.store.clone(),
+            job_id: self.job_id.clone(),
+            owner: self.owner().to_owned(),
+        }))
+    }
+
+    fn new_pass(&mut self) -> CancellationToken {
+        self.link.new_pass()
+    }
+
+    async fn interruption(&mut self) -> Option<Interruption> {
+        self.recorder.flush().await;
+        if self.link.lease_lost() {
+            Some(Interruption::Lost)
+        } else if self.link.cancel_requested() {
+            Some(Interruption::Cancel {
+                reason: "cancel requested by an operator".into(),
+            })
+        } else if self.link.stopping() {
+            Some(Interruption::HandBack)
+        } else {
+            self.link.take_pending().map(Interruption::Recover)
+        }
+    }
+
+    /// Settle with the store first — a recovery request or a cancel that
+    /// arrived while the pass ended interrupts the ending — then record the
+    /// last event, flushed, then the status, written only if nothing
+    /// changed the job meanwhile.
+    async fn settle(
+        &mut self,
+        events: &EventSink,
+        ending: Ending,
+        interruptible: bool,
+    ) -> Result<Settled, LifecycleError> {
+        let state = match ending.status {
+            JobStatus::Succeeded => JobState::Succeeded,
+            JobStatus::Failed => JobState::Failed,
+            JobStatus::DeadLetter => JobState::DeadLetter,
+            JobStatus::Cancelled => JobState::Cancelled,
+        };
+        let mut event = Some(ending.event);
+        loop {
+            let Some(now) = self
+                .store
+                .heartbeat(&self.job_id, &self.by)
+                .await
+                .map_err(store_error)?
+            else {
+                return Ok(Settled::Left(None));
+            };
+            self.link.observe(&now);
+            let cancel_waiting = self.link.cancel_requested() && state != JobState::Cancelled;
+            if interruptible && (self.link.has_pending() || cancel_waiting) {
+                return Ok(Settled::Interrupted);
+            }
+            if let Some(event) = event.take() {
+                events.emit(event)?;
+                self.recorder.flush().await;
+            }
+            let finished = self
+                .store
+                .finish(&self.job_id, self.owner(), state, ending.error.as_deref(), now.version)
+                .await
+                .map_err(store_error)?;
+            if finished {
+                return Ok(Settled::Left(Some(ending.status)));
+            }
+        }
+    }
+
+    async fn requeue(
+        &mut self,
+        events: &EventSink,
+        next_attempt: u32,
+        delay: Duration,
+    ) -> Result<Requeued, LifecycleError> {
+        self.recorder.flush().await;
+        let now = self
+            .store
+            .requeue(&self.job_id, self.owner(), next_attempt, delay)
+            .await
+            .map_err(store_error)?;
+        if now == Some(JobState::Cancelled) {
+            // A cancel arrived while the job was being requeued.
+            events.emit(Event::JobCancelled {
+                reason: "cancel requested by an operator".into(),
+            })?;
+            self.recorder.flush().await;
+            return Ok(Requeued::Left(Some(JobStatus::Cancelled)));
+        }
+        Ok(Requeued::Left(None))
+    }
+
+    /// Torn down with no cancel or recovery behind it (the worker is
+    /// stopping, or the pass ended early): hand the job back rather than
+    /// lose it.
+    async fn hand_back(&mut self, _events: &EventSink) -> Result<Option<JobStatus>, LifecycleError> {
+        self.store
+            .release(&self.job_id, self.owner())
+            .await
+            .map_err(store_error)?;
+        Ok(None)
+    }
+
+    async fn forget_checkpoints_from(&mut self, k: u32) -> Result<(), LifecycleError> {
+        self.store
+            .delete_checkpoints_from(&self.job_id, k)
+            .await
+            .map_err(store_error)?;
+        if self.resume_step.take().is_some() {
+            self.store
+                .clear_resume_step(&self.job_id, self.owner())
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(())
+    }
+
+    async fn acknowledge(&mut self, events: &EventSink, request: &RecoveryRequest) -> Result<(), LifecycleError> {
+        let cleared = request.clone();
+        self.store
+            .update_live_control(&self.job_id, self.owner(), move |live| {
+                if live.recovery.as_ref() == Some(&cleared) {
+                    live.recovery = None;
+                }
+            })
+            .await
+            .map_err(store_error)?;
+        events.emit(Event::RecoveryAck {
+            action: request.action.as_str().to_owned(),
+            step_id: Some(request.step_id.clone()),
+        })?;
+        Ok(())
+    }
+}
