@@ -20,8 +20,8 @@ use super::error::{path_param, ApiError};
 use super::jobs::load_job;
 use super::ApiState;
 
-fn job_dir(state: &ApiState, id: &str) -> Result<Dir, ApiError> {
-    let path = state.artifact_root.join("agent_jobs").join(id);
+fn job_dir(artifact_root: &FsPath, id: &str) -> Result<Dir, ApiError> {
+    let path = artifact_root.join("agent_jobs").join(id);
     Dir::open_ambient_dir(&path, ambient_authority())
         .map_err(|_| ApiError::not_found(format!("job {id} has no artifacts on this server")))
 }
@@ -49,6 +49,16 @@ fn walk(dir: &Dir, prefix: &str, out: &mut Vec<Value>) -> std::io::Result<()> {
     Ok(())
 }
 
+/// File-system work off the async threads: a slow disk must not stall the
+/// API's other requests.
+async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading artifacts: {e}")))?
+}
+
 /// `GET /api/queue/jobs/<id>/artifacts`: every artifact file of the job.
 pub async fn list(
     State(state): State<ApiState>,
@@ -58,11 +68,17 @@ pub async fn list(
     state.tokens.check(&headers, Scope::Operator)?;
     let id = path_param(id)?;
     load_job(&state, &id).await?;
-    let mut files = Vec::new();
-    if let Ok(dir) = job_dir(&state, &id) {
-        walk(&dir, "", &mut files)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("listing artifacts: {e}")))?;
-    }
+    let root = state.artifact_root.clone();
+    let job = id.clone();
+    let files = off_thread(move || {
+        let mut files = Vec::new();
+        if let Ok(dir) = job_dir(&root, &job) {
+            walk(&dir, "", &mut files)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("listing artifacts: {e}")))?;
+        }
+        Ok(files)
+    })
+    .await?;
     Ok(Json(json!({ "jobId": id, "artifacts": files })))
 }
 
@@ -93,23 +109,28 @@ pub async fn download(
 ) -> Result<Response, ApiError> {
     state.tokens.check(&headers, Scope::Operator)?;
     let (id, path) = path_param(id_path)?;
-    let rel = check_artifact_path(&path)?;
-    load_job(&state, &id).await?;
-    let dir = job_dir(&state, &id)?;
-    let mut file = dir
-        .open(rel)
-        .map_err(|_| ApiError::not_found(format!("job {id} has no artifact {path}")))?;
-    if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
-        return Err(ApiError::not_found(format!("job {id} has no artifact file {path}")));
-    }
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading {path}: {e}")))?;
+    let rel = check_artifact_path(&path)?.to_owned();
     let content_type = match rel.extension().and_then(|e| e.to_str()) {
         Some("json") => "application/json",
         Some("jsonl") => "application/x-ndjson",
         Some("log" | "patch" | "txt") => "text/plain; charset=utf-8",
         _ => "application/octet-stream",
     };
+    load_job(&state, &id).await?;
+    let root = state.artifact_root.clone();
+    let bytes = off_thread(move || {
+        let dir = job_dir(&root, &id)?;
+        let mut file = dir
+            .open(&rel)
+            .map_err(|_| ApiError::not_found(format!("job {id} has no artifact {path}")))?;
+        if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+            return Err(ApiError::not_found(format!("job {id} has no artifact file {path}")));
+        }
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading {path}: {e}")))?;
+        Ok(bytes)
+    })
+    .await?;
     Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
 }

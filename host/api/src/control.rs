@@ -79,29 +79,7 @@ pub fn plan(
         ))
     })?;
     let step_ids = job.step_ids();
-    let step_index = match request.step_id.as_deref() {
-        Some(id) => Some(
-            step_ids
-                .iter()
-                .position(|s| s == id)
-                .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
-                .ok_or_else(|| {
-                    ControlError::BadRequest(format!(
-                        "unknown stepId {id:?}: job {} has steps {}",
-                        job.id,
-                        step_ids.join(", ")
-                    ))
-                })?,
-        ),
-        None if action.needs_step() => {
-            return Err(ControlError::BadRequest(format!(
-                "{} needs a stepId (one of: {})",
-                action.as_str(),
-                step_ids.join(", ")
-            )))
-        }
-        None => None,
-    };
+    let step_index = named_step(job, action, request.step_id.as_deref(), &step_ids)?;
     let reason = request.reason.clone().filter(|r| !r.trim().is_empty());
     let mut next = job.clone();
     let mut note = None;
@@ -120,15 +98,7 @@ pub fn plan(
         }
     };
     if action.is_recovery() && active {
-        if let Some(pending) = &job.live_control.recovery {
-            return Err(ControlError::Conflict(format!(
-                "job {} already has a pending {} of step {} (requested {}); wait for the worker to acknowledge it",
-                job.id,
-                pending.action.as_str(),
-                pending.step_id,
-                pending.updated_at
-            )));
-        }
+        refuse_a_second_recovery(job)?;
     }
     match action {
         ControlAction::Pause => {
@@ -160,38 +130,19 @@ pub fn plan(
             }
         }
         ControlAction::RetryStep | ControlAction::HardResetStep => {
-            let index = step_index.unwrap_or_default();
-            if job.status != JobState::Running {
-                return Err(ControlError::Conflict(format!(
-                    "cannot {} job {}: it is {}, not running",
-                    action.as_str().replace('_', " "),
-                    job.id,
-                    job.status.as_str()
-                )));
-            }
-            if job.current_step_index != Some(index) {
-                return Err(ControlError::Conflict(format!(
-                    "step {} is not the running step of job {} ({})",
-                    request.step_id.as_deref().unwrap_or_default(),
-                    job.id,
-                    job.current_step_id.as_deref().unwrap_or("none yet")
-                )));
-            }
+            refuse_unless_running_step(job, action, request, step_index.unwrap_or_default())?;
             next.live_control.recovery = Some(recovery(action, request, reason.clone(), requested_by, now_rfc3339));
         }
         ControlAction::ResumeFromStep => {
             let index = step_index.unwrap_or_default();
             if index > first_unfinished {
+                let first = step_ids
+                    .get(first_unfinished as usize)
+                    .map_or("the last step", String::as_str);
                 return Err(ControlError::Conflict(format!(
-                    "cannot resume job {} from step {}: step {} has no checkpoint yet; resume from {} or earlier",
+                    "cannot resume job {} from step {}: step {first} has no checkpoint yet; resume from {first} or earlier",
                     job.id,
                     request.step_id.as_deref().unwrap_or_default(),
-                    step_ids
-                        .get(first_unfinished as usize)
-                        .map_or("the last step", String::as_str),
-                    step_ids
-                        .get(first_unfinished as usize)
-                        .map_or("the last step", String::as_str),
                 )));
             }
             match job.status {
@@ -201,15 +152,7 @@ pub fn plan(
                 }
                 JobState::Queued => next.resume_step = Some(index),
                 _ => {
-                    // Re-open: the job runs again from the step, with a fresh
-                    // attempt budget and no leftover operator state.
-                    next.status = JobState::Queued;
-                    next.resume_step = Some(index);
-                    next.attempt = 1;
-                    next.cancel_requested = false;
-                    next.live_control = LiveControl::default();
-                    next.finished_at = None;
-                    next.last_error = None;
+                    reopen(&mut next, index);
                     note = Some(format!("re-opened from {}", job.status.as_str()));
                     reopened = true;
                 }
@@ -223,6 +166,87 @@ pub fn plan(
         note,
         reopened,
     })
+}
+
+/// A step action acts on the running step of a running job only.
+fn refuse_unless_running_step(
+    job: &JobRecord,
+    action: ControlAction,
+    request: &ControlRequest,
+    index: u32,
+) -> Result<(), ControlError> {
+    if job.status != JobState::Running {
+        return Err(ControlError::Conflict(format!(
+            "cannot {} job {}: it is {}, not running",
+            action.as_str().replace('_', " "),
+            job.id,
+            job.status.as_str()
+        )));
+    }
+    if job.current_step_index != Some(index) {
+        return Err(ControlError::Conflict(format!(
+            "step {} is not the running step of job {} ({})",
+            request.step_id.as_deref().unwrap_or_default(),
+            job.id,
+            job.current_step_id.as_deref().unwrap_or("none yet")
+        )));
+    }
+    Ok(())
+}
+
+/// Re-open an ended job: it runs again from step `index`, with a fresh
+/// attempt budget and no leftover operator state.
+fn reopen(next: &mut JobRecord, index: u32) {
+    next.status = JobState::Queued;
+    next.resume_step = Some(index);
+    next.attempt = 1;
+    next.cancel_requested = false;
+    next.live_control = LiveControl::default();
+    next.finished_at = None;
+    next.last_error = None;
+}
+
+/// The index of the step a request names; a step action must name one.
+fn named_step(
+    job: &JobRecord,
+    action: ControlAction,
+    step_id: Option<&str>,
+    step_ids: &[String],
+) -> Result<Option<u32>, ControlError> {
+    match step_id {
+        Some(id) => step_ids
+            .iter()
+            .position(|s| s == id)
+            .map(|i| Some(u32::try_from(i).unwrap_or(u32::MAX)))
+            .ok_or_else(|| {
+                ControlError::BadRequest(format!(
+                    "unknown stepId {id:?}: job {} has steps {}",
+                    job.id,
+                    step_ids.join(", ")
+                ))
+            }),
+        None if action.needs_step() => Err(ControlError::BadRequest(format!(
+            "{} needs a stepId (one of: {})",
+            action.as_str(),
+            step_ids.join(", ")
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// One recovery at a time: a second is refused until the worker
+/// acknowledged the first.
+fn refuse_a_second_recovery(job: &JobRecord) -> Result<(), ControlError> {
+    match &job.live_control.recovery {
+        Some(pending) => Err(ControlError::Conflict(format!(
+            "job {} already has a pending {} of step {} (requested {}); wait for the worker to acknowledge it",
+            job.id,
+            pending.action.as_str(),
+            pending.step_id,
+            pending.updated_at
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn recovery(

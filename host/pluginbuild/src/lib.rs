@@ -127,6 +127,43 @@ pub fn crates_under(plugins_dir: &Path) -> Result<Vec<PluginCrate>, PluginBuildE
     dirs.iter().map(|dir| PluginCrate::read(dir)).collect()
 }
 
+/// The target plugins are built for.
+pub const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// Add the wasm target with rustup when the toolchain `dir` builds with
+/// lacks it (rust-toolchain.toml names it, but rustup adds listed targets
+/// only when it installs a toolchain, not to one already there). Without
+/// rustup, cargo's own error says what is missing.
+fn ensure_wasm_target(dir: &Path) -> Result<(), PluginBuildError> {
+    let Ok(listed) = Command::new("rustup")
+        .current_dir(dir)
+        .args(["target", "list", "--installed"])
+        .output()
+    else {
+        return Ok(());
+    };
+    let installed = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .any(|line| line.trim() == WASM_TARGET);
+    if !listed.status.success() || installed {
+        return Ok(());
+    }
+    eprintln!("adding the {WASM_TARGET} target with rustup");
+    let added = Command::new("rustup")
+        .current_dir(dir)
+        .args(["target", "add", WASM_TARGET])
+        .status()
+        .map_err(|e| PluginBuildError::Cargo {
+            reason: format!("starting rustup: {e}"),
+        })?;
+    if !added.success() {
+        return Err(PluginBuildError::Cargo {
+            reason: format!("`rustup target add {WASM_TARGET}` failed ({added})"),
+        });
+    }
+    Ok(())
+}
+
 /// Build `crates` (members of one cargo workspace) with `cargo` into
 /// `target_dir`, and copy each component to `<out_dir>/<name>.wasm`
 /// (rewritten only when it changed, so readers of an unchanged plugin
@@ -140,9 +177,10 @@ pub fn build(
     let Some(first) = crates.first() else {
         return Ok(Vec::new());
     };
+    ensure_wasm_target(&first.dir)?;
     let mut command = Command::new(cargo);
     command
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"])
         .arg(first.dir.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(target_dir);
@@ -175,7 +213,8 @@ pub fn build(
     let mut written = Vec::new();
     for plugin in crates {
         let built = target_dir
-            .join("wasm32-wasip2/release")
+            .join(WASM_TARGET)
+            .join("release")
             .join(format!("{}.wasm", plugin.package.replace('-', "_")));
         let bytes = std::fs::read(&built).map_err(|source| PluginBuildError::Copy {
             path: built.clone(),

@@ -204,21 +204,7 @@ impl Runtime {
     /// any kind is an `Ok` report; `Err` means the host could not even set
     /// the attempt up.
     pub async fn run_attempt(&self, plugin: &Plugin, request: AttemptRequest) -> Result<AttemptReport, RuntimeError> {
-        let memory_limit = request
-            .limits
-            .memory_limit_bytes
-            .unwrap_or(self.settings.memory_limit_bytes);
-        if memory_limit > self.settings.memory_limit_bytes {
-            return Err(RuntimeError::Limits(format!(
-                "memory limit {memory_limit} bytes is above this host's ceiling of {} bytes",
-                self.settings.memory_limit_bytes
-            )));
-        }
-        let fuel = self
-            .settings
-            .fuel_per_attempt
-            .map(|default| request.limits.fuel.unwrap_or(default));
-
+        let (memory_limit, fuel) = self.budget(&request.limits)?;
         let started = Instant::now();
         let activity = Arc::new(ActivityClock::new(started));
         let output = Arc::new(OutputCapture::new(activity.clone(), self.settings.output_limit_bytes));
@@ -231,42 +217,7 @@ impl Runtime {
             )
             .with_ticks(self.ticker.ticks()),
         );
-
-        let wasi = sandbox_wasi(&request.workspace, &output)?;
-        let state = AttemptState {
-            wasi,
-            table: ResourceTable::new(),
-            limiter: SandboxLimiter {
-                memory_bytes: memory_limit,
-                table_elements: self.settings.table_elements_limit,
-                instances: self.settings.instances_limit,
-            },
-            output: output.clone(),
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limiter);
-        if let Some(fuel) = fuel {
-            store
-                .set_fuel(fuel)
-                .map_err(|e| RuntimeError::Store(format!("{e:#}")))?;
-            // Compiled code keeps its fuel count in a register and writes it
-            // back only at calls and yields; a tight loop stopped by a
-            // deadline would report almost nothing burned. Yielding every
-            // slice writes it back, so `fuel_consumed` is exact to a slice.
-            store
-                .fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))
-                .map_err(|e| RuntimeError::Store(format!("{e:#}")))?;
-        }
-        if self.settings.epoch_interruption {
-            // Every tick: stop if a deadline passed, else yield to tokio so
-            // the watch below (and other tasks) get to run.
-            let clock = clock.clone();
-            store.epoch_deadline_callback(move |_| match clock.check(Instant::now()) {
-                Some(reason) => Err(wasmtime::Error::new(reason)),
-                None => Ok(UpdateDeadline::Yield(1)),
-            });
-            store.set_epoch_deadline(1);
-        }
+        let mut store = self.attempt_store(&request.workspace, &output, memory_limit, fuel, &clock)?;
 
         let result = {
             let call = async {
@@ -307,6 +258,70 @@ impl Runtime {
             deadline_overrun_seconds,
             output: output.snapshot(),
         })
+    }
+
+    /// The attempt's memory ceiling and fuel (`None`: unmetered), checked
+    /// against this host's ceiling.
+    fn budget(&self, limits: &AttemptLimits) -> Result<(usize, Option<u64>), RuntimeError> {
+        let memory_limit = limits.memory_limit_bytes.unwrap_or(self.settings.memory_limit_bytes);
+        if memory_limit > self.settings.memory_limit_bytes {
+            return Err(RuntimeError::Limits(format!(
+                "memory limit {memory_limit} bytes is above this host's ceiling of {} bytes",
+                self.settings.memory_limit_bytes
+            )));
+        }
+        let fuel = self
+            .settings
+            .fuel_per_attempt
+            .map(|default| limits.fuel.unwrap_or(default));
+        Ok((memory_limit, fuel))
+    }
+
+    /// A fresh store for one attempt: the sandboxed WASI context, the
+    /// limiter, the fuel and the epoch deadline that checks `clock`.
+    fn attempt_store(
+        &self,
+        workspace: &Path,
+        output: &Arc<OutputCapture>,
+        memory_limit: usize,
+        fuel: Option<u64>,
+        clock: &Arc<AttemptClock>,
+    ) -> Result<Store<AttemptState>, RuntimeError> {
+        let state = AttemptState {
+            wasi: sandbox_wasi(workspace, output)?,
+            table: ResourceTable::new(),
+            limiter: SandboxLimiter {
+                memory_bytes: memory_limit,
+                table_elements: self.settings.table_elements_limit,
+                instances: self.settings.instances_limit,
+            },
+            output: output.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        if let Some(fuel) = fuel {
+            store
+                .set_fuel(fuel)
+                .map_err(|e| RuntimeError::Store(format!("{e:#}")))?;
+            // Compiled code keeps its fuel count in a register and writes it
+            // back only at calls and yields; a tight loop stopped by a
+            // deadline would report almost nothing burned. Yielding every
+            // slice writes it back, so `fuel_consumed` is exact to a slice.
+            store
+                .fuel_async_yield_interval(Some(FUEL_YIELD_INTERVAL))
+                .map_err(|e| RuntimeError::Store(format!("{e:#}")))?;
+        }
+        if self.settings.epoch_interruption {
+            // Every tick: stop if a deadline passed, else yield to tokio so
+            // the watch (and other tasks) get to run.
+            let clock = clock.clone();
+            store.epoch_deadline_callback(move |_| match clock.check(Instant::now()) {
+                Some(reason) => Err(wasmtime::Error::new(reason)),
+                None => Ok(UpdateDeadline::Yield(1)),
+            });
+            store.set_epoch_deadline(1);
+        }
+        Ok(store)
     }
 }
 
