@@ -8,14 +8,14 @@ use std::path::{Component, Path as FsPath};
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use serde_json::{json, Value};
 
-use super::auth::Scope;
+use super::auth::Operator;
 use super::error::{path_param, ApiError};
 use super::jobs::load_job;
 use super::ApiState;
@@ -62,10 +62,9 @@ async fn off_thread<T: Send + 'static>(
 /// `GET /api/queue/jobs/<id>/artifacts`: every artifact file of the job.
 pub async fn list(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _operator: Operator,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    state.tokens.check(&headers, Scope::Operator)?;
     let id = path_param(id)?;
     load_job(&state, &id).await?;
     let root = state.artifact_root.clone();
@@ -104,10 +103,9 @@ pub fn check_artifact_path(path: &str) -> Result<&FsPath, ApiError> {
 /// `GET /api/queue/jobs/<id>/artifacts/<path>`: one artifact's bytes.
 pub async fn download(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _operator: Operator,
     id_path: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, ApiError> {
-    state.tokens.check(&headers, Scope::Operator)?;
     let (id, path) = path_param(id_path)?;
     let rel = check_artifact_path(&path)?.to_owned();
     let content_type = match rel.extension().and_then(|e| e.to_str()) {

@@ -4,10 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
+use super::ApiState;
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +130,30 @@ pub fn load_or_generate_token(data_dir: &Path) -> std::io::Result<(String, bool)
     }
     std::fs::rename(&tmp, &path)?;
     Ok((token, true))
+}
+
+/// An operator's request: extracting it checks the bearer token, before
+/// the handler reads its path, query or body, so a caller without the right
+/// token learns nothing else (401 or 403 first).
+pub struct Operator(pub Caller);
+
+impl FromRequestParts<ApiState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        state.tokens.check(&parts.headers, Scope::Operator).map(Operator)
+    }
+}
+
+/// A worker process's request (the heartbeat), checked like [`Operator`].
+pub struct WorkerCaller(pub Caller);
+
+impl FromRequestParts<ApiState> for WorkerCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        state.tokens.check(&parts.headers, Scope::Worker).map(WorkerCaller)
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{json, Value};
 
-use super::auth::Scope;
+use super::auth::{Operator, WorkerCaller};
 use super::error::{path_param, query_param, ApiError};
 use super::{ApiState, MAX_BODY_BYTES};
 use crate::control::{plan, ControlRequest};
@@ -126,8 +126,7 @@ pub async fn healthz(State(state): State<ApiState>) -> Response {
 }
 
 /// `POST /api/queue/jobs`: validate and queue a job payload.
-pub async fn submit(State(state): State<ApiState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    state.tokens.check(&headers, Scope::Operator)?;
+pub async fn submit(State(state): State<ApiState>, _operator: Operator, body: Body) -> Result<Response, ApiError> {
     let raw: Value = json_body(body).await?;
     let payload: JobPayload = JobPayload::parse(&raw.to_string()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let validated = payload
@@ -170,10 +169,9 @@ pub struct ListQuery {
 /// `GET /api/queue/jobs`: newest first, optionally by status.
 pub async fn list(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _operator: Operator,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    state.tokens.check(&headers, Scope::Operator)?;
     let query = query_param(query)?;
     let status = match query.status.as_deref() {
         None | Some("") => None,
@@ -200,10 +198,9 @@ pub async fn list(
 /// `GET /api/queue/jobs/<id>`: the job, its attempts and control events.
 pub async fn get_job(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _operator: Operator,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    state.tokens.check(&headers, Scope::Operator)?;
     let id = path_param(id)?;
     let job = load_job(&state, &id).await?;
     let first = state.store.first_unfinished_step(&id).await?;
@@ -226,11 +223,11 @@ pub struct EventsQuery {
 /// stream that goes on as events arrive.
 pub async fn events(
     State(state): State<ApiState>,
+    _operator: Operator,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    state.tokens.check(&headers, Scope::Operator)?;
     let id = path_param(id)?;
     let query = query_param(query)?;
     load_job(&state, &id).await?;
@@ -290,11 +287,10 @@ pub struct HeartbeatRequest {
 /// caller's lease; returns the job with `payload.liveControl`.
 pub async fn heartbeat(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    _worker: WorkerCaller,
     id: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    state.tokens.check(&headers, Scope::Worker)?;
     let id = path_param(id)?;
     let request: HeartbeatRequest = json_body(body).await?;
     load_job(&state, &id).await?;
@@ -315,11 +311,10 @@ pub async fn heartbeat(
 /// `POST /api/task-runs/<id>/control`: an operator's action.
 pub async fn control(
     State(state): State<ApiState>,
-    headers: HeaderMap,
+    Operator(caller): Operator,
     id: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let caller = state.tokens.check(&headers, Scope::Operator)?;
     let id = path_param(id)?;
     let request: ControlRequest = json_body(body).await?;
     for _ in 0..10 {

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use axum::routing::{get, post};
 use axum::Router;
 
-pub use auth::{load_or_generate_token, token_file, Caller, Scope, Tokens};
+pub use auth::{load_or_generate_token, token_file, Caller, Operator, Scope, Tokens, WorkerCaller};
 pub use error::ApiError;
 pub use openapi::openapi_document;
 
