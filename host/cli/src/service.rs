@@ -124,6 +124,7 @@ fn spawn_workers(
             WorkerOptions {
                 artifact_root: data.data_dir.join("artifacts"),
                 work_root: data.data_dir.join("work"),
+                plugin_dir: data.plugins.clone(),
                 concurrency,
                 name: worker_name(i),
             },

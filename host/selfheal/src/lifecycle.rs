@@ -3,9 +3,12 @@
 //! earlier run left it, run passes over its steps, and end it — or send it
 //! back to work. What differs between the two is a [`JobHost`]: how an
 //! ending is recorded (an event, or an event and a status the store must
-//! accept), what a queue retry is (wait here, or requeue in the store), and
-//! what an operator may ask between passes (nothing locally; pause, cancel
-//! and recoveries in the service).
+//! accept), what a queue retry is (wait here, or requeue in the store), what
+//! may override a pass's outcome (nothing locally; a lost lease, a cancel, a
+//! shutdown or a recovery request in the service), and where the run's
+//! checkpoints live (the artifacts locally; the store in the service). A
+//! pause or takeover is not an ending: the host's `RunHooks` hold inside
+//! the pass.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -211,8 +214,9 @@ pub enum Requeued {
 
 /// What differs between `stepd run` and the service worker.
 pub trait JobHost: Send {
-    /// Lay the checkpoints earlier runs left into `artifacts` and say
-    /// where this run starts.
+    /// Say where this run starts: the step, the job attempt, the attempt
+    /// numbers so far and — when the host keeps them — the checkpoints
+    /// earlier runs left (a copy may go to `artifacts` for operators).
     fn restore(&mut self, artifacts: &JobArtifacts) -> impl Future<Output = Result<JobStart, LifecycleError>> + Send;
     /// The attempt loop's hooks (holding for an operator, keeping
     /// checkpoints beyond this host), if any.
@@ -246,8 +250,9 @@ pub trait JobHost: Send {
         events: &EventSink,
     ) -> impl Future<Output = Result<Option<JobStatus>, LifecycleError>> + Send;
     /// The workspace was rebuilt before step `k`, and the checkpoints from
-    /// `k` on are gone from the artifacts: forget them wherever else they
-    /// are kept.
+    /// `k` on are gone from the run: forget them wherever else they are
+    /// kept (and whatever asked for the rebuild, such as an operator's
+    /// resume step, is done).
     fn forget_checkpoints_from(&mut self, k: u32) -> impl Future<Output = Result<(), LifecycleError>> + Send;
     /// An operator's recovery was acted on (or failed): say so.
     fn acknowledge(
@@ -273,6 +278,23 @@ pub async fn run_job<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<Opti
             return settled(host.settle(&events, ending, false).await?);
         }
     };
+    // The job names its plugins by the absolute paths resolved at submit:
+    // a host that lacks one fails the job before any step runs (its hash is
+    // checked when it is loaded).
+    if let Some(step) = job.steps.iter().find(|s| !s.plugin_path.is_file()) {
+        let reason = format!(
+            "plugin {} of step {} is not on this host at {}",
+            step.plugin_name,
+            step.id,
+            step.plugin_path.display()
+        );
+        let ending = Ending::failed(
+            (Some(step.id.clone()), Some(step.index)),
+            FailureClass::DeterministicContract.as_str(),
+            reason,
+        );
+        return settled(host.settle(&events, ending, false).await?);
+    }
     let (workspace, baseline) = match blocking(|| prepare_workspace(&spec.work_root, &spec.job_id, &job))? {
         Ok(pair) => pair,
         Err(e) => {

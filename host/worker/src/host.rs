@@ -149,8 +149,13 @@ impl JobHost for ServiceHost {
                 return Ok(Settled::Left(None));
             };
             self.link.observe(&now);
-            let cancel_waiting = self.link.cancel_requested() && state != JobState::Cancelled;
-            if interruptible && (self.link.has_pending() || cancel_waiting) {
+            // A cancel beats everything: a recovery that was pending when
+            // it came (the store dropped it) must not send the job back to
+            // work, or the cancelled pass would end the same way for ever.
+            let cancelling = state == JobState::Cancelled;
+            let recovery_waiting = self.link.has_pending() && !cancelling;
+            let cancel_waiting = self.link.cancel_requested() && !cancelling;
+            if interruptible && (recovery_waiting || cancel_waiting) {
                 return Ok(Settled::Interrupted);
             }
             if let Some(event) = event.take() {

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use super::host::ServiceHost;
 use super::live::JobLink;
 use super::recorder::EventRecorder;
-use stepd_job::payload::ValidatedJob;
+use stepd_job::payload::{JobPayload, ValidatedJob};
 use stepd_queue::{Dispatcher, Hint};
 use stepd_records::metrics::Metrics;
 use stepd_records::redact::Redactor;
@@ -30,6 +30,9 @@ pub struct WorkerOptions {
     pub artifact_root: PathBuf,
     /// Workspaces go to `<work_root>/<job_id>/`.
     pub work_root: PathBuf,
+    /// Named plugins are looked up here for a job the store holds no
+    /// resolved form of (one queued before the store kept them).
+    pub plugin_dir: PathBuf,
     /// Jobs run at once (and the RabbitMQ prefetch).
     pub concurrency: usize,
     /// This worker's id in leases (`host:pid:n`).
@@ -215,10 +218,16 @@ impl Worker {
         let resolved = match &job.resolved {
             Some(resolved) => serde_json::from_value::<ValidatedJob>(resolved.clone())
                 .map_err(|e| format!("the resolved job stored for {} is unreadable: {e}", job.id)),
-            None => Err(format!(
-                "job {} has no resolved form (it was not submitted through the API); submit it again",
-                job.id
-            )),
+            // Queued before the store kept resolved forms (migration 3), or
+            // inserted by something other than the API: resolve it here,
+            // once, against this worker's plugin directory.
+            None => {
+                tracing::warn!(job = %job.id, "no resolved form stored; resolving the payload on this worker");
+                let base_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+                JobPayload::parse(&job.payload.to_string())
+                    .and_then(|p| p.validate(&base_dir, &self.options.plugin_dir))
+                    .map_err(|e| format!("payload refused on worker {owner}: {e}"))
+            }
         };
         let spec = JobSpec {
             runtime: &self.runtime,
