@@ -81,75 +81,27 @@ pub fn plan(
     let step_ids = job.step_ids();
     let step_index = named_step(job, action, request.step_id.as_deref(), &step_ids)?;
     let reason = request.reason.clone().filter(|r| !r.trim().is_empty());
-    let mut next = job.clone();
-    let mut note = None;
-    let mut reopened = false;
     let active = matches!(job.status, JobState::Queued | JobState::Running);
-    let refuse_unless_active = || {
-        if active {
-            Ok(())
-        } else {
-            Err(ControlError::Conflict(format!(
-                "cannot {} job {}: it has ended ({})",
-                action.as_str().replace('_', " "),
-                job.id,
-                job.status.as_str()
-            )))
-        }
-    };
     if action.is_recovery() && active {
         refuse_a_second_recovery(job)?;
     }
+    let asked = || recovery(action, request, reason.clone(), requested_by, now_rfc3339);
+    let mut next = job.clone();
+    let mut note = None;
+    let mut reopened = false;
     match action {
-        ControlAction::Pause => {
-            refuse_unless_active()?;
-            next.live_control.paused = true;
-        }
-        ControlAction::Takeover => {
-            refuse_unless_active()?;
-            next.live_control.takeover = true;
-        }
-        ControlAction::Resume => {
-            refuse_unless_active()?;
-            if !job.live_control.holds() {
-                return Err(ControlError::Conflict(format!(
-                    "job {} is neither paused nor taken over",
-                    job.id
-                )));
-            }
-            next.live_control.paused = false;
-            next.live_control.takeover = false;
-        }
-        ControlAction::Cancel => {
-            refuse_unless_active()?;
-            next.cancel_requested = true;
-            next.live_control.recovery = None;
-            if job.status == JobState::Queued {
-                next.status = JobState::Cancelled;
-                note = Some("cancelled before a worker claimed it".to_owned());
-            }
+        ControlAction::Pause | ControlAction::Takeover | ControlAction::Resume | ControlAction::Cancel => {
+            note = hold_or_cancel(job, action, &mut next)?;
         }
         ControlAction::RetryStep | ControlAction::HardResetStep => {
             refuse_unless_running_step(job, action, request, step_index.unwrap_or_default())?;
-            next.live_control.recovery = Some(recovery(action, request, reason.clone(), requested_by, now_rfc3339));
+            next.live_control.recovery = Some(asked());
         }
         ControlAction::ResumeFromStep => {
             let index = step_index.unwrap_or_default();
-            if index > first_unfinished {
-                let first = step_ids
-                    .get(first_unfinished as usize)
-                    .map_or("the last step", String::as_str);
-                return Err(ControlError::Conflict(format!(
-                    "cannot resume job {} from step {}: step {first} has no checkpoint yet; resume from {first} or earlier",
-                    job.id,
-                    request.step_id.as_deref().unwrap_or_default(),
-                )));
-            }
+            refuse_resume_past(job, request, index, first_unfinished, &step_ids)?;
             match job.status {
-                JobState::Running => {
-                    next.live_control.recovery =
-                        Some(recovery(action, request, reason.clone(), requested_by, now_rfc3339));
-                }
+                JobState::Running => next.live_control.recovery = Some(asked()),
                 JobState::Queued => next.resume_step = Some(index),
                 _ => {
                     reopen(&mut next, index);
@@ -166,6 +118,68 @@ pub fn plan(
         note,
         reopened,
     })
+}
+
+/// Pause, takeover, resume or cancel an active job; returns the note for
+/// events (a queued job is cancelled outright).
+fn hold_or_cancel(
+    job: &JobRecord,
+    action: ControlAction,
+    next: &mut JobRecord,
+) -> Result<Option<String>, ControlError> {
+    if !matches!(job.status, JobState::Queued | JobState::Running) {
+        return Err(ControlError::Conflict(format!(
+            "cannot {} job {}: it has ended ({})",
+            action.as_str().replace('_', " "),
+            job.id,
+            job.status.as_str()
+        )));
+    }
+    match action {
+        ControlAction::Pause => next.live_control.paused = true,
+        ControlAction::Takeover => next.live_control.takeover = true,
+        ControlAction::Resume => {
+            if !job.live_control.holds() {
+                return Err(ControlError::Conflict(format!(
+                    "job {} is neither paused nor taken over",
+                    job.id
+                )));
+            }
+            next.live_control.paused = false;
+            next.live_control.takeover = false;
+        }
+        _ => {
+            next.cancel_requested = true;
+            next.live_control.recovery = None;
+            if job.status == JobState::Queued {
+                next.status = JobState::Cancelled;
+                return Ok(Some("cancelled before a worker claimed it".to_owned()));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A job resumes from a step at or before its first unfinished one: the
+/// steps after have no checkpoint to rebuild from.
+fn refuse_resume_past(
+    job: &JobRecord,
+    request: &ControlRequest,
+    index: u32,
+    first_unfinished: u32,
+    step_ids: &[String],
+) -> Result<(), ControlError> {
+    if index <= first_unfinished {
+        return Ok(());
+    }
+    let first = step_ids
+        .get(first_unfinished as usize)
+        .map_or("the last step", String::as_str);
+    Err(ControlError::Conflict(format!(
+        "cannot resume job {} from step {}: step {first} has no checkpoint yet; resume from {first} or earlier",
+        job.id,
+        request.step_id.as_deref().unwrap_or_default(),
+    )))
 }
 
 /// A step action acts on the running step of a running job only.

@@ -278,21 +278,7 @@ pub async fn run_job<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<Opti
             return settled(host.settle(&events, ending, false).await?);
         }
     };
-    // The job names its plugins by the absolute paths resolved at submit:
-    // a host that lacks one fails the job before any step runs (its hash is
-    // checked when it is loaded).
-    if let Some(step) = job.steps.iter().find(|s| !s.plugin_path.is_file()) {
-        let reason = format!(
-            "plugin {} of step {} is not on this host at {}",
-            step.plugin_name,
-            step.id,
-            step.plugin_path.display()
-        );
-        let ending = Ending::failed(
-            (Some(step.id.clone()), Some(step.index)),
-            FailureClass::DeterministicContract.as_str(),
-            reason,
-        );
+    if let Some(ending) = missing_plugin(&job) {
         return settled(host.settle(&events, ending, false).await?);
     }
     let (workspace, baseline) = match blocking(|| prepare_workspace(&spec.work_root, &spec.job_id, &job))? {
@@ -346,6 +332,24 @@ pub async fn run_job<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<Opti
         job_attempt: start.job_attempt,
     };
     passes.drive(start.step).await
+}
+
+/// The job names its plugins by the absolute paths resolved at submit: a
+/// host that lacks one fails the job before any step runs (a plugin's hash
+/// is checked when it is loaded).
+fn missing_plugin(job: &ValidatedJob) -> Option<Ending> {
+    let step = job.steps.iter().find(|s| !s.plugin_path.is_file())?;
+    let reason = format!(
+        "plugin {} of step {} is not on this host at {}",
+        step.plugin_name,
+        step.id,
+        step.plugin_path.display()
+    );
+    Some(Ending::failed(
+        (Some(step.id.clone()), Some(step.index)),
+        FailureClass::DeterministicContract.as_str(),
+        reason,
+    ))
 }
 
 fn settled(settled: Settled) -> Result<Option<JobStatus>, LifecycleError> {
