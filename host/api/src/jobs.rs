@@ -129,8 +129,12 @@ pub async fn healthz(State(state): State<ApiState>) -> Response {
 pub async fn submit(State(state): State<ApiState>, _operator: Operator, body: Body) -> Result<Response, ApiError> {
     let raw: Value = json_body(body).await?;
     let payload: JobPayload = JobPayload::parse(&raw.to_string()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let validated = payload
-        .validate(&state.base_dir, &state.plugin_dir)
+    // Resolution reads plugin files: off the async threads, so a slow disk
+    // never stalls the server's other requests.
+    let (base_dir, plugin_dir) = (state.base_dir.clone(), state.plugin_dir.clone());
+    let validated = tokio::task::spawn_blocking(move || payload.validate(&base_dir, &plugin_dir))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("resolving the payload: {e}")))?
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     // The job is resolved here, once: workers run this form as it is.
     let resolved = serde_json::to_value(&validated)

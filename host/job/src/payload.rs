@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use stepd_plugin_file::{read_plugin_file, wasm_kind, PluginFileError, WasmKind};
 
 use stepd_settings::SelfHealOverrides;
 
@@ -293,8 +294,30 @@ fn resolve_plugin(
         (Some(_), Some(_)) => return Err(payload_error(field, "give a name or a path, not both")),
         (None, None) => return Err(payload_error(field, "needs a name or a path")),
     };
-    let bytes = std::fs::read(&file)
-        .map_err(|e| payload_error(field, format!("unknown plugin {label:?}: {}: {e}", file.display())))?;
+    let bytes = read_plugin_file(&file).map_err(|e| match e {
+        PluginFileError::Open { .. } => payload_error(field, format!("unknown plugin {label:?}: {e}")),
+        other => payload_error(field, other.to_string()),
+    })?;
+    // Nothing derived from the bytes of a file that is not a component is
+    // ever reported: a payload can name any path.
+    match wasm_kind(&bytes) {
+        Some(WasmKind::Component) => {}
+        Some(WasmKind::CoreModule) => {
+            return Err(payload_error(
+                field,
+                format!(
+                    "plugin {} is a core WebAssembly module, not a component",
+                    file.display()
+                ),
+            ))
+        }
+        None => {
+            return Err(payload_error(
+                field,
+                format!("plugin {} is not a WebAssembly component", file.display()),
+            ))
+        }
+    }
     let sha256 = hex::encode(Sha256::digest(&bytes));
     // Absolute, so the resolved job means the same file to every process
     // that runs it, whatever its working directory.
@@ -326,7 +349,9 @@ mod tests {
             let dir = tempfile::tempdir().expect("tempdir");
             std::fs::create_dir_all(dir.path().join("plugins")).expect("plugins");
             std::fs::create_dir_all(dir.path().join("repo")).expect("repo");
-            std::fs::write(dir.path().join("plugins/write-file.wasm"), b"not checked here").expect("plugin");
+            // A component header: resolution reads and hashes plugins, it does
+            // not compile them.
+            std::fs::write(dir.path().join("plugins/write-file.wasm"), b"\0asm\x0d\0\x01\0").expect("plugin");
             Fixture { dir }
         }
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
+use stepd_plugin_file::{read_plugin_file, PluginFileError};
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
@@ -32,6 +33,15 @@ pub enum PluginError {
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// Not a file stepd reads as a plugin (a FIFO, a device, a directory,
+    /// a file over the size limit).
+    #[error("{reason}")]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// Why, naming the path.
+        reason: String,
     },
     /// Not WebAssembly at all.
     #[error("{} is not a WebAssembly file (no \\0asm header)", path.display())]
@@ -129,9 +139,14 @@ impl PluginCache {
         linker: &Linker<AttemptState>,
         path: &Path,
     ) -> Result<Plugin, PluginError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Unreadable {
-            path: path.to_owned(),
-            source,
+        let bytes = read_plugin_file(path).map_err(|e| match e {
+            PluginFileError::Open { path, source } | PluginFileError::Read { path, source } => {
+                PluginError::Unreadable { path, source }
+            }
+            refused => PluginError::Refused {
+                path: path.to_owned(),
+                reason: refused.to_string(),
+            },
         })?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
         let name = path

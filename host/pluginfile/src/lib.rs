@@ -1,0 +1,193 @@
+//! Reading a plugin file that a payload or a command names — any path a
+//! user typed — without letting the path hurt the host. Only a regular
+//! file is read: it is opened non-blocking, so a FIFO cannot hang the
+//! reader, and checked on the open handle, so swapping the path after a
+//! check changes nothing. At most [`MAX_PLUGIN_BYTES`] are read, so
+//! `/dev/zero` or a huge file cannot exhaust memory. And [`wasm_kind`] says
+//! whether the bytes are WebAssembly at all, so callers report a digest
+//! only of a file that is one (a digest of `/etc/shadow` would help an
+//! attacker guess it).
+//!
+//! Both the payload's resolution (`stepd-job`) and the runtime's plugin
+//! loading (`stepd-runtime`, `stepd plugin check`) read plugins through
+//! here; neither depends on the other.
+
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// The largest plugin file read: far above any real component (a Python
+/// step is about 20 MB), far below what would hurt the host.
+pub const MAX_PLUGIN_BYTES: u64 = 256 << 20;
+
+/// Why a plugin file could not be read. Names the path and the problem,
+/// never anything derived from the file's content.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginFileError {
+    /// The path could not be opened.
+    #[error("cannot read plugin {}: {source}", path.display())]
+    Open {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The path is not a regular file.
+    #[error("plugin {} is a {kind}, not a regular file", path.display())]
+    NotAFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is instead.
+        kind: &'static str,
+    },
+    /// The file is larger than [`MAX_PLUGIN_BYTES`].
+    #[error("plugin {} is {size} bytes, over the {max}-byte limit", path.display())]
+    TooLarge {
+        /// The path.
+        path: PathBuf,
+        /// Its size (as stated, or as read so far).
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Reading failed midway.
+    #[error("cannot read plugin {}: {source}", path.display())]
+    Read {
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// What a file's first bytes say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WasmKind {
+    /// A WebAssembly component (the binary's layer field is 1).
+    Component,
+    /// A core WebAssembly module.
+    CoreModule,
+}
+
+/// The kind of WebAssembly `bytes` hold, or `None` when they are not
+/// WebAssembly at all.
+pub fn wasm_kind(bytes: &[u8]) -> Option<WasmKind> {
+    let header = bytes.get(..8)?;
+    if &header[..4] != b"\0asm" {
+        return None;
+    }
+    // Bytes 4..8: a 16-bit version, then a 16-bit layer (0 core, 1 component).
+    Some(if header[6..8] == [1, 0] {
+        WasmKind::Component
+    } else {
+        WasmKind::CoreModule
+    })
+}
+
+/// Read the plugin file at `path`: a regular file of at most
+/// [`MAX_PLUGIN_BYTES`].
+pub fn read_plugin_file(path: &Path) -> Result<Vec<u8>, PluginFileError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|source| PluginFileError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+    let meta = file.metadata().map_err(|source| PluginFileError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(PluginFileError::NotAFile {
+            path: path.to_owned(),
+            kind: kind_of(&meta.file_type()),
+        });
+    }
+    if meta.len() > MAX_PLUGIN_BYTES {
+        return Err(PluginFileError::TooLarge {
+            path: path.to_owned(),
+            size: meta.len(),
+            max: MAX_PLUGIN_BYTES,
+        });
+    }
+    // The stated size can change while reading: read one byte past the cap
+    // at most, so a growing file is caught too.
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(MAX_PLUGIN_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| PluginFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    if bytes.len() as u64 > MAX_PLUGIN_BYTES {
+        return Err(PluginFileError::TooLarge {
+            path: path.to_owned(),
+            size: bytes.len() as u64,
+            max: MAX_PLUGIN_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+fn kind_of(file_type: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_dir() {
+        "directory"
+    } else if file_type.is_fifo() {
+        "FIFO"
+    } else if file_type.is_char_device() {
+        "character device"
+    } else if file_type.is_block_device() {
+        "block device"
+    } else if file_type.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifos_devices_and_directories_are_refused_without_blocking_or_reading() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("pipe.wasm");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        // Nobody writes to the FIFO: a blocking open would hang this test.
+        let err = read_plugin_file(&fifo).expect_err("a FIFO");
+        assert!(err.to_string().contains("is a FIFO, not a regular file"), "{err}");
+        let err = read_plugin_file(Path::new("/dev/zero")).expect_err("a device");
+        assert!(err.to_string().contains("is a character device"), "{err}");
+        let err = read_plugin_file(dir.path()).expect_err("a directory");
+        assert!(err.to_string().contains("is a directory"), "{err}");
+        let err = read_plugin_file(&dir.path().join("missing.wasm")).expect_err("missing");
+        assert!(err.to_string().starts_with("cannot read plugin"), "{err}");
+    }
+
+    #[test]
+    fn a_file_over_the_cap_is_refused_from_its_stated_size() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = dir.path().join("big.wasm");
+        let file = std::fs::File::create(&big).expect("create");
+        // Sparse: costs no disk, and nothing of it is read.
+        file.set_len(MAX_PLUGIN_BYTES + 1).expect("set_len");
+        let err = read_plugin_file(&big).expect_err("too large");
+        assert!(err.to_string().contains("over the 268435456-byte limit"), "{err}");
+    }
+
+    #[test]
+    fn the_header_tells_components_from_core_modules_from_anything_else() {
+        assert_eq!(wasm_kind(b"\0asm\x0d\0\x01\0rest"), Some(WasmKind::Component));
+        assert_eq!(wasm_kind(b"\0asm\x01\0\0\0"), Some(WasmKind::CoreModule));
+        assert_eq!(wasm_kind(b"root:$6$salt$hash:19000:0:99999:7:::"), None);
+        assert_eq!(wasm_kind(b"\0asm"), None);
+    }
+}
