@@ -71,6 +71,13 @@ pub enum AttemptOutcome {
         /// The trap as wasmtime reported it.
         message: String,
     },
+    /// The attempt left its workspace over one of the host's workspace
+    /// limits (judged by the host after the attempt, when it snapshots the
+    /// workspace): the step's failure, never the host's.
+    WorkspaceLimit {
+        /// Which limit, and where it was crossed.
+        message: String,
+    },
     /// Cancelled by an operator or the host.
     Cancelled,
 }
@@ -93,6 +100,7 @@ impl AttemptOutcome {
             AttemptOutcome::MemoryLimit { .. } => "memory_limit",
             AttemptOutcome::StackOverflow => "stack_overflow",
             AttemptOutcome::Trap { .. } => "trap",
+            AttemptOutcome::WorkspaceLimit { .. } => "workspace_limit",
             AttemptOutcome::Cancelled => "cancelled",
         }
     }
@@ -117,6 +125,7 @@ impl std::fmt::Display for AttemptOutcome {
             ),
             AttemptOutcome::StackOverflow => f.write_str("stopped: wasm stack overflow"),
             AttemptOutcome::Trap { message } => write!(f, "trap: {message}"),
+            AttemptOutcome::WorkspaceLimit { message } => write!(f, "over a workspace limit: {message}"),
             AttemptOutcome::Cancelled => f.write_str("cancelled"),
         }
     }

@@ -60,9 +60,10 @@ pub fn classify(outcome: &AttemptOutcome) -> Option<FailureClass> {
         AttemptOutcome::WallTimeout | AttemptOutcome::IdleTimeout | AttemptOutcome::Trap { .. } => {
             FailureClass::TransientRuntime
         }
-        AttemptOutcome::OutOfFuel | AttemptOutcome::MemoryLimit { .. } | AttemptOutcome::StackOverflow => {
-            FailureClass::DeterministicPolicy
-        }
+        AttemptOutcome::OutOfFuel
+        | AttemptOutcome::MemoryLimit { .. }
+        | AttemptOutcome::StackOverflow
+        | AttemptOutcome::WorkspaceLimit { .. } => FailureClass::DeterministicPolicy,
     })
 }
 

@@ -167,7 +167,7 @@ impl JobRun<'_> {
             step_index: step.index,
             attempt,
         }))?;
-        let report = self
+        let mut report = self
             .run_attempt(step, plugin, attempt, state.retry_context.take())
             .await?;
         let scope = MetricScope {
@@ -177,12 +177,24 @@ impl JobRun<'_> {
         self.metrics
             .step_duration(scope, Duration::from_secs_f64(report.wall_clock_seconds));
         let start_tree = state.start_tree;
-        let (after, patch) = blocking(|| -> Result<_, SelfHealError> {
+        let changes = blocking(|| -> Result<_, SelfHealError> {
+            Ok(match self.workspace.snapshot() {
+                Ok(after) => Ok((after, self.workspace.diff(start_tree, after)?)),
+                // The step left the workspace over a limit: its failure.
+                Err(e) if e.is_limit() => Err(e.to_string()),
+                Err(e) => return Err(e.into()),
+            })
+        })?;
+        let (after, patch) = match changes {
+            Ok(changes) => changes,
+            Err(message) => {
+                report.outcome = AttemptOutcome::WorkspaceLimit { message };
+                (start_tree, None)
+            }
+        };
+        blocking(|| {
             self.artifacts
-                .append_step_log(step.index, &attempt_log(attempt, &report))?;
-            let after = self.workspace.snapshot()?;
-            let patch = self.workspace.diff(start_tree, after)?;
-            Ok((after, patch))
+                .append_step_log(step.index, &attempt_log(attempt, &report))
         })?;
         Ok(Tried { report, after, patch })
     }

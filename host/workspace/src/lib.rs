@@ -185,6 +185,14 @@ pub enum WorkspaceError {
     },
 }
 
+impl WorkspaceError {
+    /// True when the error is a workspace limit a step's changes crossed
+    /// (the step's failure, not the host's).
+    pub fn is_limit(&self) -> bool {
+        matches!(self, WorkspaceError::TooDeep { .. })
+    }
+}
+
 /// Map a libgit2 error to [`WorkspaceError::Git`] with its context.
 fn git_err(context: String) -> impl FnOnce(git2::Error) -> WorkspaceError {
     move |source| WorkspaceError::Git { context, source }

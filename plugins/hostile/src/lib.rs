@@ -8,7 +8,9 @@
 //! - `"memory"`: allocate until the memory limit stops it;
 //! - `"stack"`: recurse until the stack overflows;
 //! - `"fuel"`: burn CPU forever (ends by fuel or a deadline);
-//! - `"flood"`: print `inputs.mb` MiB (default 64) of output as fast as it can.
+//! - `"flood"`: print `inputs.mb` MiB (default 64) of output as fast as it can;
+//! - `"deep"`: nest directories `inputs.depth` (default 300) deep in the
+//!   workspace, then succeed.
 
 use serde_json::{json, Map, Value};
 use stepd_sdk::{Step, StepContext, StepError, StepOutput};
@@ -165,6 +167,14 @@ impl Step for Hostile {
                     println!("{line}");
                 }
                 Ok(StepOutput::summary(format!("printed {mb} MiB")))
+            }
+            "deep" => {
+                let depth = inputs.get("depth").and_then(|v| v.as_u64()).unwrap_or(300);
+                let path: Vec<&str> = (0..depth).map(|_| "d").collect();
+                let path = format!("/workspace/{}", path.join("/"));
+                std::fs::create_dir_all(&path).map_err(|e| StepError::Other(e.to_string()))?;
+                std::fs::write(format!("{path}/bottom.txt"), "deep\n").map_err(|e| StepError::Other(e.to_string()))?;
+                Ok(StepOutput::summary(format!("nested {depth} directories")))
             }
             other => Err(StepError::Contract(format!(
                 "inputs.probe {other:?} is not a known probe"
