@@ -290,11 +290,11 @@ impl Runtime {
         let state = AttemptState {
             wasi: sandbox_wasi(workspace, output)?,
             table: ResourceTable::new(),
-            limiter: SandboxLimiter {
-                memory_bytes: memory_limit,
-                table_elements: self.settings.table_elements_limit,
-                instances: self.settings.instances_limit,
-            },
+            limiter: SandboxLimiter::new(
+                memory_limit,
+                self.settings.table_elements_limit,
+                self.settings.instances_limit,
+            ),
             output: output.clone(),
         };
         let mut store = Store::new(&self.engine, state);

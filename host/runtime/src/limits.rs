@@ -1,7 +1,9 @@
 //! The per-store resource limiter: memory, table and instance ceilings for
-//! one attempt. Hitting the memory ceiling traps with a typed error, so the
-//! attempt ends as `MemoryLimit` instead of a guest allocator abort that
-//! would look like any other trap.
+//! one attempt. The memory ceiling is the attempt's total across all its
+//! linear memories (a component may declare many, each small enough on its
+//! own). Hitting it traps with a typed error, so the attempt ends as
+//! `MemoryLimit` instead of a guest allocator abort that would look like
+//! any other trap.
 
 use wasmtime::ResourceLimiter;
 
@@ -18,22 +20,45 @@ pub struct MemoryLimitExceeded {
 /// Ceilings for one attempt's store.
 #[derive(Debug, Clone)]
 pub struct SandboxLimiter {
-    /// Largest size of any one linear memory.
-    pub memory_bytes: usize,
+    /// Most bytes of linear memory, all memories of all instances together.
+    memory_bytes: usize,
     /// Most elements of any one table.
-    pub table_elements: usize,
+    table_elements: usize,
     /// Most instances, memories and tables in the store.
-    pub instances: usize,
+    instances: usize,
+    /// Bytes of linear memory granted so far (memories never shrink).
+    memory_in_use: usize,
+}
+
+impl SandboxLimiter {
+    /// A limiter with nothing granted yet.
+    pub fn new(memory_bytes: usize, table_elements: usize, instances: usize) -> Self {
+        SandboxLimiter {
+            memory_bytes,
+            table_elements,
+            instances,
+            memory_in_use: 0,
+        }
+    }
+
+    /// Bytes of linear memory granted so far.
+    pub fn memory_in_use(&self) -> usize {
+        self.memory_in_use
+    }
 }
 
 impl ResourceLimiter for SandboxLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
+    /// Called for a new memory (from 0 to its initial size) and for every
+    /// growth, so the running total covers every memory of the attempt.
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.memory_in_use.saturating_sub(current).saturating_add(desired);
+        if total > self.memory_bytes {
             return Err(wasmtime::Error::new(MemoryLimitExceeded {
-                requested_bytes: desired as u64,
+                requested_bytes: total as u64,
                 limit_bytes: self.memory_bytes as u64,
             }));
         }
+        self.memory_in_use = total;
         Ok(true)
     }
 
@@ -51,5 +76,29 @@ impl ResourceLimiter for SandboxLimiter {
 
     fn memories(&self) -> usize {
         self.instances
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn the_memory_ceiling_counts_every_memory_of_the_attempt_together() {
+        let mut limiter = SandboxLimiter::new(512 * MIB, 1000, 10);
+        // Two memories of 200 MiB fit; a third one does not, although each
+        // alone would be well under the ceiling.
+        assert!(limiter.memory_growing(0, 200 * MIB, None).expect("first memory"));
+        assert!(limiter.memory_growing(0, 200 * MIB, None).expect("second memory"));
+        let err = limiter.memory_growing(0, 200 * MIB, None).expect_err("third memory");
+        let exceeded = err.downcast_ref::<MemoryLimitExceeded>().expect("a typed limit error");
+        assert_eq!(exceeded.requested_bytes, 600 * MIB as u64);
+        assert_eq!(exceeded.limit_bytes, 512 * MIB as u64);
+        // Growing one of the first two counts only the growth.
+        assert!(limiter.memory_growing(200 * MIB, 300 * MIB, None).expect("growth"));
+        assert_eq!(limiter.memory_in_use(), 500 * MIB);
+        assert!(limiter.memory_growing(300 * MIB, 320 * MIB, None).is_err());
     }
 }

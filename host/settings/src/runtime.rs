@@ -14,7 +14,7 @@ pub struct RuntimeSettings {
     /// Fuel (roughly, wasm instructions) one attempt may burn; `None` turns
     /// metering off (faster guests, no CPU budget beyond the deadlines).
     pub fuel_per_attempt: Option<u64>,
-    /// The largest a linear memory of one instance may grow to.
+    /// Linear memory one attempt may hold, all its memories together.
     pub memory_limit_bytes: usize,
     /// Most elements a table may hold.
     pub table_elements_limit: usize,
