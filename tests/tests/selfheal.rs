@@ -12,7 +12,7 @@ use stepd_job::payload::JobPayload;
 use stepd_records::events::{EventObserver, EventRecord};
 use stepd_records::redact::Redactor;
 use stepd_runtime::{CancellationToken, Runtime};
-use stepd_selfheal::{run_local, JobStatus, LocalRunOptions};
+use stepd_selfheal::{run_local, JobStatus, LocalRun, LocalRunOptions};
 use stepd_settings::Settings;
 use stepd_tests::{files_under, git, git_repo, plugin_dir, test_settings, StatsdListener};
 
@@ -80,17 +80,14 @@ impl Harness {
             work_root: self.dir.path().join("work"),
             job_id: "job-under-test".into(),
         };
-        let status = run_local(
-            &runtime,
-            &settings,
-            job,
-            &options,
+        let local = LocalRun {
+            runtime: &runtime,
+            settings: &settings,
             redactor,
-            CancellationToken::new(),
+            cancel: CancellationToken::new(),
             observer,
-        )
-        .await
-        .expect("the job runs to an end");
+        };
+        let status = run_local(local, job, &options).await.expect("the job runs to an end");
         let job_dir = options.artifact_root.join("agent_jobs/job-under-test");
         let events = std::fs::read_to_string(job_dir.join("events.jsonl"))
             .expect("event log")

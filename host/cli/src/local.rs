@@ -17,7 +17,7 @@ use stepd_records::redact::Redactor;
 use stepd_runtime::{
     resolve_plugin_path, AttemptLimits, AttemptRequest, CancellationToken, OutputStreamKind, Runtime, StepContext,
 };
-use stepd_selfheal::{run_local, JobStatus, LocalRunOptions};
+use stepd_selfheal::{run_local, JobStatus, LocalRun, LocalRunOptions};
 use stepd_settings::{mib_to_bytes, Settings, DEFAULT_PLUGIN_DIR};
 
 use crate::{EXIT_ATTEMPT_FAILED, EXIT_CANCELLED, EXIT_HOST_ERROR, EXIT_INVALID_INPUT, EXIT_RETRYABLE_EXHAUSTED};
@@ -201,7 +201,14 @@ pub async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let view = Arc::new(crate::live::LiveView::new());
     let observer: EventObserver = Arc::new(move |record| view.show(record));
-    let status = match run_local(&runtime, &settings, job, &options, redactor, cancel, Some(observer)).await {
+    let local = LocalRun {
+        runtime: &runtime,
+        settings: &settings,
+        redactor,
+        cancel,
+        observer: Some(observer),
+    };
+    let status = match run_local(local, job, &options).await {
         Ok(status) => status,
         Err(e @ stepd_selfheal::LocalRunError::JobExists { .. }) => {
             eprintln!("error: {e}");

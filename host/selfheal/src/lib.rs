@@ -28,7 +28,7 @@ pub use job_run::{Checkpoint, JobRun, JobRunParts};
 pub use lifecycle::{
     run_job, Ending, Interruption, JobHost, JobSpec, JobStart, JobStatus, LifecycleError, Requeued, Settled,
 };
-pub use local::{run_local, LocalRunError, LocalRunOptions};
+pub use local::{run_local, LocalRun, LocalRunError, LocalRunOptions};
 pub use strategy::{decide, DecisionInput, NoProgressTracker, Strategy};
 
 use stepd_records::artifacts::{ArtifactError, StepState};

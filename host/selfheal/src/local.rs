@@ -53,17 +53,33 @@ pub enum LocalRunError {
     },
 }
 
-/// Run a validated job to its end in this process. `observer` sees every
-/// event as it is recorded (the CLI's live view).
+/// What a local run runs with.
+pub struct LocalRun<'a> {
+    /// The runtime attempts run on.
+    pub runtime: &'a Runtime,
+    /// Budgets, backoff and metrics settings.
+    pub settings: &'a Settings,
+    /// The scrubber every record passes through.
+    pub redactor: Arc<Redactor>,
+    /// Cancelled on Ctrl-C: the job ends `cancelled`.
+    pub cancel: CancellationToken,
+    /// Sees every event as it is recorded (the CLI's live view).
+    pub observer: Option<EventObserver>,
+}
+
+/// Run a validated job to its end in this process.
 pub async fn run_local(
-    runtime: &Runtime,
-    settings: &Settings,
+    local: LocalRun<'_>,
     job: ValidatedJob,
     options: &LocalRunOptions,
-    redactor: Arc<Redactor>,
-    cancel: CancellationToken,
-    observer: Option<EventObserver>,
 ) -> Result<JobStatus, LocalRunError> {
+    let LocalRun {
+        runtime,
+        settings,
+        redactor,
+        cancel,
+        observer,
+    } = local;
     let existing = options.artifact_root.join("agent_jobs").join(&options.job_id);
     if existing.join("events.jsonl").exists() {
         return Err(LocalRunError::JobExists {
