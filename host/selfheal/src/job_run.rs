@@ -15,7 +15,7 @@ use stepd_records::metrics::Metrics;
 use stepd_records::redact::Redactor;
 use stepd_runtime::{CancellationToken, Plugin, Runtime};
 use stepd_settings::SelfHealConfig;
-use stepd_workspace::{TreeId, Workspace};
+use stepd_workspace::{Quota, TreeId, Workspace};
 
 use crate::{blocking, PassOutcome, RebuildError, RunHooks, SelfHealError};
 
@@ -33,6 +33,7 @@ pub struct JobRun<'a> {
     pub(crate) workspace: Workspace,
     pub(crate) baseline: TreeId,
     pub(crate) cancel: CancellationToken,
+    pub(crate) quota: Quota,
     pub(crate) resets_used: u32,
     /// The tree the next step starts from: the workspace as of the last
     /// checkpoint or rebuild (or as first seen). It survives a torn-down
@@ -82,6 +83,8 @@ pub struct JobRunParts<'a> {
     pub baseline: TreeId,
     /// The job's cancel flag.
     pub cancel: CancellationToken,
+    /// What a step may leave in the workspace.
+    pub quota: Quota,
 }
 
 pub(crate) fn now_rfc3339() -> String {
@@ -107,6 +110,7 @@ impl<'a> JobRun<'a> {
             workspace: parts.workspace,
             baseline: parts.baseline,
             cancel: parts.cancel,
+            quota: parts.quota,
             resets_used: 0,
             current_tree: None,
             attempts_used: HashMap::new(),

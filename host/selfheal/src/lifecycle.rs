@@ -23,8 +23,8 @@ use stepd_records::events::{Event, EventObserver, EventSink};
 use stepd_records::metrics::Metrics;
 use stepd_records::redact::Redactor;
 use stepd_runtime::{CancellationToken, Runtime};
-use stepd_settings::{RetryBackoff, SelfHealConfig};
-use stepd_workspace::{TreeId, Workspace, WorkspaceError};
+use stepd_settings::{RetryBackoff, SelfHealConfig, WorkspaceQuota};
+use stepd_workspace::{Quota, TreeId, Workspace, WorkspaceError};
 
 use crate::{blocking, Checkpoint, FailureClass, JobRun, JobRunParts, PassOutcome, RunHooks, SelfHealError};
 
@@ -85,6 +85,8 @@ pub struct JobSpec<'a> {
     pub self_heal: SelfHealConfig,
     /// The queue-retry backoff.
     pub retry: RetryBackoff,
+    /// What a step may leave in the workspace.
+    pub workspace_quota: WorkspaceQuota,
     /// Artifacts go to `<artifact_root>/agent_jobs/<job_id>/`.
     pub artifact_root: PathBuf,
     /// The workspace and its git store go to `<work_root>/<job_id>/`.
@@ -305,6 +307,10 @@ pub async fn run_job<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<Opti
         workspace,
         baseline,
         cancel: CancellationToken::new(),
+        quota: Quota {
+            max_bytes: spec.workspace_quota.max_bytes,
+            max_entries: spec.workspace_quota.max_entries,
+        },
     });
     if let Some(hooks) = host.hooks(&events) {
         run = run.with_hooks(hooks);

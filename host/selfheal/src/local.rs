@@ -93,6 +93,7 @@ pub async fn run_local(
         job: Ok(job),
         self_heal: settings.self_heal,
         retry: settings.retry,
+        workspace_quota: settings.workspace,
         artifact_root: options.artifact_root.clone(),
         work_root: options.work_root.clone(),
         metrics: Metrics::new(settings.statsd.as_ref(), redactor.clone()),

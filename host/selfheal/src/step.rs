@@ -178,7 +178,7 @@ impl JobRun<'_> {
             .step_duration(scope, Duration::from_secs_f64(report.wall_clock_seconds));
         let start_tree = state.start_tree;
         let changes = blocking(|| -> Result<_, SelfHealError> {
-            Ok(match self.workspace.snapshot() {
+            Ok(match self.workspace.snapshot_within(self.quota) {
                 Ok(after) => Ok((after, self.workspace.diff(start_tree, after)?)),
                 // The step left the workspace over a limit: its failure.
                 Err(e) if e.is_limit() => Err(e.to_string()),

@@ -7,6 +7,7 @@
 mod runtime;
 mod selfheal;
 mod service;
+mod workspace;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ pub use runtime::{RuntimeSettings, DEFAULT_FUEL_PER_ATTEMPT};
 pub const DEFAULT_PLUGIN_DIR: &str = "target/plugins/dist";
 pub use selfheal::{RetryBackoff, SelfHealConfig, SelfHealOverrides, MAX_STEP_TIMEOUT_SECONDS};
 pub use service::{strip_password, ServiceSettings, DEFAULT_AMQP_QUEUE};
+pub use workspace::WorkspaceQuota;
 
 /// Why a setting could not be used. Always names the variable and the value,
 /// so an operator can fix a deployment from the message alone.
@@ -66,6 +68,8 @@ pub struct Settings {
     pub statsd: Option<StatsdTarget>,
     /// Store, broker, leases and API tokens.
     pub service: ServiceSettings,
+    /// What a step may leave in its workspace.
+    pub workspace: WorkspaceQuota,
 }
 
 /// Keys a config file may hold, by section, and the variable each stands
@@ -95,6 +99,8 @@ const FILE_KEYS: &[(&str, &str, &str)] = &[
     ("service", "sweep_ms", "STEPD_SWEEP_MS"),
     ("service", "operator_tokens", "STEPD_OPERATOR_TOKENS"),
     ("service", "worker_tokens", "STEPD_WORKER_TOKENS"),
+    ("workspace", "limit_mb", "STEPD_WORKSPACE_LIMIT_MB"),
+    ("workspace", "limit_files", "STEPD_WORKSPACE_LIMIT_FILES"),
 ];
 
 impl Settings {
@@ -119,6 +125,7 @@ impl Settings {
             retry: RetryBackoff::from_lookup(&lookup)?,
             statsd: statsd_from_lookup(&lookup)?,
             service: ServiceSettings::from_lookup(&lookup)?,
+            workspace: WorkspaceQuota::from_lookup(&lookup)?,
         })
     }
 }

@@ -235,6 +235,7 @@ impl Worker {
             job: resolved,
             self_heal: self.settings.self_heal,
             retry: self.settings.retry,
+            workspace_quota: self.settings.workspace,
             artifact_root: self.options.artifact_root.clone(),
             work_root: self.options.work_root.clone(),
             redactor: self.redactor.clone(),

@@ -145,7 +145,7 @@ fn plain_directory(repo: &Repository, repository: &str, path: &Path) -> Result<T
     let mempack = odb
         .add_new_mempack_backend(1000)
         .map_err(git_err(context("preparing an in-memory pack")))?;
-    let snap = snapshot::snapshot(&odb, &dir, path, &mut StatCache::default())?;
+    let snap = snapshot::snapshot(&odb, &dir, path, &mut StatCache::default(), None)?;
     // The in-memory pack holds what commits reach: record the tree in a
     // commit (fixed author and time, so the same files give the same commit).
     let tree = import

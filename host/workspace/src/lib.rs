@@ -159,6 +159,18 @@ pub enum WorkspaceError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The workspace holds more than its [`Quota`] allows.
+    #[error("workspace {} holds {found} {what}, over its limit of {limit}", path.display())]
+    OverQuota {
+        /// The workspace directory.
+        path: PathBuf,
+        /// `bytes (apparent size)` or `entries`.
+        what: &'static str,
+        /// How many it holds.
+        found: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// Directories nest deeper than [`MAX_DEPTH`].
     #[error("{} nests deeper than {max} directories", path.display())]
     TooDeep {
@@ -189,7 +201,7 @@ impl WorkspaceError {
     /// True when the error is a workspace limit a step's changes crossed
     /// (the step's failure, not the host's).
     pub fn is_limit(&self) -> bool {
-        matches!(self, WorkspaceError::TooDeep { .. })
+        matches!(self, WorkspaceError::TooDeep { .. } | WorkspaceError::OverQuota { .. })
     }
 }
 
@@ -298,6 +310,16 @@ pub struct Workspace {
     repo: Repository,
     cache: StatCache,
     last_stats: SnapshotStats,
+}
+
+/// What a snapshot accepts before reading any file: apparent bytes of all
+/// files together (a sparse file counts at its full size) and entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Most bytes, all files together.
+    pub max_bytes: u64,
+    /// Most files, symlinks and directories together.
+    pub max_entries: u64,
 }
 
 impl fmt::Debug for Workspace {
@@ -491,17 +513,29 @@ impl Workspace {
             .map_err(git_err(format!("opening the object store {}", self.git_dir.display())))
     }
 
+    /// [`Workspace::snapshot`], held to `quota`: a workspace over it fails
+    /// with [`WorkspaceError::OverQuota`] after the directory is listed and
+    /// before any file is read. What a step left is held to the quota; the
+    /// baseline, the operator's, is not.
+    pub fn snapshot_within(&mut self, quota: Quota) -> Result<TreeId, WorkspaceError> {
+        self.snapshot_held(Some(quota))
+    }
+
     /// Record the directory as a tree. Incremental: a file whose size,
     /// mtime, ctime and inode match the stat cache keeps its blob id unread,
     /// and an unchanged directory keeps its tree. Symlinks are recorded as
     /// symlinks (never followed), empty directories are not recorded (git
     /// semantics), and a `.git` entry a guest wrote is skipped.
     pub fn snapshot(&mut self) -> Result<TreeId, WorkspaceError> {
+        self.snapshot_held(None)
+    }
+
+    fn snapshot_held(&mut self, quota: Option<Quota>) -> Result<TreeId, WorkspaceError> {
         let odb = self
             .repo
             .odb()
             .map_err(git_err(format!("opening the object store {}", self.git_dir.display())))?;
-        let snap = match snapshot::snapshot(&odb, &self.root, &self.root_path, &mut self.cache) {
+        let snap = match snapshot::snapshot(&odb, &self.root, &self.root_path, &mut self.cache, quota) {
             Ok(snap) => snap,
             Err(e) => {
                 // A half-updated cache could vouch for a tree it no longer

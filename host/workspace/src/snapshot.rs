@@ -21,7 +21,7 @@ use git2::{ObjectType, Odb, Oid};
 
 use super::cache::{now_ns, CachedDir, CachedFile, FileStat, StatCache, MODE_LINK, MODE_TREE};
 use super::scan::{self, Entry, Kind, Scan};
-use super::{display_path, SnapshotStats, WorkspaceError};
+use super::{display_path, Quota, SnapshotStats, WorkspaceError};
 
 /// Files larger than this are streamed into the object store instead of
 /// being read into memory whole.
@@ -50,8 +50,12 @@ pub(crate) fn snapshot(
     root: &Dir,
     root_path: &Path,
     cache: &mut StatCache,
+    quota: Option<Quota>,
 ) -> Result<Snapshot, WorkspaceError> {
     let Scan { dirs, paths } = scan::scan(root, root_path)?;
+    if let Some(quota) = quota {
+        check_quota(&dirs, root_path, quota)?;
+    }
     cache.generation = cache.generation.wrapping_add(1);
     let mut walk = Walk {
         odb,
@@ -83,6 +87,30 @@ pub(crate) fn snapshot(
         cache.mark_racy(now_ns());
     }
     Ok(Snapshot { tree, stats, changed })
+}
+
+/// Hold a listed workspace to `quota` before anything in it is read.
+fn check_quota(dirs: &[Vec<Entry>], root_path: &Path, quota: Quota) -> Result<(), WorkspaceError> {
+    let (mut entries, mut bytes) = (0u64, 0u64);
+    for entry in dirs.iter().flatten() {
+        entries += 1;
+        if let Kind::File { stat, .. } = &entry.kind {
+            bytes = bytes.saturating_add(stat.size);
+        }
+    }
+    let over = |what, found, limit| WorkspaceError::OverQuota {
+        path: root_path.to_owned(),
+        what,
+        found,
+        limit,
+    };
+    if entries > quota.max_entries {
+        return Err(over("entries", entries, quota.max_entries));
+    }
+    if bytes > quota.max_bytes {
+        return Err(over("bytes (apparent size)", bytes, quota.max_bytes));
+    }
+    Ok(())
 }
 
 struct Walk<'a, 'r> {

@@ -10,7 +10,9 @@
 //! - `"fuel"`: burn CPU forever (ends by fuel or a deadline);
 //! - `"flood"`: print `inputs.mb` MiB (default 64) of output as fast as it can;
 //! - `"deep"`: nest directories `inputs.depth` (default 300) deep in the
-//!   workspace, then succeed.
+//!   workspace, then succeed;
+//! - `"sparse"`: create a sparse file of `inputs.gib` GiB (default 2) in the
+//!   workspace in a millisecond, then succeed.
 
 use serde_json::{json, Map, Value};
 use stepd_sdk::{Step, StepContext, StepError, StepOutput};
@@ -175,6 +177,13 @@ impl Step for Hostile {
                 std::fs::create_dir_all(&path).map_err(|e| StepError::Other(e.to_string()))?;
                 std::fs::write(format!("{path}/bottom.txt"), "deep\n").map_err(|e| StepError::Other(e.to_string()))?;
                 Ok(StepOutput::summary(format!("nested {depth} directories")))
+            }
+            "sparse" => {
+                let gib = inputs.get("gib").and_then(|v| v.as_u64()).unwrap_or(2);
+                let file =
+                    std::fs::File::create("/workspace/sparse.bin").map_err(|e| StepError::Other(e.to_string()))?;
+                file.set_len(gib << 30).map_err(|e| StepError::Other(e.to_string()))?;
+                Ok(StepOutput::summary(format!("made a {gib} GiB sparse file")))
             }
             other => Err(StepError::Contract(format!(
                 "inputs.probe {other:?} is not a known probe"
