@@ -16,7 +16,7 @@ use cap_std::fs::Dir;
 use serde_json::{json, Value};
 
 use super::auth::Operator;
-use super::error::{path_param, ApiError};
+use super::error::{off_thread, path_param, ApiError};
 use super::jobs::load_job;
 use super::ApiState;
 
@@ -47,16 +47,6 @@ fn walk(dir: &Dir, prefix: &str, out: &mut Vec<Value>) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// File-system work off the async threads: a slow disk must not stall the
-/// API's other requests.
-async fn off_thread<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("reading artifacts: {e}")))?
 }
 
 /// `GET /api/queue/jobs/<id>/artifacts`: every artifact file of the job.

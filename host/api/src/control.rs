@@ -294,7 +294,6 @@ mod tests {
             lease_owner: None,
             lease_expires_at: None,
             payload: serde_json::json!({"task": {"steps": [{"id": "a"}, {"id": "b"}, {}]}}),
-            resolved: None,
             live_control: LiveControl::default(),
             cancel_requested: false,
             resume_step: None,

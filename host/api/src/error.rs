@@ -109,3 +109,13 @@ pub fn query_param<T>(
         .map(|axum::extract::Query(v)| v)
         .map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))
 }
+
+/// File-system work off the async threads: a slow disk (or many plugin
+/// files to hash) must not stall the API's other requests.
+pub(crate) async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("file work failed: {e}")))?
+}

@@ -14,7 +14,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{json, Value};
 
 use super::auth::{Operator, WorkerCaller};
-use super::error::{path_param, query_param, ApiError};
+use super::error::{off_thread, path_param, query_param, ApiError};
 use super::{ApiState, MAX_BODY_BYTES};
 use crate::control::{plan, ControlRequest};
 use stepd_job::control::ControlAction;
@@ -132,10 +132,12 @@ pub async fn submit(State(state): State<ApiState>, _operator: Operator, body: Bo
     // Resolution reads plugin files: off the async threads, so a slow disk
     // never stalls the server's other requests.
     let (base_dir, plugin_dir) = (state.base_dir.clone(), state.plugin_dir.clone());
-    let validated = tokio::task::spawn_blocking(move || payload.validate(&base_dir, &plugin_dir))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("resolving the payload: {e}")))?
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let validated = off_thread(move || {
+        payload
+            .validate(&base_dir, &plugin_dir)
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+    })
+    .await?;
     // The job is resolved here, once: workers run this form as it is.
     let resolved = serde_json::to_value(&validated)
         .map_err(|e| ApiError::bad_request(format!("the resolved job cannot be stored: {e}")))?;

@@ -3,6 +3,7 @@
 //! reset, a resume or an operator's recovery asks for. One step's attempts
 //! and their healing live in `step`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -186,9 +187,9 @@ impl<'a> JobRun<'a> {
     }
 
     fn rebuild_now(&mut self, k: u32) -> Result<TreeId, RebuildError> {
-        let mut patches: Vec<Vec<u8>> = Vec::new();
+        let mut patches: Vec<Cow<'_, [u8]>> = Vec::new();
         for step_index in 0..k {
-            let (state, patch) = self.read_checkpoint(step_index)?;
+            let (state, patch) = read_checkpoint(&self.ledger, &self.artifacts, step_index)?;
             let state = state.ok_or(RebuildError::MissingState { step_index })?;
             let patch = patch.ok_or(RebuildError::MissingPatch { step_index })?;
             let actual = sha256_hex(&patch);
@@ -213,27 +214,10 @@ impl<'a> JobRun<'a> {
                 patches.push(patch);
             }
         }
-        let refs: Vec<&[u8]> = patches.iter().map(Vec::as_slice).collect();
-        self.current_tree = None;
-        let tree = self
-            .workspace
-            .rebuild_from_baseline(self.baseline, &refs)
-            .map_err(RebuildError::Replay)?;
-        self.current_tree = Some(tree);
-        Ok(tree)
-    }
-
-    /// Step `k`'s state and patch from the run's record of checkpoints:
-    /// the host's (kept in memory since the run started) when it has one,
-    /// else the artifacts.
-    fn read_checkpoint(&self, k: u32) -> Result<(Option<StepState>, Option<Vec<u8>>), RebuildError> {
-        Ok(match &self.ledger {
-            Some(ledger) => match ledger.get(&k) {
-                Some(checkpoint) => (Some(checkpoint.state.clone()), Some(checkpoint.patch.clone())),
-                None => (None, None),
-            },
-            None => (self.artifacts.read_step_state(k)?, self.artifacts.read_step_patch(k)?),
-        })
+        let refs: Vec<&[u8]> = patches.iter().map(|p| p.as_ref()).collect();
+        let rebuilt = self.workspace.rebuild_from_baseline(self.baseline, &refs);
+        self.current_tree = rebuilt.as_ref().ok().copied();
+        rebuilt.map_err(RebuildError::Replay)
     }
 
     /// Resume at step `k`: rebuild the workspace from the checkpoints before
@@ -301,4 +285,31 @@ impl<'a> JobRun<'a> {
         self.plugins.insert(step.index, plugin.clone());
         Ok(plugin)
     }
+}
+
+/// A step's state and patch as the run's record holds them, each `None`
+/// when missing.
+type StoredCheckpoint<'r> = (Option<Cow<'r, StepState>>, Option<Cow<'r, [u8]>>);
+
+/// Step `k`'s state and patch from the run's record of checkpoints:
+/// the host's (kept in memory since the run started) when it has one,
+/// else the artifacts. Borrows what the ledger holds rather than copying it.
+fn read_checkpoint<'r>(
+    ledger: &'r Option<BTreeMap<u32, Checkpoint>>,
+    artifacts: &JobArtifacts,
+    k: u32,
+) -> Result<StoredCheckpoint<'r>, RebuildError> {
+    Ok(match ledger {
+        Some(ledger) => match ledger.get(&k) {
+            Some(checkpoint) => (
+                Some(Cow::Borrowed(&checkpoint.state)),
+                Some(Cow::Borrowed(checkpoint.patch.as_slice())),
+            ),
+            None => (None, None),
+        },
+        None => (
+            artifacts.read_step_state(k)?.map(Cow::Owned),
+            artifacts.read_step_patch(k)?.map(Cow::Owned),
+        ),
+    })
 }

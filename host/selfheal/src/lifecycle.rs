@@ -10,7 +10,6 @@
 //! pause or takeover is not an ending: the host's `RunHooks` hold inside
 //! the pass.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -108,8 +107,9 @@ pub struct JobStart {
     pub rebuild: bool,
     /// The job attempt this run is (queue retries count up).
     pub job_attempt: u32,
-    /// The last attempt number of each step so far, so numbers run on.
-    pub last_attempts: HashMap<u32, u32>,
+    /// Attempts recorded so far as (step index, attempt number), so numbers
+    /// run on after the highest of each step.
+    pub last_attempts: Vec<(u32, u32)>,
     /// The job's checkpoints when the host keeps them (the service's
     /// store: the one source of truth, written before a step counts as
     /// done); `None` when the artifacts are their record (`stepd run`).
@@ -123,7 +123,7 @@ impl JobStart {
             step: 0,
             rebuild: false,
             job_attempt: 1,
-            last_attempts: HashMap::new(),
+            last_attempts: Vec::new(),
             checkpoints: None,
         }
     }

@@ -177,24 +177,19 @@ impl JobRun<'_> {
         self.metrics
             .step_duration(scope, Duration::from_secs_f64(report.wall_clock_seconds));
         let start_tree = state.start_tree;
-        let changes = blocking(|| -> Result<_, SelfHealError> {
-            Ok(match self.workspace.snapshot_within(self.quota) {
-                Ok(after) => Ok((after, self.workspace.diff(start_tree, after)?)),
+        let (after, patch) = blocking(|| -> Result<_, SelfHealError> {
+            let changes = match self.workspace.snapshot_within(self.quota) {
+                Ok(after) => (after, self.workspace.diff(start_tree, after)?),
                 // The step left the workspace over a limit: its failure.
-                Err(e) if e.is_limit() => Err(e.to_string()),
+                Err(e) if e.is_limit() => {
+                    report.outcome = AttemptOutcome::WorkspaceLimit { message: e.to_string() };
+                    (start_tree, None)
+                }
                 Err(e) => return Err(e.into()),
-            })
-        })?;
-        let (after, patch) = match changes {
-            Ok(changes) => changes,
-            Err(message) => {
-                report.outcome = AttemptOutcome::WorkspaceLimit { message };
-                (start_tree, None)
-            }
-        };
-        blocking(|| {
+            };
             self.artifacts
-                .append_step_log(step.index, &attempt_log(attempt, &report))
+                .append_step_log(step.index, &attempt_log(attempt, &report))?;
+            Ok(changes)
         })?;
         Ok(Tried { report, after, patch })
     }

@@ -11,7 +11,7 @@ use stepd_job::control::{ControlAction, LiveControl};
 use stepd_records::events::Event;
 
 const JOB_COLUMNS: &str = "id, status, attempt, max_attempts, next_attempt_at, published_at, lease_owner, \
-    lease_expires_at, payload, resolved, live_control, cancel_requested, resume_step, current_step_id, \
+    lease_expires_at, payload, live_control, cancel_requested, resume_step, current_step_id, \
     current_step_index, workspace_path, last_error, version, created_at, updated_at, finished_at";
 
 /// A job to submit.
@@ -63,10 +63,6 @@ fn decode_job(row: &AnyRow) -> Result<JobRecord, StoreError> {
     let status = JobState::parse(&status).ok_or_else(|| malformed("status", status.clone()))?;
     let payload: String = row.try_get("payload").map_err(db("decode job"))?;
     let payload = serde_json::from_str(&payload).map_err(|e| malformed("payload", e.to_string()))?;
-    let resolved: Option<String> = row.try_get("resolved").map_err(db("decode job"))?;
-    let resolved = resolved
-        .map(|text| serde_json::from_str(&text).map_err(|e| malformed("resolved", e.to_string())))
-        .transpose()?;
     let live: String = row.try_get("live_control").map_err(db("decode job"))?;
     let live_control: LiveControl =
         serde_json::from_str(&live).map_err(|e| malformed("live_control", e.to_string()))?;
@@ -81,7 +77,6 @@ fn decode_job(row: &AnyRow) -> Result<JobRecord, StoreError> {
             lease_owner: r.try_get("lease_owner")?,
             lease_expires_at: r.try_get("lease_expires_at")?,
             payload,
-            resolved,
             live_control,
             cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
             resume_step: opt_u32(r, "resume_step")?,
@@ -99,6 +94,29 @@ fn decode_job(row: &AnyRow) -> Result<JobRecord, StoreError> {
 }
 
 impl Store {
+    /// The job as resolved at submit (`None` for a job stored without one).
+    /// Read once, by the worker that runs the job: heartbeats and job lists
+    /// never carry it.
+    pub async fn resolved_job(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let row = sqlx::query("SELECT resolved FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read the resolved job"))?;
+        let Some(row) = row else {
+            return Err(StoreError::UnknownJob(id.to_owned()));
+        };
+        let text: Option<String> = row.try_get("resolved").map_err(db("read the resolved job"))?;
+        text.map(|text| {
+            serde_json::from_str(&text).map_err(|e| StoreError::Malformed {
+                job_id: id.to_owned(),
+                column: "resolved",
+                message: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
     /// Add a queued job, claimable at once. No event: a job's log starts
     /// with the first `task.job.started` a worker records.
     pub async fn insert_job(&self, job: &NewJob) -> Result<JobRecord, StoreError> {

@@ -132,10 +132,6 @@ pub struct JobRecord {
     pub lease_expires_at: Option<i64>,
     /// The submitted payload (without `liveControl`).
     pub payload: serde_json::Value,
-    /// The job as resolved at submit (`stepd_job::payload::ValidatedJob`
-    /// as JSON): what a worker runs. `None` for a job a store client
-    /// inserted without one.
-    pub resolved: Option<serde_json::Value>,
     /// What operators asked of the job.
     pub live_control: LiveControl,
     /// An operator asked to cancel.

@@ -4,7 +4,6 @@
 //! never dropped), a queue retry is a requeue in the store, and the store's
 //! checkpoints are where a run that another worker started picks up.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,28 +64,32 @@ impl JobHost for ServiceHost {
     /// asked to resume earlier).
     async fn restore(&mut self, artifacts: &JobArtifacts) -> Result<JobStart, LifecycleError> {
         let rows = self.store.checkpoints(&self.job_id).await.map_err(store_error)?;
+        let any_stored = !rows.is_empty();
         let mut checkpoints = Vec::new();
-        for (row, step_index) in rows.iter().zip(0u32..) {
+        for (row, step_index) in rows.into_iter().zip(0u32..) {
             if row.step_index != step_index {
                 break;
             }
             let state: StepState = serde_json::from_str(&row.state).map_err(LifecycleError::host)?;
             blocking(|| artifacts.write_step_checkpoint(&row.patch, &state))?;
             checkpoints.push(Checkpoint {
-                patch: row.patch.clone(),
+                patch: row.patch,
                 state,
             });
         }
         let prefix = u32::try_from(checkpoints.len()).unwrap_or(u32::MAX);
-        let mut last_attempts: HashMap<u32, u32> = HashMap::new();
-        for row in self.store.attempts(&self.job_id).await.map_err(store_error)? {
-            let entry = last_attempts.entry(row.step_index).or_insert(0);
-            *entry = (*entry).max(row.attempt);
-        }
+        let last_attempts = self
+            .store
+            .attempts(&self.job_id)
+            .await
+            .map_err(store_error)?
+            .into_iter()
+            .map(|row| (row.step_index, row.attempt))
+            .collect();
         let step = self.resume_step.map_or(prefix, |k| k.min(prefix));
         Ok(JobStart {
             step,
-            rebuild: step > 0 || self.resume_step.is_some() || !rows.is_empty(),
+            rebuild: step > 0 || self.resume_step.is_some() || any_stored,
             job_attempt: self.job_attempt,
             last_attempts,
             checkpoints: Some(checkpoints),

@@ -215,8 +215,9 @@ impl Worker {
             workspace_dir.display().to_string(),
         );
         // The job was resolved once, at submit: run that form as it is.
-        let resolved = match &job.resolved {
-            Some(resolved) => serde_json::from_value::<ValidatedJob>(resolved.clone())
+        let stored = self.store.resolved_job(&job.id).await.map_err(LifecycleError::host)?;
+        let resolved = match stored {
+            Some(resolved) => serde_json::from_value::<ValidatedJob>(resolved)
                 .map_err(|e| format!("the resolved job stored for {} is unreadable: {e}", job.id)),
             // Queued before the store kept resolved forms (migration 3), or
             // inserted by something other than the API: resolve it here,
