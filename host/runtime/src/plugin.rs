@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
-use stepd_plugin_file::{read_plugin_file, PluginFileError};
+use stepd_plugin_file::{read_plugin_file, wasm_kind, PluginFileError, WasmKind};
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
@@ -176,11 +176,10 @@ fn compile(
     path: &Path,
     bytes: &[u8],
 ) -> Result<StepPre<AttemptState>, PluginError> {
-    if !bytes.starts_with(b"\0asm") {
-        return Err(PluginError::NotWasm { path: path.to_owned() });
-    }
-    if !is_component(bytes) {
-        return Err(PluginError::CoreModule { path: path.to_owned() });
+    match wasm_kind(bytes) {
+        None => return Err(PluginError::NotWasm { path: path.to_owned() }),
+        Some(WasmKind::CoreModule) => return Err(PluginError::CoreModule { path: path.to_owned() }),
+        Some(WasmKind::Component) => {}
     }
     let component = Component::new(engine, bytes).map_err(|e| PluginError::Invalid {
         path: path.to_owned(),
@@ -196,12 +195,6 @@ fn compile(
         path: path.to_owned(),
         message: format!("{e:#}"),
     })
-}
-
-/// A component's preamble carries layer 1 after the version (bytes 6..8);
-/// a core module's carries layer 0.
-fn is_component(bytes: &[u8]) -> bool {
-    bytes.get(6..8) == Some(&[0x01, 0x00])
 }
 
 /// Resolve a plugin reference to a file: an existing path is used as is;
