@@ -3,6 +3,7 @@
 //! workspace for a scenario.
 
 pub mod cluster;
+pub mod crafted;
 pub mod inproc;
 pub mod services;
 

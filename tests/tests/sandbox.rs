@@ -70,6 +70,34 @@ async fn given_a_step_recursing_forever_when_the_stack_overflows_then_the_outcom
 }
 
 #[tokio::test]
+async fn given_a_step_holding_thousands_of_files_when_it_passes_its_handle_share_then_the_outcome_is_handle_limit() {
+    let rt = runtime();
+    let scratch = Scratch::new();
+    let report = hostile_with(
+        &rt,
+        &scratch,
+        json!({"probe": "descriptors", "count": 20_000}),
+        None,
+        None,
+    )
+    .await;
+    let limit = rt.handles_per_attempt() as u64;
+    assert_eq!(
+        report.outcome,
+        AttemptOutcome::HandleLimit { limit },
+        "report: {report:?}"
+    );
+    // It got as far as its share allowed, no further.
+    let opened = std::fs::read_dir(scratch.workspace()).expect("workspace").count() as u64;
+    assert!(opened > limit - 32 && opened <= limit, "opened {opened} of {limit}");
+    // Every descriptor went with the store: the host can open as many as before.
+    let held: Vec<std::fs::File> = (0..limit)
+        .map(|_| std::fs::File::open(scratch.workspace()).expect("a descriptor"))
+        .collect();
+    assert_eq!(held.len() as u64, limit);
+}
+
+#[tokio::test]
 async fn given_a_step_flooding_output_when_it_passes_the_output_limit_then_the_rest_is_counted_not_kept() {
     let rt = runtime();
     let scratch = Scratch::new();
@@ -92,6 +120,8 @@ async fn given_a_hostile_step_when_it_tries_every_escape_then_none_succeeds_and_
     let rt = runtime();
     let scratch = Scratch::new();
     let _ = std::fs::remove_file("/tmp/stepd-hostile-was-here");
+    // As if the baseline held a symlink out of the workspace.
+    std::os::unix::fs::symlink("/etc", scratch.workspace().join("planted-by-baseline")).expect("plant a symlink");
     let report = hostile_with(&rt, &scratch, json!({"probe": "escape"}), None, None).await;
     let data = match &report.outcome {
         AttemptOutcome::Succeeded { data: Some(data), .. } => data.clone(),
@@ -108,8 +138,17 @@ async fn given_a_hostile_step_when_it_tries_every_escape_then_none_succeeds_and_
         "write_dotdot",
         "symlink_to_root",
         "symlink_dotdot",
+        "baseline_symlink_read",
+        "baseline_symlink_write",
+        "hard_link_outside",
+        "rename_outside",
+        "read_proc_environ",
+        "read_proc_mounts",
         "env_vars",
         "args",
+        "stdin",
+        "udp_send",
+        "dns_lookup",
         "tcp_connect",
         "tcp_listen",
     ] {
@@ -122,6 +161,9 @@ async fn given_a_hostile_step_when_it_tries_every_escape_then_none_succeeds_and_
     // Host side: nothing written outside the workspace, nothing read.
     assert!(!std::path::Path::new("/tmp/stepd-hostile-was-here").exists());
     assert!(!scratch.dir.path().join("stepd-hostile-was-here").exists());
+    assert!(!std::path::Path::new("/etc/stepd-hostile-was-here").exists());
+    assert!(!scratch.dir.path().join("left.txt").exists());
+    assert!(!scratch.workspace().join("outside-hard-link").exists());
     assert_eq!(
         std::fs::read_to_string(scratch.dir.path().join("outside.txt")).expect("sibling"),
         "host secret\n"

@@ -63,9 +63,11 @@ impl Tokens {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| ApiError::unauthorized("missing bearer token (Authorization: Bearer <token>)"))?;
+        // The scheme is case-insensitive (RFC 9110, section 11.1).
         let token = value
-            .strip_prefix("Bearer ")
-            .map(str::trim)
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty())
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be \"Bearer <token>\""))?;
         let presented = digest(token);

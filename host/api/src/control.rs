@@ -399,4 +399,116 @@ mod tests {
             Err(ControlError::Conflict(m)) if m.contains("has ended")
         ));
     }
+
+    mod fuzz {
+        //! The planner against every job state, live control and request
+        //! (fixed seed; `STEPD_FUZZ_CASES` runs longer, `STEPD_FUZZ_SEED`
+        //! elsewhere): it answers with a plan or a typed refusal, never a
+        //! panic, and a plan always names a step of the job.
+
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, RngSeed};
+
+        fn config() -> Config {
+            let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+            Config {
+                cases: var("STEPD_FUZZ_CASES").map_or(512, |n| n as u32),
+                rng_seed: RngSeed::Fixed(var("STEPD_FUZZ_SEED").unwrap_or(10)),
+                failure_persistence: None,
+                ..Config::default()
+            }
+        }
+
+        fn any_text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just(String::new()),
+                Just("a".to_owned()),
+                Just("b".to_owned()),
+                Just("step-2".to_owned()),
+                Just("   ".to_owned()),
+                "\\PC{0,12}",
+            ]
+        }
+
+        fn any_action() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(ControlAction::ALL.map(|a| a.as_str().to_owned()).to_vec()),
+                any_text(),
+            ]
+        }
+
+        fn any_job() -> impl Strategy<Value = JobRecord> {
+            let recovery =
+                (prop::sample::select(ControlAction::ALL.to_vec()), any_text()).prop_map(|(action, step_id)| {
+                    RecoveryRequest {
+                        action,
+                        step_id,
+                        reason: None,
+                        requested_by: "op".into(),
+                        updated_at: "then".into(),
+                    }
+                });
+            (
+                prop::sample::select(JobState::ALL.to_vec()),
+                (any::<bool>(), any::<bool>(), prop::option::of(recovery)),
+                prop::option::of(any_text()),
+                prop::option::of(0u32..5),
+                0usize..4,
+                any::<bool>(),
+            )
+                .prop_map(|(status, (paused, takeover, recovery), current, resume, steps, cancel)| {
+                    let mut job = job(status);
+                    job.payload = serde_json::json!({"task": {"steps": (0..steps)
+                        .map(|i| if i == 2 { serde_json::json!({}) } else { serde_json::json!({"id": (["a", "b"][i % 2])}) })
+                        .collect::<Vec<_>>()}});
+                    job.live_control = LiveControl {
+                        paused,
+                        takeover,
+                        recovery,
+                    };
+                    job.current_step_index = current.as_ref().map(|_| 1);
+                    job.current_step_id = current;
+                    job.resume_step = resume;
+                    job.cancel_requested = cancel;
+                    job
+                })
+        }
+
+        proptest! {
+            #![proptest_config(config())]
+
+            #[test]
+            fn the_planner_answers_every_request_with_a_plan_or_a_refusal(
+                job in any_job(),
+                action in any_action(),
+                step_id in prop::option::of(any_text()),
+                reason in prop::option::of(any_text()),
+                first_unfinished in 0u32..6,
+            ) {
+                let request = ControlRequest { action, step_id, reason };
+                match plan(&job, &request, "op", "now", first_unfinished) {
+                    Ok(planned) => {
+                        prop_assert_eq!(planned.action.as_str(), request.action.as_str());
+                        prop_assert_eq!(&planned.job.id, &job.id);
+                        if let Some(step) = &planned.step_id {
+                            prop_assert!(job.step_ids().contains(step), "{step} is not a step of the job");
+                        }
+                        if planned.action.needs_step() {
+                            prop_assert!(planned.step_id.is_some(), "{:?} without a step", planned.action);
+                        }
+                        // A recovery the plan asks for names a step of the job.
+                        if let Some(recovery) = &planned.job.live_control.recovery {
+                            if Some(recovery) != job.live_control.recovery.as_ref() {
+                                prop_assert!(job.step_ids().contains(&recovery.step_id));
+                            }
+                        }
+                    }
+                    Err(ControlError::BadRequest(message) | ControlError::Conflict(message)) => {
+                        prop_assert!(!message.trim().is_empty());
+                    }
+                }
+            }
+        }
+    }
 }

@@ -7,6 +7,10 @@ use axum::response::{IntoResponse, Response};
 use crate::control::ControlError;
 use stepd_store::StoreError;
 
+/// What a 503 asks the caller to wait: a database restart or a broken
+/// connection being replaced takes about this long.
+pub const RETRY_AFTER_SECONDS: u32 = 2;
+
 /// An API error: a status and a message for the caller.
 #[derive(Debug)]
 pub struct ApiError {
@@ -14,6 +18,9 @@ pub struct ApiError {
     pub status: StatusCode,
     /// What went wrong, for a human.
     pub message: String,
+    /// Seconds after which the same request is worth sending again (a 503
+    /// while the store is unreachable), sent as `Retry-After`.
+    pub retry_after_seconds: Option<u32>,
 }
 
 impl ApiError {
@@ -42,6 +49,16 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            retry_after_seconds: None,
+        }
+    }
+
+    /// 503: the store cannot be reached just now; try again after
+    /// [`RETRY_AFTER_SECONDS`].
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after_seconds: Some(RETRY_AFTER_SECONDS),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
         }
     }
 
@@ -56,6 +73,7 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
             _ => "internal",
         }
     }
@@ -64,7 +82,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"code": self.code(), "message": self.message});
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_seconds {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -74,6 +98,10 @@ impl From<StoreError> for ApiError {
             StoreError::UnknownJob(id) => ApiError::not_found(format!("unknown job {id}")),
             StoreError::DuplicateJob(id) => ApiError::conflict(format!("job {id} already exists")),
             StoreError::Contended(id) => ApiError::conflict(format!("job {id} is changing too fast; try again")),
+            other if other.is_unavailable() => {
+                tracing::warn!(error = %other, "the store is unreachable");
+                ApiError::unavailable(format!("the store is unreachable just now ({other}); try again"))
+            }
             other => {
                 tracing::error!(error = %other, "store error");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())

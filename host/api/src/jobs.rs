@@ -126,7 +126,13 @@ pub async fn healthz(State(state): State<ApiState>) -> Response {
 }
 
 /// `POST /api/queue/jobs`: validate and queue a job payload.
-pub async fn submit(State(state): State<ApiState>, _operator: Operator, body: Body) -> Result<Response, ApiError> {
+pub async fn submit(
+    State(state): State<ApiState>,
+    _operator: Operator,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
     let raw: Value = json_body(body).await?;
     let payload: JobPayload = JobPayload::parse(&raw.to_string()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     // Resolution reads plugin files: off the async threads, so a slow disk
@@ -141,16 +147,24 @@ pub async fn submit(State(state): State<ApiState>, _operator: Operator, body: Bo
     // The job is resolved here, once: workers run this form as it is.
     let resolved = serde_json::to_value(&validated)
         .map_err(|e| ApiError::bad_request(format!("the resolved job cannot be stored: {e}")))?;
-    let id = uuid::Uuid::new_v4().to_string();
-    let job = state
+    let id = key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let payload = serde_json::to_value(&validated.payload).unwrap_or(raw);
+    let inserted = state
         .store
         .insert_job(&NewJob {
             id: id.clone(),
-            payload: serde_json::to_value(&validated.payload).unwrap_or(raw),
+            payload: payload.clone(),
             resolved: Some(resolved),
             max_attempts: validated.payload.max_attempts,
         })
-        .await?;
+        .await;
+    let job = match inserted {
+        Ok(job) => job,
+        // A submission sent again (its answer was lost, or it met a 503):
+        // the same job, not a second one.
+        Err(StoreError::DuplicateJob(_)) => return resubmitted(&state, &id, &payload).await,
+        Err(e) => return Err(e.into()),
+    };
     match state.dispatcher.announce(&id).await {
         Ok(()) => {
             // The job is stored either way: a failure here only means the
@@ -163,6 +177,42 @@ pub async fn submit(State(state): State<ApiState>, _operator: Operator, body: Bo
         Err(e) => tracing::warn!(job = %id, error = %e, "announcing a new job failed; the sweep will retry"),
     }
     Ok((StatusCode::CREATED, Json(job_view(&job, 0))).into_response())
+}
+
+/// The `Idempotency-Key` header, which becomes the job's id: a client that
+/// sends a submission again with the same key gets the same job back.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or_default();
+    // The key becomes the job's id, which names its artifact directory:
+    // the same characters a job id may hold.
+    let valid = (1..=128).contains(&key.len())
+        && key.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    if !valid {
+        return Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 128 letters, digits, '-' or '_', starting with a letter or digit",
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// The answer to a submission whose key names a job already stored: that
+/// job (200) when the payload is the same, else 409.
+async fn resubmitted(state: &ApiState, id: &str, payload: &Value) -> Result<Response, ApiError> {
+    let existing = state
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(|| ApiError::conflict(format!("job {id} already exists")))?;
+    if &existing.payload != payload {
+        return Err(ApiError::conflict(format!(
+            "Idempotency-Key {id} was already used for a different payload"
+        )));
+    }
+    Ok((StatusCode::OK, Json(job_view(&existing, 0))).into_response())
 }
 
 /// Query of `GET /api/queue/jobs`.

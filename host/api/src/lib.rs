@@ -16,7 +16,8 @@ mod openapi;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::http::Method;
+use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 
 pub use auth::{load_or_generate_token, token_file, Caller, Operator, Scope, Tokens, WorkerCaller};
@@ -48,21 +49,87 @@ pub struct ApiState {
     pub lease: std::time::Duration,
 }
 
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: the dashboard's files, `/healthz`, the OpenAPI document.
+    Public,
+    /// A bearer token of this scope (the handler's `Operator` or
+    /// `WorkerCaller` extractor checks it).
+    Needs(Scope),
+}
+
+/// One route of the API: what it answers and who may call it.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The HTTP method.
+    pub method: Method,
+    /// The path, in the router's syntax (`{id}`, `{*path}`).
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+}
+
+/// Every route with its handler. A route cannot be added without saying
+/// who may call it; tests/tests/auth_matrix.rs holds each declaration to
+/// what the server does and to the OpenAPI document.
+fn routes() -> Vec<(Route, MethodRouter<ApiState>)> {
+    use Access::{Needs, Public};
+    use Scope::{Operator, Worker};
+    let route = |method: Method, path, access| Route { method, path, access };
+    vec![
+        (route(Method::GET, "/", Public), get(dashboard::index)),
+        (route(Method::GET, "/dashboard/app.js", Public), get(dashboard::app_js)),
+        (
+            route(Method::GET, "/dashboard/app.css", Public),
+            get(dashboard::app_css),
+        ),
+        (route(Method::GET, "/healthz", Public), get(jobs::healthz)),
+        (route(Method::GET, "/api/openapi.json", Public), get(openapi::serve)),
+        (
+            route(Method::POST, "/api/queue/jobs", Needs(Operator)),
+            post(jobs::submit),
+        ),
+        (route(Method::GET, "/api/queue/jobs", Needs(Operator)), get(jobs::list)),
+        (
+            route(Method::GET, "/api/queue/jobs/{id}", Needs(Operator)),
+            get(jobs::get_job),
+        ),
+        (
+            route(Method::GET, "/api/queue/jobs/{id}/events", Needs(Operator)),
+            get(jobs::events),
+        ),
+        (
+            route(Method::POST, "/api/queue/jobs/{id}/heartbeat", Needs(Worker)),
+            post(jobs::heartbeat),
+        ),
+        (
+            route(Method::GET, "/api/queue/jobs/{id}/artifacts", Needs(Operator)),
+            get(artifacts::list),
+        ),
+        (
+            route(Method::GET, "/api/queue/jobs/{id}/artifacts/{*path}", Needs(Operator)),
+            get(artifacts::download),
+        ),
+        (
+            route(Method::POST, "/api/task-runs/{id}/control", Needs(Operator)),
+            post(jobs::control),
+        ),
+    ]
+}
+
+/// Every route the API serves, and who may call it.
+pub fn route_table() -> Vec<Route> {
+    routes().into_iter().map(|(route, _)| route).collect()
+}
+
 /// The router of the whole API.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/", get(dashboard::index))
-        .route("/dashboard/app.js", get(dashboard::app_js))
-        .route("/dashboard/app.css", get(dashboard::app_css))
-        .route("/healthz", get(jobs::healthz))
-        .route("/api/openapi.json", get(openapi::serve))
-        .route("/api/queue/jobs", post(jobs::submit).get(jobs::list))
-        .route("/api/queue/jobs/{id}", get(jobs::get_job))
-        .route("/api/queue/jobs/{id}/events", get(jobs::events))
-        .route("/api/queue/jobs/{id}/heartbeat", post(jobs::heartbeat))
-        .route("/api/queue/jobs/{id}/artifacts", get(artifacts::list))
-        .route("/api/queue/jobs/{id}/artifacts/{*path}", get(artifacts::download))
-        .route("/api/task-runs/{id}/control", post(jobs::control))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (route, handler)| {
+            router.route(route.path, handler)
+        })
         .fallback(|| async { ApiError::not_found("no such endpoint; see /api/openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -27,12 +27,24 @@ fn describe(code: &str) -> &'static str {
         "404" => "unknown job or artifact",
         "409" => "action impossible in the job's state",
         "413" => "request body too large",
+        "503" => "the store is unreachable just now; try again after Retry-After seconds",
         _ => "error",
     }
 }
 
+/// The members of two JSON objects together.
+fn merge(mut a: Value, b: Value) -> Value {
+    if let (Some(a), Value::Object(b)) = (a.as_object_mut(), b) {
+        a.extend(b);
+    }
+    a
+}
+
+/// `ok` with the error responses `codes`, and 503: every route that
+/// answers from the store may meet it unreachable.
 fn with_errors(ok: Value, codes: &[&str]) -> Value {
-    let mut responses = error_responses(codes);
+    let codes: Vec<&str> = codes.iter().copied().chain(["503"]).collect();
+    let mut responses = error_responses(&codes);
     if let (Some(r), Some(ok)) = (responses.as_object_mut(), ok.as_object()) {
         for (k, v) in ok {
             r.insert(k.clone(), v.clone());
@@ -89,14 +101,23 @@ pub fn openapi_document() -> Value {
             }
         },
         "paths": {
+            "/": {"get": {"summary": "The dashboard", "security": [],
+                "responses": {"200": {"description": "the dashboard page", "content": {"text/html": {}}}}}},
+            "/dashboard/app.js": {"get": {"summary": "The dashboard's script", "security": [],
+                "responses": {"200": {"description": "JavaScript", "content": {"text/javascript": {}}}}}},
+            "/dashboard/app.css": {"get": {"summary": "The dashboard's style sheet", "security": [],
+                "responses": {"200": {"description": "CSS", "content": {"text/css": {}}}}}},
             "/healthz": {"get": {"summary": "The server and its store answer", "security": [],
                 "responses": {"200": {"description": "healthy"}, "503": {"description": "store unavailable"}}}},
             "/api/openapi.json": {"get": {"summary": "This document", "security": [],
                 "responses": {"200": {"description": "the OpenAPI document"}}}},
             "/api/queue/jobs": {
                 "post": {"summary": "Submit a job payload", "security": operator,
+                    "parameters": [{"name": "Idempotency-Key", "in": "header", "required": false,
+                        "description": "becomes the job's id: sent again with the same payload, the same job comes back (200); with another payload, 409",
+                        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"}}],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object"}}}},
-                    "responses": with_errors(job_ok("201", "queued"), &["400", "401", "403", "413"])},
+                    "responses": with_errors(merge(job_ok("201", "queued"), job_ok("200", "the job this Idempotency-Key already submitted")), &["400", "401", "403", "409", "413"])},
                 "get": {"summary": "List jobs, newest first", "security": operator,
                     "parameters": [{"name": "status", "in": "query", "schema": {"type": "string"}},
                                    {"name": "limit", "in": "query", "schema": {"type": "integer"}}],

@@ -88,18 +88,54 @@ pub fn absolutize(mut payload: Value, base: &Path) -> Value {
     payload
 }
 
-/// Submit `job`; returns the job id.
+/// How long `stepd submit` keeps trying a server that answers 503 (its
+/// store is briefly unreachable) or refuses connections (it is restarting).
+const SUBMIT_RETRY_WINDOW: Duration = Duration::from_secs(30);
+
+/// The wait a 503 asks for (`Retry-After` in seconds), between 1 and 10 s.
+fn retry_after(response: &reqwest::Response) -> Duration {
+    let seconds = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(2);
+    Duration::from_secs(seconds.clamp(1, 10))
+}
+
+/// Submit `job`, trying again for a while if the server is unavailable;
+/// returns the job id.
 pub async fn submit(args: &ClientArgs, job: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(job).with_context(|| format!("reading {}", job.display()))?;
     let payload: Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", job.display()))?;
     let base = job.parent().map(Path::to_owned).unwrap_or_default();
-    let response = reqwest::Client::new()
-        .post(args.url("/api/queue/jobs"))
-        .bearer_auth(args.token()?)
-        .json(&absolutize(payload, &base))
-        .send()
-        .await
-        .with_context(|| format!("reaching {}", args.server))?;
+    let payload = absolutize(payload, &base);
+    let token = args.token()?;
+    // One key for every try: a submission sent again after a lost answer
+    // or a 503 is the same job on the server, never a second one.
+    let key = uuid::Uuid::new_v4().to_string();
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let response = loop {
+        let sent = http
+            .post(args.url("/api/queue/jobs"))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", &key)
+            .json(&payload)
+            .send()
+            .await;
+        let wait = match &sent {
+            Ok(response) if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => retry_after(response),
+            Err(e) if e.is_connect() || e.is_timeout() => Duration::from_secs(1),
+            _ => break sent,
+        };
+        if started.elapsed() + wait > SUBMIT_RETRY_WINDOW {
+            break sent;
+        }
+        tracing::warn!("the server is unavailable; submitting again in {}s", wait.as_secs());
+        tokio::time::sleep(wait).await;
+    }
+    .with_context(|| format!("reaching {}", args.server))?;
     let body = check(response)
         .await
         .with_context(|| format!("submitting {}", job.display()))?;

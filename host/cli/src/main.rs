@@ -119,6 +119,10 @@ enum BenchCommand {
     /// processes, embedded and on PostgreSQL + RabbitMQ, and the cost of a
     /// crash recovery.
     Queue(crate::bench::QueueBenchArgs),
+    /// Workers SIGKILLed at seeded points of a 5-step job, on the embedded
+    /// default and on PostgreSQL + RabbitMQ: jobs finished, final trees,
+    /// checkpoints, event order and time to recover.
+    Chaos(crate::bench::ChaosBenchArgs),
 }
 
 /// Parse the command line, run the command, and turn the result into an
@@ -128,6 +132,12 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STEPD_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
+    // Attempts share the process's descriptors with the API, the store and
+    // the broker connection (host/runtime/src/descriptors.rs): make the
+    // budget as large as the operator allows before anything opens files.
+    if let Err(e) = stepd_runtime::raise_descriptor_limit() {
+        tracing::warn!("could not raise the descriptor limit to its hard limit: {e}");
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -190,5 +200,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::bench::run_replay_bench(&args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench(BenchCommand::Chaos(args)) => crate::bench::run_chaos_bench(&args).await,
     }
 }

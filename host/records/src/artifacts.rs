@@ -274,12 +274,16 @@ impl JobArtifacts {
 
     /// Every event line recorded so far, in order, parsed as `T` (the
     /// event record type lives with the events, which write through here).
+    /// A last line without its newline is a write still in flight or one
+    /// a killed process never finished: it is not an event yet, and is
+    /// left out. Any other line that does not parse is an error.
     pub fn read_events<T: serde::de::DeserializeOwned>(&self) -> Result<Vec<T>, ArtifactError> {
         let rel = "events.jsonl";
         let Some(bytes) = self.read_optional(rel)? else {
             return Ok(Vec::new());
         };
-        String::from_utf8_lossy(&bytes)
+        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
+        String::from_utf8_lossy(&bytes[..complete])
             .lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
@@ -289,6 +293,25 @@ impl JobArtifacts {
                 })
             })
             .collect()
+    }
+
+    /// Cut an unfinished last line off `events.jsonl` (the process was
+    /// killed, or the disk filled, in the middle of an append), so the next
+    /// event starts a line of its own. Returns the bytes cut.
+    pub(crate) fn cut_torn_event_line(&self) -> Result<u64, ArtifactError> {
+        let rel = "events.jsonl";
+        let Some(bytes) = self.read_optional(rel)? else {
+            return Ok(0);
+        };
+        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |at| at + 1);
+        if complete == bytes.len() {
+            return Ok(0);
+        }
+        let mut options = OpenOptions::new();
+        options.write(true);
+        let file = self.dir.open_with(rel, &options).map_err(io_error(rel))?;
+        file.set_len(complete as u64).map_err(io_error(rel))?;
+        Ok((bytes.len() - complete) as u64)
     }
 }
 

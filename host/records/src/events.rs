@@ -243,6 +243,14 @@ impl EventSink {
     /// A sink appending to `artifacts`' `events.jsonl`, continuing after
     /// the events already there (a resumed job keeps one ordered log).
     pub fn new(job_id: &str, artifacts: JobArtifacts, redactor: Arc<Redactor>) -> Result<Self, ArtifactError> {
+        let torn = artifacts.cut_torn_event_line()?;
+        if torn > 0 {
+            tracing::warn!(
+                job = job_id,
+                bytes = torn,
+                "cut an unfinished last line off events.jsonl"
+            );
+        }
         let seq = artifacts.read_events::<EventRecord>()?.last().map_or(0, |r| r.seq);
         Ok(EventSink {
             job_id: job_id.to_owned(),

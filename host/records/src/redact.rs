@@ -5,8 +5,10 @@
 //! Secrets come from two places: the values of secret-looking environment
 //! variables (names containing token, secret, password, key, credential or
 //! auth) and secrets registered at run time (a job's declared secrets). Each
-//! is also matched in its base64 (standard and URL-safe, padded or not) and
-//! URL-encoded forms, because a step that leaks a secret often encodes it.
+//! is also matched in its base64 (standard and URL-safe, padded or not, and
+//! at each of the three byte alignments inside a longer base64 text),
+//! percent-encoded (upper- and lowercase hex, `+` or `%20` for a space) and
+//! JSON-escaped forms, because a step that leaks a secret often encodes it.
 
 use std::sync::{PoisonError, RwLock};
 
@@ -66,15 +68,10 @@ impl Redactor {
         if secret.is_empty() {
             return;
         }
-        let mut forms = vec![secret.to_owned()];
-        for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
-            forms.push(engine.encode(secret.as_bytes()));
-        }
-        forms.push(url_encode(secret, false));
-        forms.push(url_encode(secret, true));
+        let forms = encoded_forms(secret);
         let mut patterns = self.patterns.write().unwrap_or_else(PoisonError::into_inner);
         for form in forms {
-            if !patterns.contains(&form) {
+            if !form.is_empty() && !patterns.contains(&form) {
                 patterns.push(form);
             }
         }
@@ -113,18 +110,83 @@ impl Redactor {
     }
 }
 
+/// Shorter encoded fragments are not matched: a few base64 characters
+/// occur by chance in any long log.
+const MIN_FRAGMENT_LEN: usize = 8;
+
+/// Every form of `secret` the redactor looks for.
+fn encoded_forms(secret: &str) -> Vec<String> {
+    let mut forms = vec![secret.to_owned()];
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        forms.push(engine.encode(secret.as_bytes()));
+    }
+    for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+        for offset in 0..3 {
+            forms.extend(base64_fragment(engine, secret.as_bytes(), offset));
+        }
+    }
+    for plus_for_space in [false, true] {
+        for upper in [false, true] {
+            forms.push(url_encode(secret, plus_for_space, upper));
+        }
+    }
+    forms.extend(json_escaped(secret, false));
+    forms.extend(json_escaped(secret, true));
+    forms.dedup();
+    forms
+}
+
+/// The characters of a longer base64 text that depend only on `secret`
+/// when it starts `offset` bytes (0 to 2) after a 3-byte boundary: the
+/// characters shared with the bytes before and after it are left out, so
+/// the fragment matches whatever surrounds the secret.
+fn base64_fragment(engine: &impl base64::Engine, secret: &[u8], offset: usize) -> Option<String> {
+    let mut shifted = vec![0u8; offset];
+    shifted.extend_from_slice(secret);
+    let encoded = engine.encode(&shifted);
+    let lead = [0, 2, 3][offset];
+    let tail = usize::from(!shifted.len().is_multiple_of(3));
+    let fragment = encoded.get(lead..encoded.len().saturating_sub(tail))?;
+    (fragment.len() >= MIN_FRAGMENT_LEN).then(|| fragment.to_owned())
+}
+
 /// Percent-encode everything but RFC 3986's unreserved characters; with
-/// `plus_for_space`, encode spaces as `+` (form encoding).
-fn url_encode(text: &str, plus_for_space: bool) -> String {
+/// `plus_for_space`, encode spaces as `+` (form encoding); hex digits in
+/// upper- or lowercase.
+fn url_encode(text: &str, plus_for_space: bool, upper: bool) -> String {
     let mut out = String::with_capacity(text.len() * 3);
     for byte in text.bytes() {
         match byte {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(byte as char),
             b' ' if plus_for_space => out.push('+'),
-            _ => out.push_str(&format!("%{byte:02X}")),
+            _ if upper => out.push_str(&format!("%{byte:02X}")),
+            _ => out.push_str(&format!("%{byte:02x}")),
         }
     }
     out
+}
+
+/// `text` as it appears inside a JSON string (without the quotes), when
+/// that differs from `text`: as serde_json and JavaScript write it, or with
+/// every non-ASCII character as `\uXXXX` (`ascii_only`, as Python writes
+/// it).
+fn json_escaped(text: &str, ascii_only: bool) -> Option<String> {
+    let quoted = serde_json::to_string(text).ok()?;
+    let mut escaped = quoted.get(1..quoted.len() - 1)?.to_owned();
+    if ascii_only {
+        escaped = escaped
+            .chars()
+            .map(|c| match c {
+                c if c.is_ascii() => c.to_string(),
+                c => c
+                    .encode_utf16(&mut [0u16; 2])
+                    .iter()
+                    .map(|unit| format!("\\u{unit:04x}"))
+                    .collect(),
+            })
+            .collect();
+    }
+    (escaped != text).then_some(escaped)
 }
 
 #[cfg(test)]
@@ -143,8 +205,8 @@ mod tests {
         let b64url = URL_SAFE_NO_PAD.encode(secret);
         let text = format!(
             "raw={secret} b64={b64} url={b64url} pct={} form={}",
-            url_encode(secret, false),
-            url_encode(secret, true)
+            url_encode(secret, false, true),
+            url_encode(secret, true, false)
         );
         let clean = redactor.redact(&text);
         assert_eq!(
@@ -153,6 +215,26 @@ mod tests {
         );
         // Not secret: a PATH, and a value too short to be one.
         assert_eq!(redactor.redact("/usr/bin:/bin 1"), "/usr/bin:/bin 1");
+    }
+
+    #[test]
+    fn a_secret_is_found_lowercase_percent_encoded_json_escaped_and_inside_longer_base64() {
+        let secret = "pa\"ss/wörd\n+42";
+        let redactor = Redactor::new();
+        redactor.register(secret);
+        let json = serde_json::json!({ "leak": secret }).to_string();
+        assert!(!redactor.redact(&json).contains("ss/w"), "{json}");
+        let python = r#"{"leak": "pa\"ss/w\u00f6rd\n+42"}"#;
+        assert_eq!(redactor.redact(python), r#"{"leak": "[REDACTED]"}"#);
+        let lower = url_encode(secret, false, false);
+        assert!(lower.contains("%c3%b6"), "{lower}");
+        assert_eq!(redactor.redact(&format!("q={lower}")), "q=[REDACTED]");
+        // The secret 1 and 2 bytes past a 3-byte boundary inside a longer
+        // base64 text: its own characters are found whatever surrounds it.
+        for prefix in ["x", "xy", "xyz"] {
+            let encoded = STANDARD.encode(format!("{prefix}{secret}tail"));
+            assert!(redactor.contains_secret(&encoded), "{prefix}: {encoded}");
+        }
     }
 
     #[test]

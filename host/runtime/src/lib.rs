@@ -11,6 +11,7 @@
 
 mod capture;
 mod deadline;
+mod descriptors;
 mod engine;
 mod limits;
 mod outcome;
@@ -20,14 +21,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{HasSelf, Linker, ResourceTable, ResourceTableError};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 pub use capture::{ActivityClock, CapturedOutput, OutputCapture, OutputChunk, OutputStreamKind};
 pub use deadline::{AttemptClock, StopReason};
+pub use descriptors::{descriptor_limit, raise_descriptor_limit, DESCRIPTOR_RESERVE, MIN_HANDLES_PER_ATTEMPT};
 pub use engine::{engine_config, EpochTicker};
-pub use limits::{MemoryLimitExceeded, SandboxLimiter};
+pub use limits::{MemoryLimitExceeded, SandboxLimiter, TableLimitExceeded, INSTANCE_LIMIT_MESSAGE};
 pub use outcome::{AttemptOutcome, AttemptReport, GuestErrorKind};
 pub use plugin::{resolve_plugin_path, Plugin, PluginError};
 pub use tokio_util::sync::CancellationToken;
@@ -160,6 +162,7 @@ pub struct Runtime {
     linker: Linker<AttemptState>,
     plugins: plugin::PluginCache,
     settings: RuntimeSettings,
+    descriptors: descriptors::DescriptorBudget,
     ticker: EpochTicker,
 }
 
@@ -180,12 +183,22 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
         bindings::Step::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        let process_limit = descriptor_limit();
+        let descriptors = descriptors::DescriptorBudget::for_process(process_limit, settings.handles_limit)
+            .ok_or_else(|| {
+                RuntimeError::Limits(format!(
+                    "the process may open only {} file descriptors: stepd keeps {DESCRIPTOR_RESERVE} for \
+                     itself and needs {MIN_HANDLES_PER_ATTEMPT} more for an attempt (raise `ulimit -n`)",
+                    process_limit.unwrap_or(0)
+                ))
+            })?;
         let ticker = EpochTicker::start(&engine, settings.epoch_tick).map_err(RuntimeError::Ticker)?;
         Ok(Runtime {
             engine,
             linker,
             plugins: plugin::PluginCache::default(),
             settings,
+            descriptors,
             ticker,
         })
     }
@@ -193,6 +206,12 @@ impl Runtime {
     /// The settings this runtime was built with.
     pub fn settings(&self) -> &RuntimeSettings {
         &self.settings
+    }
+
+    /// The handles one attempt may hold: `handles_limit`, or less when the
+    /// process's descriptor limit cannot spare that many.
+    pub fn handles_per_attempt(&self) -> usize {
+        self.descriptors.per_attempt()
     }
 
     /// Load (and compile, once) the plugin at `path`.
@@ -205,6 +224,8 @@ impl Runtime {
     /// the attempt up.
     pub async fn run_attempt(&self, plugin: &Plugin, request: AttemptRequest) -> Result<AttemptReport, RuntimeError> {
         let (memory_limit, fuel) = self.budget(&request.limits)?;
+        // Held until the store (and every descriptor of the guest) is gone.
+        let descriptors = self.descriptors.claim().await;
         let started = Instant::now();
         let activity = Arc::new(ActivityClock::new(started));
         let output = Arc::new(OutputCapture::new(activity.clone(), self.settings.output_limit_bytes));
@@ -234,6 +255,7 @@ impl Runtime {
         let fuel_consumed = fuel.and_then(|budget| store.get_fuel().ok().map(|left| budget.saturating_sub(left)));
         // Teardown: nothing of the guest survives its store.
         drop(store);
+        drop(descriptors);
 
         let outcome = match result {
             Err(reason) => stop_outcome(reason),
@@ -242,7 +264,7 @@ impl Runtime {
                 data: out.data,
             },
             Ok(Ok(Err(err))) => guest_error_outcome(err),
-            Ok(Err(trap)) => trap_outcome(&trap),
+            Ok(Err(trap)) => trap_outcome(&trap, self.descriptors.per_attempt(), self.settings.instances_limit),
         };
         let deadline_overrun_seconds = match &outcome {
             AttemptOutcome::WallTimeout => Some(clock.wall_deadline()),
@@ -287,9 +309,11 @@ impl Runtime {
         fuel: Option<u64>,
         clock: &Arc<AttemptClock>,
     ) -> Result<Store<AttemptState>, RuntimeError> {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(self.descriptors.per_attempt());
         let state = AttemptState {
             wasi: sandbox_wasi(workspace, output)?,
-            table: ResourceTable::new(),
+            table,
             limiter: SandboxLimiter::new(
                 memory_limit,
                 self.settings.table_elements_limit,
@@ -380,15 +404,31 @@ fn guest_error_outcome(err: StepError) -> AttemptOutcome {
 /// Turn a wasmtime error into the typed outcome: our own stop signals and
 /// limit errors first (they travel as the error's root cause), then
 /// wasmtime's trap codes, then anything else as a plain trap.
-fn trap_outcome(err: &wasmtime::Error) -> AttemptOutcome {
+fn trap_outcome(err: &wasmtime::Error, handles_limit: usize, instances_limit: usize) -> AttemptOutcome {
     for cause in err.chain() {
         if let Some(reason) = cause.downcast_ref::<StopReason>() {
             return stop_outcome(*reason);
+        }
+        if let Some(ResourceTableError::Full) = cause.downcast_ref::<ResourceTableError>() {
+            return AttemptOutcome::HandleLimit {
+                limit: handles_limit as u64,
+            };
         }
         if let Some(limit) = cause.downcast_ref::<MemoryLimitExceeded>() {
             return AttemptOutcome::MemoryLimit {
                 requested_bytes: limit.requested_bytes,
                 limit_bytes: limit.limit_bytes,
+            };
+        }
+        if let Some(limit) = cause.downcast_ref::<TableLimitExceeded>() {
+            return AttemptOutcome::TableLimit {
+                requested_elements: limit.requested_elements,
+                limit_elements: limit.limit_elements,
+            };
+        }
+        if cause.to_string().starts_with(INSTANCE_LIMIT_MESSAGE) {
+            return AttemptOutcome::InstanceLimit {
+                limit: instances_limit as u64,
             };
         }
     }

@@ -17,6 +17,22 @@ pub struct MemoryLimitExceeded {
     pub limit_bytes: u64,
 }
 
+/// A guest declared or grew a table past the attempt's element limit.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("table limit exceeded: growing a table to {requested_elements} elements, limit is {limit_elements}")]
+pub struct TableLimitExceeded {
+    /// The size the guest asked for.
+    pub requested_elements: u64,
+    /// The ceiling.
+    pub limit_elements: u64,
+}
+
+/// What wasmtime 48 says when a store would pass `instances()`,
+/// `tables()` or `memories()`: it reports these counts with a plain
+/// message (host/runtime/src/limits.rs has no hook to count instances
+/// itself), so this prefix is the only sign of them.
+pub const INSTANCE_LIMIT_MESSAGE: &str = "resource limit exceeded:";
+
 /// Ceilings for one attempt's store.
 #[derive(Debug, Clone)]
 pub struct SandboxLimiter {
@@ -62,8 +78,16 @@ impl ResourceLimiter for SandboxLimiter {
         Ok(true)
     }
 
+    /// Called for a new table too (from 0 to its declared minimum): an
+    /// error, not `Ok(false)`, so the attempt ends with a typed outcome.
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= self.table_elements)
+        if desired > self.table_elements {
+            return Err(wasmtime::Error::new(TableLimitExceeded {
+                requested_elements: desired as u64,
+                limit_elements: self.table_elements as u64,
+            }));
+        }
+        Ok(true)
     }
 
     fn instances(&self) -> usize {
@@ -100,5 +124,14 @@ mod tests {
         assert!(limiter.memory_growing(200 * MIB, 300 * MIB, None).expect("growth"));
         assert_eq!(limiter.memory_in_use(), 500 * MIB);
         assert!(limiter.memory_growing(300 * MIB, 320 * MIB, None).is_err());
+    }
+
+    #[test]
+    fn a_table_past_the_element_limit_is_a_typed_error_not_a_refusal() {
+        let mut limiter = SandboxLimiter::new(MIB, 1000, 10);
+        assert!(limiter.table_growing(0, 1000, None).expect("at the limit"));
+        let err = limiter.table_growing(0, 1001, None).expect_err("past the limit");
+        let exceeded = err.downcast_ref::<TableLimitExceeded>().expect("a typed limit error");
+        assert_eq!((exceeded.requested_elements, exceeded.limit_elements), (1001, 1000));
     }
 }

@@ -57,12 +57,32 @@ pub enum AttemptOutcome {
     IdleTimeout,
     /// Ran out of its fuel budget.
     OutOfFuel,
-    /// Tried to grow a memory past the per-instance limit.
+    /// Tried to grow its memories past the attempt's limit (all memories
+    /// together).
     MemoryLimit {
         /// The size the guest asked for.
         requested_bytes: u64,
         /// The limit it hit.
         limit_bytes: u64,
+    },
+    /// Tried to hold more handles (open files and directories, streams)
+    /// at once than the attempt's share of the process's descriptors.
+    HandleLimit {
+        /// The most handles the attempt could hold.
+        limit: u64,
+    },
+    /// Declared or grew a table past the attempt's element limit.
+    TableLimit {
+        /// The size the guest asked for.
+        requested_elements: u64,
+        /// The limit it hit.
+        limit_elements: u64,
+    },
+    /// Declared more core instances, tables or memories than an attempt
+    /// may create.
+    InstanceLimit {
+        /// The most of each an attempt may create.
+        limit: u64,
     },
     /// Overflowed the wasm stack.
     StackOverflow,
@@ -98,6 +118,9 @@ impl AttemptOutcome {
             AttemptOutcome::IdleTimeout => "idle_timeout",
             AttemptOutcome::OutOfFuel => "out_of_fuel",
             AttemptOutcome::MemoryLimit { .. } => "memory_limit",
+            AttemptOutcome::HandleLimit { .. } => "handle_limit",
+            AttemptOutcome::TableLimit { .. } => "table_limit",
+            AttemptOutcome::InstanceLimit { .. } => "instance_limit",
             AttemptOutcome::StackOverflow => "stack_overflow",
             AttemptOutcome::Trap { .. } => "trap",
             AttemptOutcome::WorkspaceLimit { .. } => "workspace_limit",
@@ -122,6 +145,20 @@ impl std::fmt::Display for AttemptOutcome {
                 "stopped: memory limit ({} MiB) hit growing to {} MiB",
                 limit_bytes >> 20,
                 requested_bytes >> 20
+            ),
+            AttemptOutcome::HandleLimit { limit } => {
+                write!(f, "stopped: handle limit hit (at most {limit} open files, directories and streams at once)")
+            }
+            AttemptOutcome::TableLimit {
+                requested_elements,
+                limit_elements,
+            } => write!(
+                f,
+                "stopped: table limit hit (a table of at most {limit_elements} elements, asked for {requested_elements})"
+            ),
+            AttemptOutcome::InstanceLimit { limit } => write!(
+                f,
+                "stopped: instance limit hit (at most {limit} core instances, tables and memories each)"
             ),
             AttemptOutcome::StackOverflow => f.write_str("stopped: wasm stack overflow"),
             AttemptOutcome::Trap { message } => write!(f, "trap: {message}"),

@@ -63,6 +63,9 @@ pub fn classify(outcome: &AttemptOutcome) -> Option<FailureClass> {
         AttemptOutcome::OutOfFuel
         | AttemptOutcome::MemoryLimit { .. }
         | AttemptOutcome::StackOverflow
+        | AttemptOutcome::HandleLimit { .. }
+        | AttemptOutcome::TableLimit { .. }
+        | AttemptOutcome::InstanceLimit { .. }
         | AttemptOutcome::WorkspaceLimit { .. } => FailureClass::DeterministicPolicy,
     })
 }
@@ -208,6 +211,21 @@ mod tests {
         );
         assert_eq!(classify(&AttemptOutcome::OutOfFuel), Some(DeterministicPolicy));
         assert_eq!(classify(&AttemptOutcome::StackOverflow), Some(DeterministicPolicy));
+        assert_eq!(
+            classify(&AttemptOutcome::HandleLimit { limit: 1024 }),
+            Some(DeterministicPolicy)
+        );
+        assert_eq!(
+            classify(&AttemptOutcome::InstanceLimit { limit: 100 }),
+            Some(DeterministicPolicy)
+        );
+        assert_eq!(
+            classify(&AttemptOutcome::TableLimit {
+                requested_elements: 2,
+                limit_elements: 1
+            }),
+            Some(DeterministicPolicy)
+        );
         assert_eq!(
             classify(&AttemptOutcome::MemoryLimit {
                 requested_bytes: 2,

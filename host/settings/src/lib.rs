@@ -84,6 +84,7 @@ const FILE_KEYS: &[(&str, &str, &str)] = &[
     ("retry", "backoff_max_seconds", "STEPD_RETRY_BACKOFF_MAX_SECONDS"),
     ("runtime", "fuel_per_attempt", "STEPD_FUEL_PER_ATTEMPT"),
     ("runtime", "memory_mb", "STEPD_MEMORY_MB"),
+    ("runtime", "handle_limit", "STEPD_HANDLE_LIMIT"),
     ("runtime", "epoch_tick_ms", "STEPD_EPOCH_TICK_MS"),
     ("runtime", "output_limit_kb", "STEPD_OUTPUT_LIMIT_KB"),
     ("runtime", "cache_dir", "STEPD_CACHE_DIR"),

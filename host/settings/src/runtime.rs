@@ -20,6 +20,9 @@ pub struct RuntimeSettings {
     pub table_elements_limit: usize,
     /// Most core instances, tables and memories one attempt may create.
     pub instances_limit: usize,
+    /// Most handles (open files and directories, streams, pollables) one
+    /// attempt may hold at once: its share of the process's descriptors.
+    pub handles_limit: usize,
     /// How often the epoch ticker fires; the deadline check runs this often.
     pub epoch_tick: Duration,
     /// Compile guests with epoch checks. Always on in a host: without them
@@ -50,6 +53,7 @@ impl Default for RuntimeSettings {
             memory_limit_bytes: 512 << 20,
             table_elements_limit: 100_000,
             instances_limit: 100,
+            handles_limit: 1024,
             epoch_tick: Duration::from_millis(1),
             epoch_interruption: true,
             output_limit_bytes: 1 << 20,
@@ -71,7 +75,7 @@ impl RuntimeSettings {
     /// The defaults, overridden by whichever of these variables `lookup`
     /// knows (see [`crate::Settings::load`]):
     /// `STEPD_FUEL_PER_ATTEMPT` (a count, or `off`), `STEPD_MEMORY_MB`,
-    /// `STEPD_EPOCH_TICK_MS`, `STEPD_OUTPUT_LIMIT_KB`, `STEPD_CACHE_DIR`
+    /// `STEPD_HANDLE_LIMIT`, `STEPD_EPOCH_TICK_MS`, `STEPD_OUTPUT_LIMIT_KB`, `STEPD_CACHE_DIR`
     /// (a path, or `off`), `STEPD_POOLING` (`on`/`off`), `STEPD_POOL_SLOTS`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut settings = RuntimeSettings::default();
@@ -84,6 +88,10 @@ impl RuntimeSettings {
         }
         if let Some(value) = lookup("STEPD_MEMORY_MB") {
             settings.memory_limit_bytes = mib_to_bytes("STEPD_MEMORY_MB", &value)?;
+        }
+        if let Some(value) = lookup("STEPD_HANDLE_LIMIT") {
+            let handles = parse_positive("STEPD_HANDLE_LIMIT", &value)?;
+            settings.handles_limit = usize::try_from(handles).unwrap_or(usize::MAX);
         }
         if let Some(value) = lookup("STEPD_EPOCH_TICK_MS") {
             settings.epoch_tick = Duration::from_millis(parse_positive("STEPD_EPOCH_TICK_MS", &value)?);

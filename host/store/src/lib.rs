@@ -55,6 +55,28 @@ pub enum StoreError {
     Contended(String),
 }
 
+impl StoreError {
+    /// The database could not be reached (a refused or broken connection,
+    /// a restart in progress, an exhausted pool): the same request may well
+    /// succeed in a moment. Anything else is not worth retrying as is.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Database { source, .. } = self else {
+            return false;
+        };
+        match source {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+                true
+            }
+            // SQLSTATE class 08 (connection exception) and 57P0x (the
+            // server is shutting down or starting up).
+            sqlx::Error::Database(e) => e
+                .code()
+                .is_some_and(|code| code.starts_with("08") || code.starts_with("57P")),
+            _ => false,
+        }
+    }
+}
+
 fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     move |source| StoreError::Database { operation, source }
 }

@@ -160,13 +160,14 @@ pub enum WorkspaceError {
         reason: &'static str,
     },
     /// The workspace holds more than its [`Quota`] allows.
-    #[error("workspace {} holds {found} {what}, over its limit of {limit}", path.display())]
+    #[error("workspace {} holds at least {found} {what}, over its limit of {limit}", path.display())]
     OverQuota {
         /// The workspace directory.
         path: PathBuf,
         /// `bytes (apparent size)` or `entries`.
         what: &'static str,
-        /// How many it holds.
+        /// How many it holds, at least: listing stops as soon as the
+        /// count is over the limit.
         found: u64,
         /// The limit.
         limit: u64,

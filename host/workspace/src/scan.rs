@@ -21,7 +21,7 @@ use cap_std::fs::Dir;
 
 use super::cache::{git_mode, FileStat};
 use super::relpath::is_dot_git;
-use super::{display_path, WorkspaceError, MAX_DEPTH};
+use super::{display_path, Quota, WorkspaceError, MAX_DEPTH};
 
 /// Most threads a scan uses: past a few, the filesystem is the bottleneck.
 const MAX_THREADS: usize = 4;
@@ -62,16 +62,54 @@ struct State {
     dirs: Vec<Option<Vec<Entry>>>,
     paths: Vec<Vec<u8>>,
     error: Option<WorkspaceError>,
+    /// Entries and apparent bytes listed so far.
+    entries: u64,
+    bytes: u64,
 }
 
-/// List the whole tree under `root` (shown in errors as `root_path`).
-pub(crate) fn scan(root: &Dir, root_path: &Path) -> Result<Scan, WorkspaceError> {
+/// What a scan stops at: the workspace's [`Quota`], or nothing.
+#[derive(Clone, Copy)]
+struct Bounds<'a> {
+    quota: Option<Quota>,
+    root_path: &'a Path,
+}
+
+impl Bounds<'_> {
+    fn over(&self, what: &'static str, found: u64, limit: u64) -> WorkspaceError {
+        WorkspaceError::OverQuota {
+            path: self.root_path.to_owned(),
+            what,
+            found,
+            limit,
+        }
+    }
+
+    /// The quota error for these totals, if they are over it.
+    fn check(&self, entries: u64, bytes: u64) -> Result<(), WorkspaceError> {
+        let Some(quota) = self.quota else { return Ok(()) };
+        if entries > quota.max_entries {
+            return Err(self.over("entries", entries, quota.max_entries));
+        }
+        if bytes > quota.max_bytes {
+            return Err(self.over("bytes (apparent size)", bytes, quota.max_bytes));
+        }
+        Ok(())
+    }
+}
+
+/// List the whole tree under `root` (shown in errors as `root_path`),
+/// stopping as soon as what was listed is over `quota`: a workspace of a
+/// million files costs the host no more than the quota's worth of listing.
+pub(crate) fn scan(root: &Dir, root_path: &Path, quota: Option<Quota>) -> Result<Scan, WorkspaceError> {
+    let bounds = Bounds { quota, root_path };
     let state = Mutex::new(State {
         queue: vec![Job { index: 0, depth: 0 }],
         in_flight: 0,
         dirs: vec![None],
         paths: vec![Vec::new()],
         error: None,
+        entries: 0,
+        bytes: 0,
     });
     let wake = Condvar::new();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -81,9 +119,9 @@ pub(crate) fn scan(root: &Dir, root_path: &Path) -> Result<Scan, WorkspaceError>
             // this thread works through the queue too.
             let _ = std::thread::Builder::new()
                 .name("stepd-scan".into())
-                .spawn_scoped(scope, || work(root, root_path, &state, &wake));
+                .spawn_scoped(scope, || work(root, bounds, &state, &wake));
         }
-        work(root, root_path, &state, &wake);
+        work(root, bounds, &state, &wake);
     });
     let state = state.into_inner().unwrap_or_else(PoisonError::into_inner);
     if let Some(error) = state.error {
@@ -98,7 +136,8 @@ pub(crate) fn scan(root: &Dir, root_path: &Path) -> Result<Scan, WorkspaceError>
 
 /// One scanning thread: take a directory, list it, queue its
 /// subdirectories, until nothing is queued or in flight.
-fn work(root: &Dir, root_path: &Path, state: &Mutex<State>, wake: &Condvar) {
+fn work(root: &Dir, bounds: Bounds<'_>, state: &Mutex<State>, wake: &Condvar) {
+    let root_path = bounds.root_path;
     loop {
         let (job, path) = {
             let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -117,8 +156,16 @@ fn work(root: &Dir, root_path: &Path, state: &Mutex<State>, wake: &Condvar) {
                 st = wake.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
         };
-        let listed = list(root, root_path, &path);
+        let listed = list(root, bounds, &path);
         let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let listed = listed.and_then(|entries| {
+            st.entries = st.entries.saturating_add(entries.len() as u64);
+            st.bytes = entries.iter().fold(st.bytes, |total, entry| match &entry.kind {
+                Kind::File { stat, .. } => total.saturating_add(stat.size),
+                _ => total,
+            });
+            bounds.check(st.entries, st.bytes).map(|()| entries)
+        });
         match listed {
             Ok(mut entries) => {
                 for entry in &mut entries {
@@ -157,7 +204,11 @@ fn work(root: &Dir, root_path: &Path, state: &Mutex<State>, wake: &Condvar) {
 
 /// List one directory (the root when `rel` is empty) and lstat its entries;
 /// subdirectories come back as `Kind::Dir` with an index still to assign.
-fn list(root: &Dir, root_path: &Path, rel: &[u8]) -> Result<Vec<Entry>, WorkspaceError> {
+/// A directory with more entries than the whole quota allows is not listed
+/// to its end.
+fn list(root: &Dir, bounds: Bounds<'_>, rel: &[u8]) -> Result<Vec<Entry>, WorkspaceError> {
+    let root_path = bounds.root_path;
+    let max_entries = bounds.quota.map_or(u64::MAX, |q| q.max_entries);
     let io_at = |path: &[u8], source| WorkspaceError::Io {
         path: display_path(root_path, path),
         source,
@@ -171,6 +222,9 @@ fn list(root: &Dir, root_path: &Path, rel: &[u8]) -> Result<Vec<Entry>, Workspac
     };
     let mut entries = Vec::new();
     for entry in dir.entries().map_err(|e| io_at(rel, e))? {
+        if entries.len() as u64 >= max_entries {
+            return Err(bounds.over("entries", max_entries.saturating_add(1), max_entries));
+        }
         let entry = entry.map_err(|e| io_at(rel, e))?;
         let name = entry.file_name().into_vec();
         if is_dot_git(&name) {

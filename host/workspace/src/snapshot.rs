@@ -52,10 +52,7 @@ pub(crate) fn snapshot(
     cache: &mut StatCache,
     quota: Option<Quota>,
 ) -> Result<Snapshot, WorkspaceError> {
-    let Scan { dirs, paths } = scan::scan(root, root_path)?;
-    if let Some(quota) = quota {
-        check_quota(&dirs, root_path, quota)?;
-    }
+    let Scan { dirs, paths } = scan::scan(root, root_path, quota)?;
     cache.generation = cache.generation.wrapping_add(1);
     let mut walk = Walk {
         odb,
@@ -87,30 +84,6 @@ pub(crate) fn snapshot(
         cache.mark_racy(now_ns());
     }
     Ok(Snapshot { tree, stats, changed })
-}
-
-/// Hold a listed workspace to `quota` before anything in it is read.
-fn check_quota(dirs: &[Vec<Entry>], root_path: &Path, quota: Quota) -> Result<(), WorkspaceError> {
-    let (mut entries, mut bytes) = (0u64, 0u64);
-    for entry in dirs.iter().flatten() {
-        entries += 1;
-        if let Kind::File { stat, .. } = &entry.kind {
-            bytes = bytes.saturating_add(stat.size);
-        }
-    }
-    let over = |what, found, limit| WorkspaceError::OverQuota {
-        path: root_path.to_owned(),
-        what,
-        found,
-        limit,
-    };
-    if entries > quota.max_entries {
-        return Err(over("entries", entries, quota.max_entries));
-    }
-    if bytes > quota.max_bytes {
-        return Err(over("bytes (apparent size)", bytes, quota.max_bytes));
-    }
-    Ok(())
 }
 
 struct Walk<'a, 'r> {
@@ -277,7 +250,7 @@ impl Walk<'_, '_> {
     /// the one that was stat'ed (same inode), so the content matches the
     /// recorded stat.
     fn hash_file(&self, dir: &Dir, name: &[u8], stat: &FileStat) -> Result<Oid, WorkspaceError> {
-        let mut file = dir.open(OsStr::from_bytes(name)).map_err(|e| self.io(e))?;
+        let file = dir.open(OsStr::from_bytes(name)).map_err(|e| self.io(e))?;
         let opened = file.metadata().map_err(|e| self.io(e))?;
         if !opened.is_file() || opened.ino() != stat.ino {
             return Err(self.io(std::io::Error::other(
@@ -285,6 +258,9 @@ impl Walk<'_, '_> {
             )));
         }
         let size = opened.len();
+        // Never more than the size that was listed (and held to the quota):
+        // the guest is gone, but the file is still outside our control.
+        let mut file = file.take(size);
         if size <= STREAM_THRESHOLD {
             let mut bytes = Vec::with_capacity(size as usize);
             file.read_to_end(&mut bytes).map_err(|e| self.io(e))?;

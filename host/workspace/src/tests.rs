@@ -453,6 +453,43 @@ fn a_guest_cannot_nest_directories_without_bound() {
 }
 
 #[test]
+fn a_snapshot_over_its_quota_stops_listing_at_the_limit() {
+    let area = Area::new();
+    let (mut ws, base) = area.workspace_from_plain(&[("a.txt", b"a\n")]);
+    std::fs::create_dir_all(area.ws().join("many")).expect("mkdir");
+    for i in 0..2000 {
+        std::fs::write(area.ws().join(format!("many/f{i}")), "x").expect("write");
+    }
+    let quota = Quota {
+        max_bytes: u64::MAX,
+        max_entries: 50,
+    };
+    let err = ws.snapshot_within(quota).expect_err("over the entry quota");
+    match err {
+        // The directory of 2000 was not listed to its end.
+        WorkspaceError::OverQuota { what, found, limit, .. } => {
+            assert_eq!((what, limit), ("entries", 50));
+            assert!(found > 50 && found < 100, "listed {found} entries");
+        }
+        other => panic!("expected over-quota, got {other}"),
+    }
+    std::fs::write(area.ws().join("big"), vec![0u8; 4096]).expect("write");
+    std::fs::remove_dir_all(area.ws().join("many")).expect("rm");
+    let err = ws
+        .snapshot_within(Quota {
+            max_bytes: 1000,
+            max_entries: 50,
+        })
+        .expect_err("over the byte quota");
+    assert!(
+        err.to_string()
+            .contains("bytes (apparent size), over its limit of 1000"),
+        "{err}"
+    );
+    std::fs::remove_file(area.ws().join("big")).expect("rm");
+    assert_eq!(ws.snapshot_within(quota).expect("within the quota"), base);
+}
+#[test]
 fn tree_ids_print_and_serialise_as_hex() {
     let id: TreeId = "4b825dc642cb6eb9a060e54bf8d69288fbee4904".parse().expect("parse");
     assert_eq!(id.to_string(), "4b825dc642cb6eb9a060e54bf8d69288fbee4904");

@@ -2,9 +2,11 @@
 //!
 //! `inputs.probe` picks the attack:
 //! - `"escape"` (default): every non-fatal escape attempt in one run (read
-//!   host files, `..` and absolute paths, a symlink to `/` planted in the
-//!   workspace and followed, env vars, args, a TCP socket); returns a JSON
-//!   report `{name: {"escaped": bool, "detail": text}}` as the output data;
+//!   host files and `/proc`, `..` and absolute paths, symlinks planted in
+//!   the workspace by the guest or by the baseline and followed, hard links
+//!   and renames out of the workspace, env vars, args, stdin, TCP, UDP and
+//!   name lookups); returns a JSON report
+//!   `{name: {"escaped": bool, "detail": text}}` as the output data;
 //! - `"memory"`: allocate until the memory limit stops it;
 //! - `"stack"`: recurse until the stack overflows;
 //! - `"fuel"`: burn CPU forever (ends by fuel or a deadline);
@@ -12,7 +14,12 @@
 //! - `"deep"`: nest directories `inputs.depth` (default 300) deep in the
 //!   workspace, then succeed;
 //! - `"sparse"`: create a sparse file of `inputs.gib` GiB (default 2) in the
-//!   workspace in a millisecond, then succeed.
+//!   workspace in a millisecond, then succeed;
+//! - `"descriptors"`: open `inputs.count` files (default 20 000) in the
+//!   workspace and hold them all, then succeed.
+
+use std::io::Read;
+use std::net::{ToSocketAddrs, UdpSocket};
 
 use serde_json::{json, Map, Value};
 use stepd_sdk::{Step, StepContext, StepError, StepOutput};
@@ -74,6 +81,38 @@ fn escape_probes() -> Map<String, Value> {
             .map_err(|e| format!("planting up-link: {e}"))
             .and_then(|()| read("/workspace/up-link/etc/passwd")),
     );
+    // A symlink the baseline (or the host) left in the workspace, pointing
+    // at `/etc`, is as dead as one the guest planted.
+    probe(
+        &mut report,
+        "baseline_symlink_read",
+        read("/workspace/planted-by-baseline/passwd"),
+    );
+    probe(
+        &mut report,
+        "baseline_symlink_write",
+        std::fs::write("/workspace/planted-by-baseline/stepd-hostile-was-here", "escaped")
+            .map(|()| "wrote through the baseline's symlink".to_owned())
+            .map_err(|e| e.to_string()),
+    );
+    probe(
+        &mut report,
+        "hard_link_outside",
+        hard_link("../outside.txt", "outside-hard-link"),
+    );
+    probe(
+        &mut report,
+        "rename_outside",
+        std::fs::write("/workspace/leaving.txt", "out")
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                std::fs::rename("/workspace/leaving.txt", "/workspace/../left.txt")
+                    .map(|()| "renamed a file next to the workspace".to_owned())
+                    .map_err(|e| e.to_string())
+            }),
+    );
+    probe(&mut report, "read_proc_environ", read("/proc/self/environ"));
+    probe(&mut report, "read_proc_mounts", read("/proc/self/mounts"));
     let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
     probe(
         &mut report,
@@ -93,6 +132,32 @@ fn escape_probes() -> Map<String, Value> {
         } else {
             Ok(format!("saw {args:?}"))
         },
+    );
+    let mut stdin = String::new();
+    probe(
+        &mut report,
+        "stdin",
+        match std::io::stdin().read_to_string(&mut stdin) {
+            Ok(0) => Err("stdin is empty".into()),
+            Ok(n) => Ok(format!("read {n} bytes from stdin")),
+            Err(e) => Err(e.to_string()),
+        },
+    );
+    probe(
+        &mut report,
+        "udp_send",
+        UdpSocket::bind("127.0.0.1:0")
+            .and_then(|socket| socket.send_to(b"stepd", "127.0.0.1:8125"))
+            .map(|n| format!("sent {n} bytes over UDP"))
+            .map_err(|e| e.to_string()),
+    );
+    probe(
+        &mut report,
+        "dns_lookup",
+        ("localhost", 80)
+            .to_socket_addrs()
+            .map(|addrs| format!("resolved localhost to {:?}", addrs.collect::<Vec<_>>()))
+            .map_err(|e| e.to_string()),
     );
     probe(
         &mut report,
@@ -120,6 +185,20 @@ fn plant_symlink(target: &str, link: &str) -> Result<(), String> {
         .find(|(_, path)| path == "/workspace")
         .ok_or_else(|| "no /workspace preopen".to_owned())?;
     workspace.symlink_at(target, link).map_err(|e| format!("{e:?}"))
+}
+
+/// Hard-link `target` (relative to the workspace) as `link` in it, through
+/// raw WASI (std has no hard links on wasm).
+fn hard_link(target: &str, link: &str) -> Result<String, String> {
+    let preopens = wasi::filesystem::preopens::get_directories();
+    let (workspace, _) = preopens
+        .iter()
+        .find(|(_, path)| path == "/workspace")
+        .ok_or_else(|| "no /workspace preopen".to_owned())?;
+    workspace
+        .link_at(wasi::filesystem::types::PathFlags::empty(), target, workspace, link)
+        .map_err(|e| format!("{e:?}"))?;
+    read(&format!("/workspace/{link}"))
 }
 
 /// Recursion that lives on the wasm call stack, not in linear memory (no
@@ -184,6 +263,16 @@ impl Step for Hostile {
                     std::fs::File::create("/workspace/sparse.bin").map_err(|e| StepError::Other(e.to_string()))?;
                 file.set_len(gib << 30).map_err(|e| StepError::Other(e.to_string()))?;
                 Ok(StepOutput::summary(format!("made a {gib} GiB sparse file")))
+            }
+            "descriptors" => {
+                let count = inputs.get("count").and_then(|v| v.as_u64()).unwrap_or(20_000);
+                let mut held = Vec::new();
+                for i in 0..count {
+                    let file = std::fs::File::create(format!("/workspace/fd-{i}"))
+                        .map_err(|e| StepError::Other(format!("opening file {i}: {e}")))?;
+                    held.push(file);
+                }
+                Ok(StepOutput::summary(format!("held {} open files", held.len())))
             }
             other => Err(StepError::Contract(format!(
                 "inputs.probe {other:?} is not a known probe"

@@ -1,12 +1,17 @@
 //! `stepd bench`: speed targets measured side by side in one run, so the
 //! ratios hold on a noisy shared machine. `runtime` measures what an attempt
 //! costs; `replay` what checkpoints and hard resets cost; `queue` what the
-//! control plane adds, end to end.
+//! control plane adds, end to end; `chaos` what a killed worker, a
+//! restarted database or broker and a full disk cost a job (nothing, is
+//! the target).
 
+pub mod chaos;
+mod deploy;
 pub mod queue;
 pub mod replay;
 pub mod runtime;
 
+pub use chaos::{run_chaos_bench, ChaosBenchArgs};
 pub use queue::{run_queue_bench, QueueBenchArgs};
 pub use replay::{run_replay_bench, ReplayBenchArgs};
 pub use runtime::{run_runtime_bench, RuntimeBenchArgs};

@@ -6,17 +6,14 @@
 //! moment a SIGKILLed worker's lease expires to the moment another worker
 //! starts the interrupted step again, rebuilt from the checkpoints.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
-use sqlx::{Connection, Executor};
 
+use super::deploy::{drop_database, scratch_database, seconds_between, time_of, DeployOptions, Deployment};
 use super::Summary;
 
 /// Arguments of `stepd bench queue`.
@@ -48,170 +45,11 @@ pub struct QueueBenchArgs {
     pub plugins: PathBuf,
 }
 
-const TOKEN: &str = "bench-operator-token";
-
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<String>>,
-}
-
-impl Proc {
-    fn spawn(args: &[&str], env: &[(String, String)], cwd: &Path) -> anyhow::Result<Proc> {
-        let mut command = Command::new(std::env::current_exe().context("this binary's path")?);
-        command
-            .args(args)
-            .current_dir(cwd)
-            .env_remove("DATABASE_URL")
-            .env_remove("AMQP_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().context("starting a stepd process")?;
-        let log = Arc::new(Mutex::new(String::new()));
-        if let Some(stderr) = child.stderr.take() {
-            let sink = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    let mut log = sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
-        Ok(Proc { child, log })
-    }
-
-    fn wait_for(&self, needle: &str) -> anyhow::Result<String> {
-        let start = Instant::now();
-        loop {
-            let log = self
-                .log
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone();
-            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
-                return Ok(line.to_owned());
-            }
-            if start.elapsed() > Duration::from_secs(60) {
-                bail!("stepd never logged {needle:?}:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Deployment {
-    url: String,
-    env: Vec<(String, String)>,
-    dir: tempfile::TempDir,
-    _server: Proc,
-    workers: Vec<Proc>,
-    http: reqwest::Client,
-}
-
-impl Deployment {
-    async fn start(args: &QueueBenchArgs, scale: Option<&str>, workers: usize) -> anyhow::Result<Deployment> {
-        let dir = tempfile::tempdir()?;
-        let plugins = std::path::absolute(&args.plugins)?;
-        let mut env: Vec<(String, String)> = vec![
-            ("STEPD_OPERATOR_TOKENS".into(), TOKEN.into()),
-            ("STEPD_LEASE_SECONDS".into(), "2".into()),
-            ("STEPD_HEARTBEAT_MS".into(), "200".into()),
-            ("STEPD_SWEEP_MS".into(), "200".into()),
-            ("STEPD_PLUGIN_DIR".into(), plugins.display().to_string()),
-            ("STEPD_DATA_DIR".into(), dir.path().join("data").display().to_string()),
-        ];
-        if let Some(db_url) = scale {
-            env.push(("DATABASE_URL".into(), db_url.to_owned()));
-            env.push(("AMQP_URL".into(), args.amqp_url.clone()));
-            env.push((
-                "STEPD_AMQP_QUEUE".into(),
-                format!("stepd.bench.{}", uuid::Uuid::new_v4().simple()),
-            ));
-        }
-        let server = Proc::spawn(
-            &["serve", "--listen", "127.0.0.1:0", "--workers", "0"],
-            &env,
-            dir.path(),
-        )?;
-        let line = server.wait_for("stepd serving http://")?;
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .context("address in the serving line")?
-            .to_owned();
-        let mut deployment = Deployment {
-            url,
-            env,
-            dir,
-            _server: server,
-            workers: Vec::new(),
-            http: reqwest::Client::new(),
-        };
-        for _ in 0..workers {
-            deployment.add_worker()?;
-        }
-        Ok(deployment)
-    }
-
-    fn add_worker(&mut self) -> anyhow::Result<()> {
-        let worker = Proc::spawn(&["worker"], &self.env, self.dir.path())?;
-        worker.wait_for("stepd worker")?;
-        self.workers.push(worker);
-        Ok(())
-    }
-
-    async fn submit(&self, payload: &Value) -> anyhow::Result<String> {
-        let response = self
-            .http
-            .post(format!("{}/api/queue/jobs", self.url))
-            .bearer_auth(TOKEN)
-            .json(payload)
-            .send()
-            .await?;
-        let status = response.status();
-        let body: Value = response.json().await?;
-        if status != 201 {
-            bail!("submit refused ({status}): {body}");
-        }
-        Ok(body["id"].as_str().unwrap_or_default().to_owned())
-    }
-
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        Ok(self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(TOKEN)
-            .send()
-            .await?
-            .json()
-            .await?)
-    }
-}
-
 fn trivial_job(repo: &Path, i: usize) -> Value {
     json!({"type": "task", "maxAttempts": 1, "task": {
         "objective": "bench", "repository": repo.display().to_string(), "startingBranch": "main",
         "steps": [{"id": "write", "title": "write", "plugin": "write-file",
                    "inputs": {"path": format!("f{i}.txt"), "text": "x\n"}}]}})
-}
-
-fn time_of(value: &Value) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(value.as_str()?).ok()
-}
-
-fn seconds_between(a: SystemTime, b: SystemTime) -> f64 {
-    b.duration_since(a)
-        .map_or_else(|e| -e.duration().as_secs_f64(), |d| d.as_secs_f64())
 }
 
 struct Throughput {
@@ -338,21 +176,16 @@ async fn crash_recovery(mut d: Deployment, repo: &Path) -> anyhow::Result<Recove
     }
 }
 
-async fn scratch_database(admin: &str) -> anyhow::Result<(String, String)> {
-    let name = format!("stepd_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(admin)
-        .await
-        .with_context(|| format!("PostgreSQL at {}", stepd_settings::strip_password(admin)))?;
-    conn.execute(format!("CREATE DATABASE {name}").as_str()).await?;
-    let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
-    Ok((format!("{base}/{name}"), name))
-}
-
-async fn drop_database(admin: &str, name: &str) {
-    if let Ok(mut conn) = sqlx::PgConnection::connect(admin).await {
-        let _ = conn
-            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-            .await;
+fn deploy_options<'a>(
+    args: &'a QueueBenchArgs,
+    scratch: Option<&'a (String, String)>,
+    workers: usize,
+) -> DeployOptions<'a> {
+    DeployOptions {
+        plugins: &args.plugins,
+        database_url: scratch.map(|(url, _)| url.as_str()),
+        amqp_url: &args.amqp_url,
+        workers,
     }
 }
 
@@ -382,7 +215,7 @@ pub async fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<()> {
             } else {
                 None
             };
-            let d = Deployment::start(args, scratch.as_ref().map(|(url, _)| url.as_str()), workers).await?;
+            let d = Deployment::start(deploy_options(args, scratch.as_ref(), workers)).await?;
             let result = throughput(&d, &repo_path, args.jobs).await;
             drop(d);
             if let Some((_, name)) = &scratch {
@@ -404,7 +237,7 @@ pub async fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<()> {
         } else {
             None
         };
-        let d = Deployment::start(args, scratch.as_ref().map(|(url, _)| url.as_str()), 1).await?;
+        let d = Deployment::start(deploy_options(args, scratch.as_ref(), 1)).await?;
         let result = crash_recovery(d, &repo_path).await;
         if let Some((_, name)) = &scratch {
             drop_database(&args.pg_admin_url, name).await;

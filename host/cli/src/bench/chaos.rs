@@ -1,0 +1,361 @@
+//! `stepd bench chaos`: what a killed worker costs a job. On each
+//! deployment (the embedded default, then PostgreSQL + RabbitMQ) a 5-step
+//! job whose steps write, rewrite and delete files runs once undisturbed
+//! for the reference tree, then once per kill point: its worker is
+//! SIGKILLed at a seeded moment (inside an attempt, between attempts,
+//! inside a checkpoint write) and, for one point in four, the worker that
+//! takes over is killed again while it rebuilds the workspace. Another
+//! worker finishes the job. The report: jobs finished, final trees
+//! identical to the reference, checkpoints lost or duplicated, event logs
+//! with gaps or out of order, and the time from the kill to the job
+//! running again. The command fails when any job did not come back whole.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::deploy::{drop_database, scratch_database, seconds_between, time_of, DeployOptions, Deployment};
+use super::Summary;
+
+/// Arguments of `stepd bench chaos`.
+#[derive(Debug, Args)]
+pub struct ChaosBenchArgs {
+    /// Kill points per deployment.
+    #[arg(long, default_value_t = 20)]
+    pub kills: usize,
+    /// Seed of the kill points (printed; a run is repeated with the same
+    /// seed). Default: from the clock.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// PostgreSQL server for the scale-out run; a scratch database is
+    /// created on it and dropped afterwards.
+    #[arg(
+        long,
+        env = "STEPD_BENCH_PG_ADMIN_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub pg_admin_url: String,
+    /// RabbitMQ for the scale-out run.
+    #[arg(
+        long,
+        env = "STEPD_BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Only the embedded default (no PostgreSQL, no RabbitMQ).
+    #[arg(long)]
+    pub embedded_only: bool,
+    /// Directory of named plugins.
+    #[arg(long, env = "STEPD_PLUGIN_DIR", default_value = stepd_settings::DEFAULT_PLUGIN_DIR)]
+    pub plugins: PathBuf,
+}
+
+/// How long each step works before it writes: long enough that a seeded
+/// moment lands inside attempts as often as between them.
+const STEP_MS: u64 = 300;
+
+/// The job: five steps that write, rewrite and delete files.
+fn five_step_job(repo: &Path) -> Value {
+    let step = |id: &str, inputs: Value| {
+        let mut inputs = inputs;
+        inputs["sleepMs"] = json!(STEP_MS);
+        json!({"id": id, "title": id, "plugin": "write-file", "inputs": inputs})
+    };
+    json!({"type": "task", "maxAttempts": 5, "task": {
+    "objective": "chaos", "repository": repo.display().to_string(), "startingBranch": "main",
+    "steps": [
+        step("write", json!({"files": {"a.txt": "one\n", "b.txt": "two\n", "dir/c.txt": "three\n"}})),
+        step("rewrite", json!({"files": {"a.txt": "one, again\n", "d.txt": "four\n"}})),
+        step("delete", json!({"files": {"dir/c.txt": "three, again\n"}, "delete": ["b.txt"]})),
+        step("mixed", json!({"files": {"e.txt": "five\n"}, "delete": ["d.txt"]})),
+        step("last", json!({"files": {"a.txt": "one, last\n", "dir/f.txt": "six\n"}})),
+    ]}})
+}
+
+/// A reproducible stream of numbers from the printed seed (SplitMix64):
+/// ten lines, where a generator crate would bring a dependency for them.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A duration in `[0, max)`.
+    fn below(&mut self, max: Duration) -> Duration {
+        Duration::from_micros(self.next() % (max.as_micros().max(1) as u64))
+    }
+}
+
+/// Where one kill lands.
+#[derive(Debug, Clone, Copy)]
+struct KillPoint {
+    /// After submission.
+    at: Duration,
+    /// Kill the worker that takes over too, this long after its lease
+    /// could be taken (while it rebuilds the workspace).
+    again: Option<Duration>,
+}
+
+/// What one killed job came back as.
+#[derive(Debug)]
+struct KillResult {
+    /// The last event before the kill: where the worker was.
+    phase: String,
+    finished: bool,
+    identical_tree: bool,
+    checkpoints_lost: usize,
+    checkpoints_duplicated: usize,
+    event_gaps: usize,
+    /// From the kill to the job's next attempt start.
+    recovery: Option<f64>,
+}
+
+/// The workspace as a digest of its files (path and bytes, in order).
+fn tree_digest(root: &Path) -> anyhow::Result<String> {
+    let mut files = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
+                files.insert(rel, std::fs::read(&path)?);
+            }
+        }
+    }
+    let mut hash = Sha256::new();
+    for (path, bytes) in files {
+        hash.update(path.as_bytes());
+        hash.update([0]);
+        hash.update(&bytes);
+        hash.update([0]);
+    }
+    Ok(hex::encode(hash.finalize()))
+}
+
+/// Wait for job `id` to end; the job.
+async fn wait_terminal(d: &Deployment, id: &str) -> anyhow::Result<Value> {
+    let start = Instant::now();
+    loop {
+        let job = d.get(&format!("/api/queue/jobs/{id}")).await?;
+        if matches!(
+            job["status"].as_str(),
+            Some("succeeded" | "failed" | "dead_letter" | "cancelled")
+        ) {
+            return Ok(job);
+        }
+        if start.elapsed() > Duration::from_secs(180) {
+            bail!("job {id} did not end in 3 minutes: {job}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn events(d: &Deployment, id: &str) -> anyhow::Result<Vec<Value>> {
+    let events = d.get(&format!("/api/queue/jobs/{id}/events?limit=10000")).await?;
+    Ok(events["events"].as_array().cloned().unwrap_or_default())
+}
+
+/// SIGKILL the deployment's newest worker.
+fn kill_worker(d: &mut Deployment) {
+    if let Some(mut victim) = d.workers.pop() {
+        let _ = victim.child.kill();
+        let _ = victim.child.wait();
+    }
+}
+
+/// The undisturbed run: the reference tree digest and how long it took.
+async fn reference(d: &Deployment, repo: &Path) -> anyhow::Result<(String, Duration)> {
+    let started = Instant::now();
+    let id = d.submit(&five_step_job(repo)).await?;
+    let job = wait_terminal(d, &id).await?;
+    if job["status"] != "succeeded" {
+        bail!("the undisturbed job did not succeed: {job}");
+    }
+    let workspace = job["workspace"].as_str().context("the job's workspace")?;
+    Ok((tree_digest(Path::new(workspace))?, started.elapsed()))
+}
+
+async fn one_kill(d: &mut Deployment, repo: &Path, point: KillPoint, wanted: &str) -> anyhow::Result<KillResult> {
+    let id = d.submit(&five_step_job(repo)).await?;
+    tokio::time::sleep(point.at).await;
+    let phase = events(d, &id)
+        .await?
+        .last()
+        .and_then(|e| e["event"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| "queued".into());
+    let killed_at = SystemTime::now();
+    kill_worker(d);
+    d.add_worker()?;
+    if let Some(again) = point.again {
+        tokio::time::sleep(again).await;
+        kill_worker(d);
+        d.add_worker()?;
+    }
+    let job = wait_terminal(d, &id).await?;
+    let events = events(d, &id).await?;
+    let finished = job["status"] == "succeeded";
+    let identical_tree = match job["workspace"].as_str() {
+        Some(workspace) if finished => tree_digest(Path::new(workspace))? == wanted,
+        _ => false,
+    };
+    // Each step succeeds exactly once, and its checkpoint is there.
+    let mut succeeded: BTreeMap<String, usize> = BTreeMap::new();
+    for event in &events {
+        if event["event"] == "task.step.attempt.finished" {
+            let step = event["payload"]["stepId"].as_str().unwrap_or_default().to_owned();
+            *succeeded.entry(step).or_default() += 1;
+        }
+    }
+    let steps = job["steps"].as_array().map_or(0, Vec::len);
+    let checkpoints_lost = steps.saturating_sub(succeeded.len());
+    let checkpoints_duplicated = succeeded.values().map(|n| n.saturating_sub(1)).sum();
+    let event_gaps = events
+        .iter()
+        .enumerate()
+        .filter(|(i, e)| e["seq"].as_u64() != Some(*i as u64 + 1))
+        .count();
+    let recovery = events
+        .iter()
+        .filter(|e| e["event"] == "task.step.attempt.started")
+        .filter_map(|e| time_of(&e["at"]))
+        .find(|at| *at > killed_at)
+        .map(|at| seconds_between(killed_at, at));
+    Ok(KillResult {
+        phase,
+        finished,
+        identical_tree,
+        checkpoints_lost,
+        checkpoints_duplicated,
+        event_gaps,
+        recovery,
+    })
+}
+
+/// The kill points of one deployment, from the seeded stream.
+fn kill_points(rng: &mut SplitMix, kills: usize, job_time: Duration) -> Vec<KillPoint> {
+    (0..kills)
+        .map(|_| KillPoint {
+            at: rng.below(job_time),
+            // The lease is 2 s: the next worker rebuilds a little after.
+            again: rng
+                .next()
+                .is_multiple_of(4)
+                .then(|| Duration::from_secs(2) + rng.below(Duration::from_millis(1500))),
+        })
+        .collect()
+}
+
+/// One deployment's campaign: its report row, and whether every job came
+/// back whole.
+async fn campaign(
+    args: &ChaosBenchArgs,
+    name: &str,
+    database_url: Option<&str>,
+    repo: &Path,
+    rng: &mut SplitMix,
+) -> anyhow::Result<(String, bool)> {
+    let mut d = Deployment::start(DeployOptions {
+        plugins: &args.plugins,
+        database_url,
+        amqp_url: &args.amqp_url,
+        workers: 1,
+    })
+    .await?;
+    let (wanted, job_time) = reference(&d, repo).await?;
+    let mut results = Vec::new();
+    for (n, point) in kill_points(rng, args.kills, job_time).into_iter().enumerate() {
+        let result = one_kill(&mut d, repo, point, &wanted)
+            .await
+            .with_context(|| format!("{name}: kill point {n} ({point:?})"))?;
+        println!(
+            "  {name:<22} #{n:<3} kill at {:>5.0} ms{} in {:<28} → {}{}{}",
+            point.at.as_secs_f64() * 1000.0,
+            point.again.map_or(String::new(), |a| format!(
+                " + again at {:.0} ms",
+                a.as_secs_f64() * 1000.0
+            )),
+            result.phase,
+            if result.finished { "finished" } else { "NOT FINISHED" },
+            if result.identical_tree {
+                ", same tree"
+            } else {
+                ", DIFFERENT TREE"
+            },
+            result
+                .recovery
+                .map_or(String::new(), |r| format!(", running again after {:.0} ms", r * 1000.0)),
+        );
+        results.push(result);
+    }
+    let count = |f: fn(&KillResult) -> bool| results.iter().filter(|r| f(r)).count();
+    let lost: usize = results.iter().map(|r| r.checkpoints_lost).sum();
+    let duplicated: usize = results.iter().map(|r| r.checkpoints_duplicated).sum();
+    let gaps: usize = results.iter().map(|r| r.event_gaps).sum();
+    let recovery = Summary::of(results.iter().filter_map(|r| r.recovery).collect());
+    let row = format!(
+        "{:<24} {:>5} {:>9} {:>9} {:>6} {:>6} {:>6} {:>11} {:>11}",
+        name,
+        results.len(),
+        count(|r| r.finished),
+        count(|r| r.identical_tree),
+        lost,
+        duplicated,
+        gaps,
+        recovery.map_or("-".into(), |s| format!("{:.0}ms", s.p50 * 1000.0)),
+        recovery.map_or("-".into(), |s| format!("{:.0}ms", s.p99 * 1000.0)),
+    );
+    let whole = count(|r| r.finished && r.identical_tree) == results.len() && lost == 0 && duplicated == 0 && gaps == 0;
+    Ok((row, whole))
+}
+
+/// Run the chaos benchmark and print its report; fails when a job did not
+/// come back whole.
+pub async fn run_chaos_bench(args: &ChaosBenchArgs) -> anyhow::Result<ExitCode> {
+    let seed = args.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let repo = tempfile::tempdir()?;
+    std::fs::write(repo.path().join("README.md"), "chaos\n")?;
+    println!(
+        "stepd bench chaos: seed {seed}, {} kill points per deployment; a 5-step job ({STEP_MS} ms a step); lease 2 s",
+        args.kills
+    );
+    let mut rng = SplitMix(seed);
+    let mut rows = vec![campaign(args, "embedded (SQLite)", None, repo.path(), &mut rng).await?];
+    if !args.embedded_only {
+        let (url, name) = scratch_database(&args.pg_admin_url).await?;
+        let result = campaign(args, "PostgreSQL + RabbitMQ", Some(&url), repo.path(), &mut rng).await;
+        drop_database(&args.pg_admin_url, &name).await;
+        rows.push(result?);
+    }
+    println!();
+    println!(
+        "{:<24} {:>5} {:>9} {:>9} {:>6} {:>6} {:>6} {:>11} {:>11}",
+        "deployment", "kills", "finished", "same tree", "lost", "dup", "gaps", "recover p50", "recover p99"
+    );
+    for (row, _) in &rows {
+        println!("{row}");
+    }
+    if rows.iter().all(|(_, whole)| *whole) {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("stepd bench chaos: a killed job did not come back whole (seed {seed})");
+        Ok(ExitCode::FAILURE)
+    }
+}

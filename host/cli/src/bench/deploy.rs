@@ -1,0 +1,215 @@
+//! The processes a benchmark drives: a `stepd serve` and `stepd worker`s
+//! of this same binary on the embedded default or on PostgreSQL and
+//! RabbitMQ, each in a scratch directory, with a scratch database when
+//! one is needed. Shared by `stepd bench queue` and `stepd bench chaos`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use sqlx::{Connection, Executor};
+
+pub(crate) const TOKEN: &str = "bench-operator-token";
+
+/// A `stepd` process of this same binary, its stderr collected.
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    pub(crate) fn spawn(args: &[&str], env: &[(String, String)], cwd: &Path) -> anyhow::Result<Proc> {
+        let mut command = Command::new(std::env::current_exe().context("this binary's path")?);
+        command
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("DATABASE_URL")
+            .env_remove("AMQP_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().context("starting a stepd process")?;
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let sink = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let mut log = sink.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        Ok(Proc { child, log })
+    }
+
+    /// The first log line holding `needle` (waiting up to a minute).
+    pub(crate) fn wait_for(&self, needle: &str) -> anyhow::Result<String> {
+        let start = Instant::now();
+        loop {
+            let log = self
+                .log
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            if let Some(line) = log.lines().find(|l| l.contains(needle)) {
+                return Ok(line.to_owned());
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("stepd never logged {needle:?}:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where a deployment's processes find their services and plugins.
+pub(crate) struct DeployOptions<'a> {
+    /// Directory of named plugins.
+    pub plugins: &'a Path,
+    /// PostgreSQL database URL for a scale-out deployment; `None`: the
+    /// embedded default (SQLite, no broker).
+    pub database_url: Option<&'a str>,
+    /// RabbitMQ, for a scale-out deployment.
+    pub amqp_url: &'a str,
+    /// `stepd worker` processes beside the server.
+    pub workers: usize,
+}
+
+/// A `stepd serve` (API only) and its `stepd worker` processes, in a
+/// scratch directory.
+pub(crate) struct Deployment {
+    pub(crate) url: String,
+    env: Vec<(String, String)>,
+    dir: tempfile::TempDir,
+    _server: Proc,
+    pub(crate) workers: Vec<Proc>,
+    http: reqwest::Client,
+}
+
+impl Deployment {
+    pub(crate) async fn start(options: DeployOptions<'_>) -> anyhow::Result<Deployment> {
+        let dir = tempfile::tempdir()?;
+        let plugins = std::path::absolute(options.plugins)?;
+        let mut env: Vec<(String, String)> = vec![
+            ("STEPD_OPERATOR_TOKENS".into(), TOKEN.into()),
+            ("STEPD_LEASE_SECONDS".into(), "2".into()),
+            ("STEPD_HEARTBEAT_MS".into(), "200".into()),
+            ("STEPD_SWEEP_MS".into(), "200".into()),
+            ("STEPD_PLUGIN_DIR".into(), plugins.display().to_string()),
+            ("STEPD_DATA_DIR".into(), dir.path().join("data").display().to_string()),
+        ];
+        if let Some(db_url) = options.database_url {
+            env.push(("DATABASE_URL".into(), db_url.to_owned()));
+            env.push(("AMQP_URL".into(), options.amqp_url.to_owned()));
+            env.push((
+                "STEPD_AMQP_QUEUE".into(),
+                format!("stepd.bench.{}", uuid::Uuid::new_v4().simple()),
+            ));
+        }
+        let server = Proc::spawn(
+            &["serve", "--listen", "127.0.0.1:0", "--workers", "0"],
+            &env,
+            dir.path(),
+        )?;
+        let line = server.wait_for("stepd serving http://")?;
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .context("address in the serving line")?
+            .to_owned();
+        let mut deployment = Deployment {
+            url,
+            env,
+            dir,
+            _server: server,
+            workers: Vec::new(),
+            http: reqwest::Client::new(),
+        };
+        for _ in 0..options.workers {
+            deployment.add_worker()?;
+        }
+        Ok(deployment)
+    }
+
+    /// Start one more `stepd worker`.
+    pub(crate) fn add_worker(&mut self) -> anyhow::Result<()> {
+        let worker = Proc::spawn(&["worker"], &self.env, self.dir.path())?;
+        worker.wait_for("stepd worker")?;
+        self.workers.push(worker);
+        Ok(())
+    }
+
+    /// Submit a payload; its job id.
+    pub(crate) async fn submit(&self, payload: &Value) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .post(format!("{}/api/queue/jobs", self.url))
+            .bearer_auth(TOKEN)
+            .json(payload)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if status != 201 {
+            bail!("submit refused ({status}): {body}");
+        }
+        Ok(body["id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// GET an API path as the operator.
+    pub(crate) async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+}
+
+/// A JSON RFC 3339 time.
+pub(crate) fn time_of(value: &Value) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(value.as_str()?).ok()
+}
+
+/// Seconds from `a` to `b` (negative when `b` is earlier).
+pub(crate) fn seconds_between(a: SystemTime, b: SystemTime) -> f64 {
+    b.duration_since(a)
+        .map_or_else(|e| -e.duration().as_secs_f64(), |d| d.as_secs_f64())
+}
+
+/// A fresh database on the server at `admin`: its URL and name.
+pub(crate) async fn scratch_database(admin: &str) -> anyhow::Result<(String, String)> {
+    let name = format!("stepd_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(admin)
+        .await
+        .with_context(|| format!("PostgreSQL at {}", stepd_settings::strip_password(admin)))?;
+    conn.execute(format!("CREATE DATABASE {name}").as_str()).await?;
+    let base = admin.rsplit_once('/').map_or(admin, |(b, _)| b);
+    Ok((format!("{base}/{name}"), name))
+}
+
+/// Drop a scratch database (best effort).
+pub(crate) async fn drop_database(admin: &str, name: &str) {
+    if let Ok(mut conn) = sqlx::PgConnection::connect(admin).await {
+        let _ = conn
+            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+            .await;
+    }
+}
