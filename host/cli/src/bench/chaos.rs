@@ -100,7 +100,11 @@ impl SplitMix {
 /// Where one kill lands.
 #[derive(Debug, Clone, Copy)]
 struct KillPoint {
-    /// After submission.
+    /// Counted from the start of this step's first attempt (its work
+    /// takes [`STEP_MS`], so just past it is the checkpoint write), or
+    /// from submission when `None`.
+    step: Option<usize>,
+    /// When, from there.
     at: Duration,
     /// Kill the worker that takes over too, this long after its lease
     /// could be taken (while it rebuilds the workspace).
@@ -169,6 +173,25 @@ async fn events(d: &Deployment, id: &str) -> anyhow::Result<Vec<Value>> {
     Ok(events["events"].as_array().cloned().unwrap_or_default())
 }
 
+/// Wait until step `index` of job `id` has started an attempt.
+async fn wait_for_attempt_start(d: &Deployment, id: &str, index: usize) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let step_id = five_step_job(Path::new(""))["task"]["steps"][index]["id"].clone();
+    loop {
+        let started = events(d, id)
+            .await?
+            .iter()
+            .any(|e| e["event"] == "task.step.attempt.started" && e["payload"]["stepId"] == step_id);
+        if started {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("step {index} of job {id} never started");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// SIGKILL the deployment's newest worker.
 fn kill_worker(d: &mut Deployment) {
     if let Some(mut victim) = d.workers.pop() {
@@ -191,6 +214,9 @@ async fn reference(d: &Deployment, repo: &Path) -> anyhow::Result<(String, Durat
 
 async fn one_kill(d: &mut Deployment, repo: &Path, point: KillPoint, wanted: &str) -> anyhow::Result<KillResult> {
     let id = d.submit(&five_step_job(repo)).await?;
+    if let Some(step) = point.step {
+        wait_for_attempt_start(d, &id, step).await?;
+    }
     tokio::time::sleep(point.at).await;
     let phase = events(d, &id)
         .await?
@@ -245,16 +271,27 @@ async fn one_kill(d: &mut Deployment, repo: &Path, point: KillPoint, wanted: &st
     })
 }
 
-/// The kill points of one deployment, from the seeded stream.
+/// The kill points of one deployment, from the seeded stream: half
+/// anywhere in the job's run, half in the last 20 ms of a step's work or
+/// the 40 ms after it, where its checkpoint is written.
 fn kill_points(rng: &mut SplitMix, kills: usize, job_time: Duration) -> Vec<KillPoint> {
     (0..kills)
-        .map(|_| KillPoint {
-            at: rng.below(job_time),
+        .map(|_| {
+            let (step, at) = if rng.next().is_multiple_of(2) {
+                (None, rng.below(job_time))
+            } else {
+                let step = (rng.next() % 5) as usize;
+                (
+                    Some(step),
+                    Duration::from_millis(STEP_MS - 20) + rng.below(Duration::from_millis(60)),
+                )
+            };
             // The lease is 2 s: the next worker rebuilds a little after.
-            again: rng
+            let again = rng
                 .next()
                 .is_multiple_of(4)
-                .then(|| Duration::from_secs(2) + rng.below(Duration::from_millis(1500))),
+                .then(|| Duration::from_secs(2) + rng.below(Duration::from_millis(1500)));
+            KillPoint { step, at, again }
         })
         .collect()
 }
@@ -282,8 +319,11 @@ async fn campaign(
             .await
             .with_context(|| format!("{name}: kill point {n} ({point:?})"))?;
         println!(
-            "  {name:<22} #{n:<3} kill at {:>5.0} ms{} in {:<28} → {}{}{}",
+            "  {name:<22} #{n:<3} kill {:>5.0} ms after {}{} in {:<28} → {}{}{}",
             point.at.as_secs_f64() * 1000.0,
+            point
+                .step
+                .map_or("submission".to_owned(), |s| format!("step {s} started")),
             point.again.map_or(String::new(), |a| format!(
                 " + again at {:.0} ms",
                 a.as_secs_f64() * 1000.0
