@@ -159,6 +159,15 @@ pub enum WorkspaceError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A file's copy could not be written to the object store (its disk
+    /// is full, say).
+    #[error("storing {} in the workspace's object store: {source}", path.display())]
+    ObjectWrite {
+        /// The workspace file being stored.
+        path: PathBuf,
+        /// What the system said.
+        source: std::io::Error,
+    },
     /// The workspace holds more than its [`Quota`] allows.
     #[error("workspace {} holds at least {found} {what}, over its limit of {limit}", path.display())]
     OverQuota {

@@ -274,7 +274,25 @@ impl Walk<'_, '_> {
             .odb
             .writer(size as usize, ObjectType::Blob)
             .map_err(|e| git_error(context(), e))?;
-        std::io::copy(&mut file, &mut writer).map_err(|e| self.io(e))?;
+        // Copied by hand so a failed read (the file) and a failed write (the
+        // object store: a full disk, say) are told apart. git2 reports a
+        // failed stream write as a bare "Write error" and libgit2 sets no
+        // message for it: the system's error of the failed write is the
+        // only cause there is, read before anything else can change it.
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            let n = file.read(&mut chunk).map_err(|e| self.io(e))?;
+            if n == 0 {
+                break;
+            }
+            if std::io::Write::write_all(&mut writer, &chunk[..n]).is_err() {
+                let cause = std::io::Error::last_os_error();
+                return Err(WorkspaceError::ObjectWrite {
+                    path: display_path(self.root_path, &self.path),
+                    source: cause,
+                });
+            }
+        }
         writer.finalize().map_err(|e| git_error(context(), e))
     }
 }

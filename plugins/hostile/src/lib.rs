@@ -16,7 +16,9 @@
 //! - `"sparse"`: create a sparse file of `inputs.gib` GiB (default 2) in the
 //!   workspace in a millisecond, then succeed;
 //! - `"descriptors"`: open `inputs.count` files (default 20 000) in the
-//!   workspace and hold them all, then succeed.
+//!   workspace and hold them all, then succeed;
+//! - `"fill"`: write `inputs.mb` MiB (default 64) of incompressible bytes to
+//!   one file, then succeed (a full disk fails it with the error's text).
 
 use std::io::Read;
 use std::net::{ToSocketAddrs, UdpSocket};
@@ -263,6 +265,26 @@ impl Step for Hostile {
                     std::fs::File::create("/workspace/sparse.bin").map_err(|e| StepError::Other(e.to_string()))?;
                 file.set_len(gib << 30).map_err(|e| StepError::Other(e.to_string()))?;
                 Ok(StepOutput::summary(format!("made a {gib} GiB sparse file")))
+            }
+            "fill" => {
+                // Incompressible bytes, so the host's copy of them (its git
+                // objects) costs as much disk as the file itself.
+                let mb = inputs.get("mb").and_then(|v| v.as_u64()).unwrap_or(64);
+                let mut file =
+                    std::fs::File::create("/workspace/fill.bin").map_err(|e| StepError::Other(e.to_string()))?;
+                let mut state: u64 = 0x2545_F491_4F6C_DD1D;
+                let mut chunk = vec![0u8; 1 << 20];
+                for written in 0..mb {
+                    for byte in chunk.iter_mut() {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        *byte = state as u8;
+                    }
+                    std::io::Write::write_all(&mut file, &chunk)
+                        .map_err(|e| StepError::Other(format!("after {written} MiB: {e}")))?;
+                }
+                Ok(StepOutput::summary(format!("wrote {mb} MiB")))
             }
             "descriptors" => {
                 let count = inputs.get("count").and_then(|v| v.as_u64()).unwrap_or(20_000);

@@ -8,7 +8,11 @@
 //! worker finishes the job. The report: jobs finished, final trees
 //! identical to the reference, checkpoints lost or duplicated, event logs
 //! with gaps or out of order, and the time from the kill to the job
-//! running again. The command fails when any job did not come back whole.
+//! running again. Then (host/cli/src/bench/restarts.rs) PostgreSQL and RabbitMQ
+//! restart under a stream of jobs, and (host/cli/src/bench/diskfull.rs,
+//! with `--small-fs`) the data directory's disk fills in the middle of a
+//! job. The command fails when any job did not
+//! come back whole.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +25,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::deploy::{drop_database, scratch_database, seconds_between, time_of, DeployOptions, Deployment};
+use super::diskfull;
+use super::restarts::{self, Restarts};
 use super::Summary;
 
 /// Arguments of `stepd bench chaos`.
@@ -48,9 +54,31 @@ pub struct ChaosBenchArgs {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp_url: String,
-    /// Only the embedded default (no PostgreSQL, no RabbitMQ).
+    /// Only the embedded default (no PostgreSQL, no RabbitMQ, no
+    /// restarts).
     #[arg(long)]
     pub embedded_only: bool,
+    /// Jobs in the stream that PostgreSQL and RabbitMQ restart under (0:
+    /// no restarts).
+    #[arg(long, default_value_t = 200)]
+    pub restart_jobs: usize,
+    /// How PostgreSQL is restarted (a shell command).
+    #[arg(
+        long,
+        default_value = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main restart"
+    )]
+    pub restart_postgres: String,
+    /// How RabbitMQ is restarted (a shell command).
+    #[arg(
+        long,
+        default_value = "rabbitmqctl stop_app && rabbitmqctl start_app && rabbitmqctl await_startup"
+    )]
+    pub restart_rabbitmq: String,
+    /// A directory on a small filesystem (tens of MiB free): the embedded
+    /// deployment keeps its data there while a job fills it. Not given: no
+    /// disk-full run.
+    #[arg(long)]
+    pub small_fs: Option<PathBuf>,
     /// Directory of named plugins.
     #[arg(long, env = "STEPD_PLUGIN_DIR", default_value = stepd_settings::DEFAULT_PLUGIN_DIR)]
     pub plugins: PathBuf,
@@ -310,6 +338,7 @@ async fn campaign(
         database_url,
         amqp_url: &args.amqp_url,
         workers: 1,
+        data_dir: None,
     })
     .await?;
     let (wanted, job_time) = reference(&d, repo).await?;
@@ -362,6 +391,24 @@ async fn campaign(
     Ok((row, whole))
 }
 
+/// PostgreSQL and RabbitMQ restarted under a stream of jobs.
+async fn restart_campaign(args: &ChaosBenchArgs, url: &str, repo: &Path, seed: u64) -> anyhow::Result<(String, bool)> {
+    let d = Deployment::start(DeployOptions {
+        plugins: &args.plugins,
+        database_url: Some(url),
+        amqp_url: &args.amqp_url,
+        workers: 2,
+        data_dir: None,
+    })
+    .await?;
+    let plan = Restarts {
+        jobs: args.restart_jobs,
+        postgres: &args.restart_postgres,
+        rabbitmq: &args.restart_rabbitmq,
+    };
+    restarts::stream_through_restarts(&d, repo, &plan, seed).await
+}
+
 /// Run the chaos benchmark and print its report; fails when a job did not
 /// come back whole.
 pub async fn run_chaos_bench(args: &ChaosBenchArgs) -> anyhow::Result<ExitCode> {
@@ -391,6 +438,22 @@ pub async fn run_chaos_bench(args: &ChaosBenchArgs) -> anyhow::Result<ExitCode> 
     );
     for (row, _) in &rows {
         println!("{row}");
+    }
+    if !args.embedded_only && args.restart_jobs > 0 {
+        let (url, name) = scratch_database(&args.pg_admin_url).await?;
+        let result = restart_campaign(args, &url, repo.path(), seed).await;
+        drop_database(&args.pg_admin_url, &name).await;
+        let (row, whole) = result?;
+        println!();
+        println!("{}", restarts::header());
+        println!("{row}");
+        rows.push((row, whole));
+    }
+    if let Some(small_fs) = &args.small_fs {
+        let (report, whole) = diskfull::disk_fills_mid_job(&args.plugins, small_fs, repo.path()).await?;
+        println!();
+        println!("{report}");
+        rows.push((report, whole));
     }
     if rows.iter().all(|(_, whole)| *whole) {
         Ok(ExitCode::SUCCESS)

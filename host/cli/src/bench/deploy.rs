@@ -87,6 +87,9 @@ pub(crate) struct DeployOptions<'a> {
     pub amqp_url: &'a str,
     /// `stepd worker` processes beside the server.
     pub workers: usize,
+    /// Where the processes keep their data (the SQLite store, workspaces,
+    /// artifacts); default: the deployment's scratch directory.
+    pub data_dir: Option<&'a Path>,
 }
 
 /// A `stepd serve` (API only) and its `stepd worker` processes, in a
@@ -110,7 +113,14 @@ impl Deployment {
             ("STEPD_HEARTBEAT_MS".into(), "200".into()),
             ("STEPD_SWEEP_MS".into(), "200".into()),
             ("STEPD_PLUGIN_DIR".into(), plugins.display().to_string()),
-            ("STEPD_DATA_DIR".into(), dir.path().join("data").display().to_string()),
+            (
+                "STEPD_DATA_DIR".into(),
+                options
+                    .data_dir
+                    .map_or_else(|| dir.path().join("data"), Path::to_owned)
+                    .display()
+                    .to_string(),
+            ),
         ];
         if let Some(db_url) = options.database_url {
             env.push(("DATABASE_URL".into(), db_url.to_owned()));
@@ -168,6 +178,59 @@ impl Deployment {
             bail!("submit refused ({status}): {body}");
         }
         Ok(body["id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Submit a payload under an `Idempotency-Key`, trying again while the
+    /// server answers 503 or cannot be reached, for up to `patience`; the
+    /// job id (the key).
+    pub(crate) async fn submit_until_accepted(
+        &self,
+        payload: &Value,
+        key: &str,
+        patience: Duration,
+    ) -> anyhow::Result<String> {
+        let start = Instant::now();
+        loop {
+            let sent = self
+                .http
+                .post(format!("{}/api/queue/jobs", self.url))
+                .bearer_auth(TOKEN)
+                .header("Idempotency-Key", key)
+                .json(payload)
+                .timeout(Duration::from_secs(30))
+                .send()
+                .await;
+            let last = match sent {
+                Ok(response) if response.status().is_success() => return Ok(key.to_owned()),
+                Ok(response) if response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => "503".to_owned(),
+                Ok(response) => {
+                    let status = response.status();
+                    bail!(
+                        "submit refused ({status}): {}",
+                        response.text().await.unwrap_or_default()
+                    )
+                }
+                Err(e) => e.to_string(),
+            };
+            if start.elapsed() > patience {
+                bail!("job {key} not accepted in {patience:?}: last answer {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// GET an API path as the operator, trying again for up to a minute
+    /// while the server cannot answer (its database restarting).
+    pub(crate) async fn get_patiently(&self, path: &str) -> anyhow::Result<Value> {
+        let start = Instant::now();
+        loop {
+            match self.get(path).await {
+                Ok(value) if value.get("code").is_none() => return Ok(value),
+                Ok(error) if start.elapsed() > Duration::from_secs(60) => bail!("GET {path}: {error}"),
+                Err(e) if start.elapsed() > Duration::from_secs(60) => return Err(e),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
     }
 
     /// GET an API path as the operator.

@@ -7,8 +7,10 @@
 
 pub mod chaos;
 mod deploy;
+mod diskfull;
 pub mod queue;
 pub mod replay;
+mod restarts;
 pub mod runtime;
 
 pub use chaos::{run_chaos_bench, ChaosBenchArgs};

@@ -186,6 +186,7 @@ fn deploy_options<'a>(
         database_url: scratch.map(|(url, _)| url.as_str()),
         amqp_url: &args.amqp_url,
         workers,
+        data_dir: None,
     }
 }
 
