@@ -119,9 +119,10 @@ enum BenchCommand {
     /// processes, embedded and on PostgreSQL + RabbitMQ, and the cost of a
     /// crash recovery.
     Queue(crate::bench::QueueBenchArgs),
-    /// Workers SIGKILLed at seeded points of a 5-step job, on the embedded
-    /// default and on PostgreSQL + RabbitMQ: jobs finished, final trees,
-    /// checkpoints, event order and time to recover.
+    /// Workers SIGKILLed at seeded points of a 5-step job on the embedded
+    /// default and on PostgreSQL + RabbitMQ (jobs finished, final trees,
+    /// checkpoints, event order, time to recover), the services restarted
+    /// under a stream of jobs, and a full disk (`--small-fs`).
     Chaos(crate::bench::ChaosBenchArgs),
 }
 

@@ -24,7 +24,9 @@ use clap::Args;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::deploy::{drop_database, scratch_database, seconds_between, time_of, DeployOptions, Deployment};
+use super::deploy::{
+    drop_database, scratch_database, seconds_between, time_of, DeployOptions, Deployment, ServicesArgs,
+};
 use super::diskfull;
 use super::restarts::{self, Restarts};
 use super::Summary;
@@ -39,25 +41,6 @@ pub struct ChaosBenchArgs {
     /// seed). Default: from the clock.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// PostgreSQL server for the scale-out run; a scratch database is
-    /// created on it and dropped afterwards.
-    #[arg(
-        long,
-        env = "STEPD_BENCH_PG_ADMIN_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    pub pg_admin_url: String,
-    /// RabbitMQ for the scale-out run.
-    #[arg(
-        long,
-        env = "STEPD_BENCH_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
-    /// Only the embedded default (no PostgreSQL, no RabbitMQ, no
-    /// restarts).
-    #[arg(long)]
-    pub embedded_only: bool,
     /// Jobs in the stream that PostgreSQL and RabbitMQ restart under (0:
     /// no restarts).
     #[arg(long, default_value_t = 200)]
@@ -79,9 +62,9 @@ pub struct ChaosBenchArgs {
     /// disk-full run.
     #[arg(long)]
     pub small_fs: Option<PathBuf>,
-    /// Directory of named plugins.
-    #[arg(long, env = "STEPD_PLUGIN_DIR", default_value = stepd_settings::DEFAULT_PLUGIN_DIR)]
-    pub plugins: PathBuf,
+    /// The services and plugins.
+    #[command(flatten)]
+    pub services: ServicesArgs,
 }
 
 /// How long each step works before it writes: long enough that a seeded
@@ -334,9 +317,9 @@ async fn campaign(
     rng: &mut SplitMix,
 ) -> anyhow::Result<(String, bool)> {
     let mut d = Deployment::start(DeployOptions {
-        plugins: &args.plugins,
+        plugins: &args.services.plugins,
         database_url,
-        amqp_url: &args.amqp_url,
+        amqp_url: &args.services.amqp_url,
         workers: 1,
         data_dir: None,
     })
@@ -394,9 +377,9 @@ async fn campaign(
 /// PostgreSQL and RabbitMQ restarted under a stream of jobs.
 async fn restart_campaign(args: &ChaosBenchArgs, url: &str, repo: &Path, seed: u64) -> anyhow::Result<(String, bool)> {
     let d = Deployment::start(DeployOptions {
-        plugins: &args.plugins,
+        plugins: &args.services.plugins,
         database_url: Some(url),
-        amqp_url: &args.amqp_url,
+        amqp_url: &args.services.amqp_url,
         workers: 2,
         data_dir: None,
     })
@@ -425,10 +408,10 @@ pub async fn run_chaos_bench(args: &ChaosBenchArgs) -> anyhow::Result<ExitCode> 
     );
     let mut rng = SplitMix(seed);
     let mut rows = vec![campaign(args, "embedded (SQLite)", None, repo.path(), &mut rng).await?];
-    if !args.embedded_only {
-        let (url, name) = scratch_database(&args.pg_admin_url).await?;
+    if !args.services.embedded_only {
+        let (url, name) = scratch_database(&args.services.pg_admin_url).await?;
         let result = campaign(args, "PostgreSQL + RabbitMQ", Some(&url), repo.path(), &mut rng).await;
-        drop_database(&args.pg_admin_url, &name).await;
+        drop_database(&args.services.pg_admin_url, &name).await;
         rows.push(result?);
     }
     println!();
@@ -439,10 +422,10 @@ pub async fn run_chaos_bench(args: &ChaosBenchArgs) -> anyhow::Result<ExitCode> 
     for (row, _) in &rows {
         println!("{row}");
     }
-    if !args.embedded_only && args.restart_jobs > 0 {
-        let (url, name) = scratch_database(&args.pg_admin_url).await?;
+    if !args.services.embedded_only && args.restart_jobs > 0 {
+        let (url, name) = scratch_database(&args.services.pg_admin_url).await?;
         let result = restart_campaign(args, &url, repo.path(), seed).await;
-        drop_database(&args.pg_admin_url, &name).await;
+        drop_database(&args.services.pg_admin_url, &name).await;
         let (row, whole) = result?;
         println!();
         println!("{}", restarts::header());
@@ -450,7 +433,7 @@ pub async fn run_chaos_bench(args: &ChaosBenchArgs) -> anyhow::Result<ExitCode> 
         rows.push((row, whole));
     }
     if let Some(small_fs) = &args.small_fs {
-        let (report, whole) = diskfull::disk_fills_mid_job(&args.plugins, small_fs, repo.path()).await?;
+        let (report, whole) = diskfull::disk_fills_mid_job(&args.services.plugins, small_fs, repo.path()).await?;
         println!();
         println!("{report}");
         rows.push((report, whole));

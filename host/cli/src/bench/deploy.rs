@@ -10,8 +10,36 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
+use clap::Args;
 use serde_json::Value;
 use sqlx::{Connection, Executor};
+
+/// Where a benchmark finds its services and plugins (flattened into the
+/// arguments of `bench queue` and `bench chaos`).
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    /// PostgreSQL server for the scale-out runs; a scratch database is
+    /// created on it and dropped afterwards.
+    #[arg(
+        long,
+        env = "STEPD_BENCH_PG_ADMIN_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    pub pg_admin_url: String,
+    /// RabbitMQ for the scale-out runs.
+    #[arg(
+        long,
+        env = "STEPD_BENCH_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Only the embedded default (no PostgreSQL, no RabbitMQ).
+    #[arg(long)]
+    pub embedded_only: bool,
+    /// Directory of named plugins.
+    #[arg(long, env = "STEPD_PLUGIN_DIR", default_value = stepd_settings::DEFAULT_PLUGIN_DIR)]
+    pub plugins: std::path::PathBuf,
+}
 
 pub(crate) const TOKEN: &str = "bench-operator-token";
 

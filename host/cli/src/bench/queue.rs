@@ -6,14 +6,16 @@
 //! moment a SIGKILLed worker's lease expires to the moment another worker
 //! starts the interrupted step again, rebuilt from the checkpoints.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use serde_json::{json, Value};
 
-use super::deploy::{drop_database, scratch_database, seconds_between, time_of, DeployOptions, Deployment};
+use super::deploy::{
+    drop_database, scratch_database, seconds_between, time_of, DeployOptions, Deployment, ServicesArgs,
+};
 use super::Summary;
 
 /// Arguments of `stepd bench queue`.
@@ -22,27 +24,9 @@ pub struct QueueBenchArgs {
     /// Jobs per throughput run.
     #[arg(long, default_value_t = 40)]
     pub jobs: usize,
-    /// PostgreSQL server for the scale-out runs; a scratch database is
-    /// created on it and dropped afterwards.
-    #[arg(
-        long,
-        env = "STEPD_BENCH_PG_ADMIN_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    pub pg_admin_url: String,
-    /// RabbitMQ for the scale-out runs.
-    #[arg(
-        long,
-        env = "STEPD_BENCH_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
-    /// Only the embedded default (no PostgreSQL, no RabbitMQ).
-    #[arg(long)]
-    pub embedded_only: bool,
-    /// Directory of named plugins.
-    #[arg(long, env = "STEPD_PLUGIN_DIR", default_value = stepd_settings::DEFAULT_PLUGIN_DIR)]
-    pub plugins: PathBuf,
+    /// The services and plugins.
+    #[command(flatten)]
+    pub services: ServicesArgs,
 }
 
 fn trivial_job(repo: &Path, i: usize) -> Value {
@@ -182,9 +166,9 @@ fn deploy_options<'a>(
     workers: usize,
 ) -> DeployOptions<'a> {
     DeployOptions {
-        plugins: &args.plugins,
+        plugins: &args.services.plugins,
         database_url: scratch.map(|(url, _)| url.as_str()),
-        amqp_url: &args.amqp_url,
+        amqp_url: &args.services.amqp_url,
         workers,
         data_dir: None,
     }
@@ -203,7 +187,7 @@ pub async fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<()> {
         "{:<24} {:>7} {:>14} {:>14} {:>14} {:>8}",
         "deployment", "workers", "alone p50", "burst p50", "burst p99", "jobs/s"
     );
-    let modes: &[&str] = if args.embedded_only {
+    let modes: &[&str] = if args.services.embedded_only {
         &["embedded (SQLite)"]
     } else {
         &["embedded (SQLite)", "PostgreSQL + RabbitMQ"]
@@ -212,7 +196,7 @@ pub async fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<()> {
     for (m, mode) in modes.iter().enumerate() {
         for workers in [1usize, 2] {
             let scratch = if m == 1 {
-                Some(scratch_database(&args.pg_admin_url).await?)
+                Some(scratch_database(&args.services.pg_admin_url).await?)
             } else {
                 None
             };
@@ -220,7 +204,7 @@ pub async fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<()> {
             let result = throughput(&d, &repo_path, args.jobs).await;
             drop(d);
             if let Some((_, name)) = &scratch {
-                drop_database(&args.pg_admin_url, name).await;
+                drop_database(&args.services.pg_admin_url, name).await;
             }
             let t = result?;
             println!(
@@ -234,14 +218,14 @@ pub async fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<()> {
             );
         }
         let scratch = if m == 1 {
-            Some(scratch_database(&args.pg_admin_url).await?)
+            Some(scratch_database(&args.services.pg_admin_url).await?)
         } else {
             None
         };
         let d = Deployment::start(deploy_options(args, scratch.as_ref(), 1)).await?;
         let result = crash_recovery(d, &repo_path).await;
         if let Some((_, name)) = &scratch {
-            drop_database(&args.pg_admin_url, name).await;
+            drop_database(&args.services.pg_admin_url, name).await;
         }
         recoveries.push((mode, result?));
     }
