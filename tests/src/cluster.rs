@@ -168,6 +168,12 @@ impl Cluster {
             ("STEPD_RETRY_BACKOFF_SECONDS".into(), "1".into()),
             ("STEPD_PLUGIN_DIR".into(), plugin_dir().display().to_string()),
             ("STEPD_DATA_DIR".into(), data_dir.display().to_string()),
+            // The sample repositories and the scenarios' scratch
+            // repositories; anything else is refused as a baseline.
+            (
+                "STEPD_BASELINE_ROOTS".into(),
+                format!("{},{}", repo_dir().display(), std::env::temp_dir().display()),
+            ),
             (
                 "STEPD_CACHE_DIR".into(),
                 std::env::temp_dir()

@@ -39,6 +39,8 @@ impl InProcessWorker {
         let mut settings = Settings::from_lookup(|_| None).expect("default settings");
         settings.service.heartbeat = heartbeat;
         settings.service.lease = Duration::from_secs(30);
+        // The sample repositories and the scenarios' scratch ones.
+        settings.grants.baseline_roots = Some(vec![crate::cluster::repo_dir(), std::env::temp_dir()]);
         let worker = Worker::new(
             store.clone(),
             Dispatcher::embedded(Duration::from_millis(20)),
@@ -83,7 +85,13 @@ impl InProcessWorker {
     /// taken from [`Self::dir`]).
     pub fn resolve(&self, payload: &Value) -> Value {
         let job = JobPayload::parse(&payload.to_string())
-            .and_then(|p| p.validate(self.dir(), &plugin_dir()))
+            .and_then(|p| {
+                p.validate(
+                    self.dir(),
+                    &plugin_dir(),
+                    &stepd_job::payload::HostGrants::local_default(),
+                )
+            })
             .expect("a valid payload");
         serde_json::to_value(&job).expect("the resolved job as JSON")
     }

@@ -121,6 +121,29 @@ pub async fn attempt(
         context: context(attempt, inputs),
         limits: AttemptLimits::new(wall, idle),
         cancel: CancellationToken::new(),
+        grants: stepd_runtime::AttemptGrants::default(),
+    };
+    runtime
+        .run_attempt(plugin, request)
+        .await
+        .expect("attempt could be set up")
+}
+
+/// Run attempt 1 of `plugin` with `grants` and a minute for each deadline.
+pub async fn attempt_with(
+    runtime: &Runtime,
+    plugin: &Plugin,
+    workspace: &Path,
+    inputs: serde_json::Value,
+    grants: stepd_runtime::AttemptGrants,
+) -> AttemptReport {
+    let minute = Duration::from_secs(60);
+    let request = AttemptRequest {
+        workspace: workspace.to_owned(),
+        context: context(1, inputs),
+        limits: AttemptLimits::new(minute, minute),
+        cancel: CancellationToken::new(),
+        grants,
     };
     runtime
         .run_attempt(plugin, request)

@@ -30,6 +30,7 @@ async fn run_crafted(rt: &Runtime, scratch: &Scratch, name: &str, wat: &str, mem
             ..AttemptLimits::new(LONG, LONG)
         },
         cancel: CancellationToken::new(),
+        grants: stepd_runtime::AttemptGrants::default(),
     };
     rt.run_attempt(&plugin, request).await.expect("attempt set up")
 }

@@ -192,6 +192,7 @@ async fn given_a_hanging_step_when_it_is_cancelled_then_it_stops_at_once_as_canc
             context: context(1, json!({"attempts": [1], "mode": mode})),
             limits: AttemptLimits::new(LONG, LONG),
             cancel: cancel.clone(),
+            grants: stepd_runtime::AttemptGrants::default(),
         };
         let canceller = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(100)).await;

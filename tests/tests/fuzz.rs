@@ -19,11 +19,11 @@ use base64::Engine as _;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed};
 use serde_json::{json, Value};
-use stepd_job::payload::JobPayload;
+use stepd_job::payload::{HostGrants, JobPayload};
 use stepd_records::artifacts::JobArtifacts;
 use stepd_records::events::{Event, EventRecord, EventSink};
 use stepd_records::redact::Redactor;
-use stepd_settings::Settings;
+use stepd_settings::{BaselineRoots, GrantCeiling, Settings};
 use stepd_workspace::Workspace;
 
 /// `cases` cases from a fixed seed, unless the environment asks for more.
@@ -135,12 +135,38 @@ fn any_payload(paths: Vec<String>) -> impl Strategy<Value = Value> {
         (path.clone(), prop::option::of(digest)).prop_map(|(path, sha256)| json!({"path": path, "sha256": sha256})),
         any_json(),
     ];
+    let name = prop_oneof![
+        prop::sample::select(vec!["LANG", "API_KEY", "HOME", "A-B", ""]).prop_map(str::to_owned),
+        "\\PC{0,8}",
+    ];
+    let capabilities = prop_oneof![
+        Just(Value::Null),
+        (
+            name.clone(),
+            prop_oneof![any_json(), name.clone().prop_map(|n| json!({"fromHost": n}))]
+        )
+            .prop_map(|(name, value)| json!({"env": {name: value}})),
+        name.clone().prop_map(|name| json!({"secrets": [name]})),
+        (
+            prop::sample::select(vec!["repo", "/etc", "../..", "/", "missing", "fifo.wasm"]),
+            prop::sample::select(vec!["/specs", "/", "/workspace", "/a/../b", "specs", "/workspace/x"]),
+        )
+            .prop_map(|(host, guest)| json!({"mounts": [{"host": host, "guest": guest}]})),
+        any_json(),
+    ];
     let step = (
         prop::option::of(prop_oneof!["[a-z]{1,6}", "\\PC{0,10}"]),
         plugin,
         any_json(),
+        capabilities,
     )
-        .prop_map(|(id, plugin, inputs)| json!({"id": id, "plugin": plugin, "inputs": inputs}));
+        .prop_map(|(id, plugin, inputs, capabilities)| {
+            let mut step = json!({"id": id, "plugin": plugin, "inputs": inputs});
+            if !capabilities.is_null() {
+                step["capabilities"] = capabilities;
+            }
+            step
+        });
     (
         prop_oneof![Just(Value::from("task")), any_json()],
         prop_oneof![(0u32..5).prop_map(Value::from), any_json()],
@@ -176,8 +202,20 @@ fn digests(text: &str) -> Vec<String> {
 fn validate_within(payload: JobPayload, base: PathBuf, limit: Duration) -> Result<(), String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // Grants a little: one variable, one secret, mounts and baselines
+        // under the payload's own directory.
+        let root = base.parent().map(Path::to_owned).unwrap_or_default();
+        let grants = HostGrants {
+            ceiling: GrantCeiling {
+                env: ["LANG".to_owned()].into(),
+                secrets: ["API_KEY".to_owned()].into(),
+                mount_roots: vec![root.clone()],
+                ..GrantCeiling::default()
+            },
+            baselines: BaselineRoots::Only(vec![root]),
+        };
         let result = payload
-            .validate(&base, &stepd_tests::plugin_dir())
+            .validate(&base, &stepd_tests::plugin_dir(), &grants)
             .map(|_| ())
             .map_err(|e| e.to_string());
         let _ = tx.send(result);

@@ -170,7 +170,10 @@ fn an_invalid_payload_exits_two_naming_the_field_and_runs_nothing() {
 fn serve_run_heals_the_hang_sample_through_the_api_on_the_embedded_default() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
+    // Started in the project's root, as the README runs it: the sample's
+    // repository is inside the directory the server serves baselines from.
     let out = Command::new(stepd_bin())
+        .current_dir(samples().join(".."))
         .args(["serve", "--listen", "127.0.0.1:0", "--run"])
         .arg(samples().join("self-heal-hang.json"))
         .arg("--data-dir")

@@ -26,6 +26,7 @@ async fn hostile_with(
             ..AttemptLimits::new(LONG, LONG)
         },
         cancel: CancellationToken::new(),
+        grants: stepd_runtime::AttemptGrants::default(),
     };
     rt.run_attempt(&hostile, request).await.expect("attempt set up")
 }

@@ -68,7 +68,13 @@ impl Harness {
 
     async fn run_with(&self, payload: Value, redactor: Arc<Redactor>, observer: Option<EventObserver>) -> Finished {
         let job = JobPayload::parse(&payload.to_string())
-            .and_then(|p| p.validate(self.dir.path(), &plugin_dir()))
+            .and_then(|p| {
+                p.validate(
+                    self.dir.path(),
+                    &plugin_dir(),
+                    &stepd_job::payload::HostGrants::local_default(),
+                )
+            })
             .expect("valid payload");
         let mut settings = Settings::from_lookup(|_| None).expect("default settings");
         settings.runtime = test_settings();

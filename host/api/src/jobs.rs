@@ -137,10 +137,10 @@ pub async fn submit(
     let payload: JobPayload = JobPayload::parse(&raw.to_string()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     // Resolution reads plugin files: off the async threads, so a slow disk
     // never stalls the server's other requests.
-    let (base_dir, plugin_dir) = (state.base_dir.clone(), state.plugin_dir.clone());
+    let (base_dir, plugin_dir, grants) = (state.base_dir.clone(), state.plugin_dir.clone(), state.grants.clone());
     let validated = off_thread(move || {
         payload
-            .validate(&base_dir, &plugin_dir)
+            .validate(&base_dir, &plugin_dir, &grants)
             .map_err(|e| ApiError::bad_request(e.to_string()))
     })
     .await?;

@@ -47,6 +47,8 @@ pub struct ApiState {
     pub base_dir: PathBuf,
     /// How long a worker's heartbeat extends its lease.
     pub lease: std::time::Duration,
+    /// What a submitted job may be granted (capabilities, local baselines).
+    pub grants: Arc<stepd_job::payload::HostGrants>,
 }
 
 /// Who may call a route.

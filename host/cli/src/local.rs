@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
-use stepd_job::payload::JobPayload;
+use stepd_job::payload::{HostGrants, JobPayload};
 use stepd_records::events::EventObserver;
 use stepd_records::redact::Redactor;
 use stepd_runtime::{
@@ -146,6 +146,7 @@ pub async fn plugin_run(args: PluginRunArgs) -> anyhow::Result<ExitCode> {
         context,
         limits: AttemptLimits::new(wall_timeout, idle_timeout),
         cancel,
+        grants: stepd_runtime::AttemptGrants::default(),
     };
     let report = runtime.run_attempt(&plugin, request).await?;
     if args.json {
@@ -181,7 +182,11 @@ pub async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(args.config.as_deref()).context("reading settings")?;
     let text = std::fs::read_to_string(&args.job).with_context(|| format!("reading {}", args.job.display()))?;
     let base_dir = args.job.parent().map(Path::to_owned).unwrap_or_default();
-    let job = match JobPayload::parse(&text).and_then(|p| p.validate(&base_dir, &args.plugins)) {
+    let grants = HostGrants {
+        ceiling: settings.grants.clone(),
+        baselines: settings.grants.baselines_for_local_run(),
+    };
+    let job = match JobPayload::parse(&text).and_then(|p| p.validate(&base_dir, &args.plugins, &grants)) {
         Ok(job) => job,
         Err(e) => {
             eprintln!("error: {}: {e}", args.job.display());

@@ -161,14 +161,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         p.dispatcher.kind(),
         args.workers
     );
+    let base_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let grants = stepd_job::payload::HostGrants {
+        ceiling: p.settings.grants.clone(),
+        // Unless the operator lists them, local baselines come from the
+        // directory the server was started in, nowhere else.
+        baselines: p.settings.grants.baselines_for_server(&base_dir),
+    };
     let state = ApiState {
         store: p.store.clone(),
         dispatcher: p.dispatcher.clone(),
         tokens: Arc::new(tokens),
         artifact_root: args.data.data_dir.join("artifacts"),
         plugin_dir: args.data.plugins.clone(),
-        base_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        base_dir,
         lease: p.settings.service.lease,
+        grants: Arc::new(grants),
     };
     let sweeper = tokio::spawn(run_sweeper(
         p.store.clone(),

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use stepd_plugin_file::{read_plugin_file, wasm_kind, PluginFileError, WasmKind};
 
-use stepd_settings::SelfHealOverrides;
+use stepd_settings::{BaselineRoots, GrantCeiling, SelfHealOverrides};
+
+use crate::capabilities::Capabilities;
 
 /// A payload error: the field (a JSON path) and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +23,7 @@ pub struct PayloadError {
     pub message: String,
 }
 
-fn payload_error(field: impl Into<String>, message: impl Into<String>) -> PayloadError {
+pub(crate) fn payload_error(field: impl Into<String>, message: impl Into<String>) -> PayloadError {
     PayloadError {
         field: field.into(),
         message: message.into(),
@@ -90,6 +92,9 @@ pub struct StepSpec {
     /// The step's inputs (a JSON object).
     #[serde(default = "empty_object")]
     pub inputs: serde_json::Value,
+    /// What the step is granted beyond its workspace (nothing by default).
+    #[serde(default, skip_serializing_if = "Capabilities::is_empty")]
+    pub capabilities: Capabilities,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -143,6 +148,30 @@ pub struct ResolvedStep {
     pub plugin_path: PathBuf,
     /// The file's sha256, as checked at validation.
     pub plugin_sha256: String,
+    /// Its grants, checked against the host's ceiling (mounts canonical).
+    #[serde(default, skip_serializing_if = "Capabilities::is_empty")]
+    pub capabilities: Capabilities,
+}
+
+/// What validation may grant a job: the host's ceiling for capabilities,
+/// and where local baselines may come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostGrants {
+    /// The most the host will grant a step.
+    pub ceiling: GrantCeiling,
+    /// Directories whose trees may serve as a local baseline.
+    pub baselines: BaselineRoots,
+}
+
+impl HostGrants {
+    /// No capabilities, baselines from anywhere: `stepd run` on one's own
+    /// machine with nothing configured, and tests.
+    pub fn local_default() -> Self {
+        HostGrants {
+            ceiling: GrantCeiling::default(),
+            baselines: BaselineRoots::Any,
+        }
+    }
 }
 
 /// A payload that passed validation, resolved: the form the API stores at
@@ -176,7 +205,13 @@ impl JobPayload {
     /// budgets, the repository, every step's id and plugin. Relative local
     /// paths (repository, plugin paths) are taken from `base_dir` (the
     /// payload file's directory); named plugins from `plugin_dir`.
-    pub fn validate(&self, base_dir: &Path, plugin_dir: &Path) -> Result<ValidatedJob, PayloadError> {
+    /// Capabilities and local baselines are held to `grants`.
+    pub fn validate(
+        &self,
+        base_dir: &Path,
+        plugin_dir: &Path,
+        grants: &HostGrants,
+    ) -> Result<ValidatedJob, PayloadError> {
         if self.kind != "task" {
             return Err(payload_error("type", format!("must be \"task\", got {:?}", self.kind)));
         }
@@ -187,7 +222,7 @@ impl JobPayload {
             stepd_settings::ConfigError::Invalid { variable, reason, .. } => payload_error(variable, reason),
             other => payload_error("task.selfHeal", other.to_string()),
         })?;
-        let repository = resolve_repository(&self.task.repository, base_dir)?;
+        let repository = resolve_repository(&self.task.repository, base_dir, &grants.baselines)?;
         if self.task.starting_branch.trim().is_empty() {
             return Err(payload_error("task.startingBranch", "must not be empty"));
         }
@@ -216,6 +251,9 @@ impl JobPayload {
             }
             let (plugin_name, plugin_path, plugin_sha256) =
                 resolve_plugin(&step.plugin, &format!("{field}.plugin"), base_dir, plugin_dir)?;
+            let capabilities =
+                step.capabilities
+                    .validate(&format!("{field}.capabilities"), base_dir, &grants.ceiling)?;
             steps.push(ResolvedStep {
                 id,
                 index: u32::try_from(index).map_err(|_| payload_error("task.steps", "too many steps"))?,
@@ -225,6 +263,7 @@ impl JobPayload {
                 plugin_name,
                 plugin_path,
                 plugin_sha256,
+                capabilities,
             });
         }
         Ok(ValidatedJob {
@@ -245,7 +284,7 @@ fn is_valid_step_id(id: &str) -> bool {
         && id != ".."
 }
 
-fn resolve_repository(repository: &str, base_dir: &Path) -> Result<String, PayloadError> {
+fn resolve_repository(repository: &str, base_dir: &Path, baselines: &BaselineRoots) -> Result<String, PayloadError> {
     let field = "task.repository";
     let repository = repository.trim();
     if repository.is_empty() {
@@ -254,15 +293,32 @@ fn resolve_repository(repository: &str, base_dir: &Path) -> Result<String, Paylo
             "is required (a git repository path or URL, or a directory)",
         ));
     }
-    if repository.contains("://") {
+    let local = match repository.strip_prefix("file://") {
+        Some(path) => PathBuf::from(path),
+        // Another scheme is not a local tree: nothing on this host to guard.
+        None if repository.contains("://") => return Ok(repository.to_owned()),
+        None => base_dir.join(repository),
+    };
+    if !local.is_dir() {
+        return Err(payload_error(field, format!("{} is not a directory", local.display())));
+    }
+    let canonical = std::fs::canonicalize(&local).unwrap_or(local);
+    // A local baseline is a grant too: its files are copied into the
+    // workspace, where any step can read them back out.
+    if !baselines.allows(&canonical) {
+        return Err(payload_error(
+            field,
+            format!(
+                "{} may not serve as a baseline on this host (the operator lists the directories that may in {})",
+                canonical.display(),
+                BaselineRoots::SETTING
+            ),
+        ));
+    }
+    if repository.starts_with("file://") {
         return Ok(repository.to_owned());
     }
-    let path = base_dir.join(repository);
-    if !path.is_dir() {
-        return Err(payload_error(field, format!("{} is not a directory", path.display())));
-    }
-    let path = std::fs::canonicalize(&path).unwrap_or(path);
-    Ok(path.to_string_lossy().into_owned())
+    Ok(canonical.to_string_lossy().into_owned())
 }
 
 fn resolve_plugin(
@@ -356,7 +412,11 @@ mod tests {
         }
 
         fn validate(&self, json: serde_json::Value) -> Result<ValidatedJob, PayloadError> {
-            JobPayload::parse(&json.to_string())?.validate(self.dir.path(), &self.dir.path().join("plugins"))
+            JobPayload::parse(&json.to_string())?.validate(
+                self.dir.path(),
+                &self.dir.path().join("plugins"),
+                &HostGrants::local_default(),
+            )
         }
     }
 

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
 
+use crate::events::GrantsUsed;
 use crate::redact::Redactor;
 
 /// Version of the state files' shape.
@@ -108,6 +109,9 @@ pub struct AttemptRecord {
     pub retry_context: Option<serde_json::Value>,
     /// RFC 3339 UTC.
     pub timestamp: String,
+    /// What the attempt was granted (names only).
+    #[serde(default, skip_serializing_if = "GrantsUsed::is_empty")]
+    pub granted: GrantsUsed,
 }
 
 /// The artifact directory of one job. Cheap to clone.

@@ -19,6 +19,29 @@ pub struct StepAttemptRef {
     pub attempt: u32,
 }
 
+/// What an attempt was granted beyond its workspace: names only, never a
+/// value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantsUsed {
+    /// Variables it saw (literal or copied from the worker).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Secrets it saw, as variables of these names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Guest paths of its read-only mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<String>,
+}
+
+impl GrantsUsed {
+    /// True when the attempt had nothing beyond its workspace.
+    pub fn is_empty(&self) -> bool {
+        self.env.is_empty() && self.secrets.is_empty() && self.mounts.is_empty()
+    }
+}
+
 /// A failed attempt, as events report it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -41,6 +64,9 @@ pub struct AttemptFailure {
     /// Fuel it burned (`None` with metering off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel_consumed: Option<u64>,
+    /// What it was granted.
+    #[serde(default, skip_serializing_if = "GrantsUsed::is_empty")]
+    pub granted: GrantsUsed,
 }
 
 /// What self-heal decided after a failed attempt.
@@ -133,6 +159,9 @@ pub enum Event {
         /// Fuel it burned (`None` with metering off).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         fuel_consumed: Option<u64>,
+        /// What it was granted.
+        #[serde(default, skip_serializing_if = "GrantsUsed::is_empty")]
+        granted: GrantsUsed,
     },
     /// An attempt of a step failed.
     #[serde(rename = "task.step.attempt.failed")]

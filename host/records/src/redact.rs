@@ -34,10 +34,16 @@ pub struct Redactor {
     patterns: RwLock<Vec<String>>,
 }
 
+/// stepd's own settings whose names look secret but whose values are not:
+/// the names of the secrets a host grants, and where it reads them.
+/// Redacting them would blank out secret *names* in every record.
+const NOT_SECRET_SETTINGS: [&str; 2] = ["STEPD_GRANT_SECRETS", "STEPD_SECRETS_DIR"];
+
 /// True when a variable with this name holds a secret.
 pub fn is_secret_name(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     SECRET_NAME_FRAGMENTS.iter().any(|fragment| lower.contains(fragment))
+        && !NOT_SECRET_SETTINGS.contains(&name.to_ascii_uppercase().as_str())
 }
 
 impl Redactor {
@@ -199,6 +205,7 @@ mod tests {
             ("GITHUB_TOKEN".to_owned(), "ghp_s3cr3t/value+x y".to_owned()),
             ("PATH".to_owned(), "/usr/bin:/bin".to_owned()),
             ("KEY_REPEAT".to_owned(), "1".to_owned()),
+            ("STEPD_GRANT_SECRETS".to_owned(), "OPENAI_API_KEY".to_owned()),
         ]);
         let secret = "ghp_s3cr3t/value+x y";
         let b64 = STANDARD.encode(secret);
@@ -213,8 +220,10 @@ mod tests {
             clean,
             "raw=[REDACTED] b64=[REDACTED] url=[REDACTED] pct=[REDACTED] form=[REDACTED]"
         );
-        // Not secret: a PATH, and a value too short to be one.
+        // Not secret: a PATH, a value too short to be one, and the names
+        // of the secrets a host grants.
         assert_eq!(redactor.redact("/usr/bin:/bin 1"), "/usr/bin:/bin 1");
+        assert_eq!(redactor.redact("OPENAI_API_KEY"), "OPENAI_API_KEY");
     }
 
     #[test]

@@ -75,6 +75,14 @@ pub enum RuntimeError {
         /// Why.
         message: String,
     },
+    /// A granted directory could not be opened for the guest.
+    #[error("mount {}: {message}", path.display())]
+    Mount {
+        /// The host directory.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
     /// A per-attempt limit is outside what this engine supports.
     #[error("attempt limits are invalid: {0}")]
     Limits(String),
@@ -154,6 +162,28 @@ pub struct AttemptRequest {
     pub limits: AttemptLimits,
     /// Lets an operator or the host stop the attempt.
     pub cancel: CancellationToken,
+    /// What the guest sees beyond its workspace (nothing by default).
+    pub grants: AttemptGrants,
+}
+
+/// What one attempt's guest is granted beyond its workspace, already
+/// resolved by the host (values read, directories checked): the runtime
+/// only hands them over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttemptGrants {
+    /// Environment variables, in order.
+    pub env: Vec<(String, String)>,
+    /// Host directories the guest may read (never write).
+    pub mounts: Vec<ReadOnlyMount>,
+}
+
+/// A host directory preopened read-only at `guest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOnlyMount {
+    /// The host directory.
+    pub host: PathBuf,
+    /// The guest path, such as `/specs`.
+    pub guest: String,
 }
 
 /// The per-process runtime. See the module docs.
@@ -238,7 +268,8 @@ impl Runtime {
             )
             .with_ticks(self.ticker.ticks()),
         );
-        let mut store = self.attempt_store(&request.workspace, &output, memory_limit, fuel, &clock)?;
+        let wasi = sandbox_wasi(&request.workspace, &request.grants, &output)?;
+        let mut store = self.attempt_store(wasi, &output, memory_limit, fuel, &clock)?;
 
         let result = {
             let call = async {
@@ -303,7 +334,7 @@ impl Runtime {
     /// limiter, the fuel and the epoch deadline that checks `clock`.
     fn attempt_store(
         &self,
-        workspace: &Path,
+        wasi: WasiCtx,
         output: &Arc<OutputCapture>,
         memory_limit: usize,
         fuel: Option<u64>,
@@ -312,7 +343,7 @@ impl Runtime {
         let mut table = ResourceTable::new();
         table.set_max_capacity(self.descriptors.per_attempt());
         let state = AttemptState {
-            wasi: sandbox_wasi(workspace, output)?,
+            wasi,
             table,
             limiter: SandboxLimiter::new(
                 memory_limit,
@@ -352,7 +383,11 @@ impl Runtime {
 /// The WASI context of one attempt: the workspace at `/workspace` and
 /// nothing else. No env, no args, no stdin, no sockets, no name lookup;
 /// stdout and stderr go to the capture.
-fn sandbox_wasi(workspace: &Path, output: &Arc<OutputCapture>) -> Result<WasiCtx, RuntimeError> {
+fn sandbox_wasi(
+    workspace: &Path,
+    grants: &AttemptGrants,
+    output: &Arc<OutputCapture>,
+) -> Result<WasiCtx, RuntimeError> {
     let meta = std::fs::symlink_metadata(workspace).map_err(|e| RuntimeError::Workspace {
         path: workspace.to_owned(),
         message: e.to_string(),
@@ -379,6 +414,18 @@ fn sandbox_wasi(workspace: &Path, output: &Arc<OutputCapture>) -> Result<WasiCtx
             path: workspace.to_owned(),
             message: format!("{e:#}"),
         })?;
+    // Granted trees are cap-std directories too, opened read-only: no
+    // write, `..`, absolute path or symlink leads out of them or into them
+    // for writing.
+    for mount in &grants.mounts {
+        builder
+            .preopened_dir(&mount.host, &mount.guest, FsPerms::ReadOnly)
+            .map_err(|e| RuntimeError::Mount {
+                path: mount.host.clone(),
+                message: format!("{e:#}"),
+            })?;
+    }
+    builder.envs(&grants.env);
     Ok(builder.build())
 }
 

@@ -5,6 +5,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -14,7 +15,7 @@ use stepd_records::artifacts::{JobArtifacts, StepState};
 use stepd_records::events::{Event, EventSink, StepAttemptRef};
 use stepd_records::metrics::Metrics;
 use stepd_records::redact::Redactor;
-use stepd_runtime::{CancellationToken, Plugin, Runtime};
+use stepd_runtime::{AttemptGrants, CancellationToken, Plugin, Runtime};
 use stepd_settings::SelfHealConfig;
 use stepd_workspace::{Quota, TreeId, Workspace};
 
@@ -49,6 +50,10 @@ pub struct JobRun<'a> {
     /// The checkpoints when the host keeps them (the service's store);
     /// `None` when the artifacts are their record (`stepd run`).
     pub(crate) ledger: Option<BTreeMap<u32, Checkpoint>>,
+    /// `STEPD_SECRETS_DIR`, where secrets not in the environment are read.
+    pub(crate) secrets_dir: Option<PathBuf>,
+    /// What the running step's attempts are granted.
+    pub(crate) grants: AttemptGrants,
 }
 
 /// A finished step's checkpoint: its patch, byte-exact, and its state.
@@ -86,6 +91,8 @@ pub struct JobRunParts<'a> {
     pub cancel: CancellationToken,
     /// What a step may leave in the workspace.
     pub quota: Quota,
+    /// Where secrets not in the worker's environment are read.
+    pub secrets_dir: Option<PathBuf>,
 }
 
 pub(crate) fn now_rfc3339() -> String {
@@ -112,6 +119,8 @@ impl<'a> JobRun<'a> {
             baseline: parts.baseline,
             cancel: parts.cancel,
             quota: parts.quota,
+            secrets_dir: parts.secrets_dir,
+            grants: AttemptGrants::default(),
             resets_used: 0,
             current_tree: None,
             attempts_used: HashMap::new(),

@@ -15,6 +15,7 @@
 //! leases or HTTP (tests/tests/architecture.rs holds it to that).
 
 mod classify;
+mod grants;
 mod job_run;
 mod lifecycle;
 mod local;

@@ -86,6 +86,9 @@ pub struct JobSpec<'a> {
     pub retry: RetryBackoff,
     /// What a step may leave in the workspace.
     pub workspace_quota: WorkspaceQuota,
+    /// `STEPD_SECRETS_DIR`: where secrets not in the worker's environment
+    /// are read.
+    pub secrets_dir: Option<PathBuf>,
     /// Artifacts go to `<artifact_root>/agent_jobs/<job_id>/`.
     pub artifact_root: PathBuf,
     /// The workspace and its git store go to `<work_root>/<job_id>/`.
@@ -311,6 +314,7 @@ pub async fn run_job<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<Opti
             max_bytes: spec.workspace_quota.max_bytes,
             max_entries: spec.workspace_quota.max_entries,
         },
+        secrets_dir: spec.secrets_dir,
     });
     if let Some(hooks) = host.hooks(&events) {
         run = run.with_hooks(hooks);

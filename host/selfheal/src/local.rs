@@ -94,6 +94,7 @@ pub async fn run_local(
         self_heal: settings.self_heal,
         retry: settings.retry,
         workspace_quota: settings.workspace,
+        secrets_dir: settings.grants.secrets_dir.clone(),
         artifact_root: options.artifact_root.clone(),
         work_root: options.work_root.clone(),
         metrics: Metrics::new(settings.statsd.as_ref(), redactor.clone()),

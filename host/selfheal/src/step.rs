@@ -16,6 +16,7 @@ use stepd_runtime::{
 use stepd_workspace::{Patch, TreeId};
 
 use crate::classify::{classify, failure_signature, FailureClass, FailureSignature};
+use crate::grants;
 use crate::job_run::now_rfc3339;
 use crate::strategy::{decide, DecisionInput, NoProgressTracker, Strategy};
 use crate::{blocking, JobRun, PassOutcome, SelfHealError, RETRY_CONSTRAINTS};
@@ -98,6 +99,16 @@ impl JobRun<'_> {
         let plugin = match self.plugin_for(step) {
             Ok(plugin) => plugin,
             Err(reason) => return Ok(step_failed(step, FailureClass::DeterministicContract, reason)),
+        };
+        // Before any instance: a grant this worker cannot honour fails the
+        // step here, and every secret is known to the redactor from now on.
+        let source = grants::SecretSource {
+            env: |name| std::env::var(name).ok(),
+            dir: self.secrets_dir.as_deref(),
+        };
+        self.grants = match grants::resolve(&step.capabilities, &source, &self.redactor) {
+            Ok(granted) => granted,
+            Err(reason) => return Ok(step_failed(step, FailureClass::DeterministicPolicy, reason)),
         };
         let first_attempt = self.attempts_used.get(&step.index).copied().unwrap_or(0) + 1;
         if !self.hold(step, first_attempt).await {
@@ -248,6 +259,7 @@ impl JobRun<'_> {
             diff_hash: checkpoint.diff_hash.clone(),
             wall_clock_seconds: tried.report.wall_clock_seconds,
             fuel_consumed: tried.report.fuel_consumed,
+            granted: grants::used(&step.capabilities),
         })?;
         if let Some((class, strategy)) = state.healed_by {
             let scope = MetricScope {
@@ -357,6 +369,7 @@ impl JobRun<'_> {
             context,
             limits: AttemptLimits::new(self.config.step_timeout(), self.config.step_idle_timeout()),
             cancel: self.cancel.clone(),
+            grants: self.grants.clone(),
         };
         self.runtime.run_attempt(plugin, request).await
     }
@@ -449,6 +462,7 @@ impl JobRun<'_> {
             changed_files: patch.map(|p| p.changed_files.clone()).unwrap_or_default(),
             retry_context: next_context.map(retry_context_json),
             timestamp: now_rfc3339(),
+            granted: grants::used(&step.capabilities),
         };
         blocking(|| self.artifacts.write_attempt_record(&record))?;
         self.events.emit(Event::AttemptFailed(AttemptFailure {
@@ -464,6 +478,7 @@ impl JobRun<'_> {
             diff_hash: failure.diff_hash.clone(),
             wall_clock_seconds: report.wall_clock_seconds,
             fuel_consumed: report.fuel_consumed,
+            granted: grants::used(&step.capabilities),
         }))?;
         Ok(())
     }
@@ -549,6 +564,7 @@ mod tests {
             plugin_name: "no-progress".into(),
             plugin_path: "no-progress.wasm".into(),
             plugin_sha256: String::new(),
+            capabilities: Default::default(),
         }
     }
 

@@ -1,9 +1,10 @@
 //! Host settings: the sandbox limits ([`RuntimeSettings`]), the self-heal
 //! budgets ([`SelfHealConfig`]), the queue-retry backoff and the StatsD
-//! target. Read from defaults, then an optional TOML file, then the
+//! target, the grant ceiling ([`GrantCeiling`]). Read from defaults, then an optional TOML file, then the
 //! environment (which wins); every invalid value is an error naming the
 //! variable, so a bad deployment fails at start, not mid-job.
 
+mod grants;
 mod runtime;
 mod selfheal;
 mod service;
@@ -12,6 +13,7 @@ mod workspace;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+pub use grants::{is_env_name, BaselineRoots, GrantCeiling};
 pub use runtime::{RuntimeSettings, DEFAULT_FUEL_PER_ATTEMPT};
 
 /// Where plugins are looked up by name when neither `--plugins` nor
@@ -70,6 +72,8 @@ pub struct Settings {
     pub service: ServiceSettings,
     /// What a step may leave in its workspace.
     pub workspace: WorkspaceQuota,
+    /// What this host will ever grant a step.
+    pub grants: GrantCeiling,
 }
 
 /// Keys a config file may hold, by section, and the variable each stands
@@ -102,6 +106,11 @@ const FILE_KEYS: &[(&str, &str, &str)] = &[
     ("service", "worker_tokens", "STEPD_WORKER_TOKENS"),
     ("workspace", "limit_mb", "STEPD_WORKSPACE_LIMIT_MB"),
     ("workspace", "limit_files", "STEPD_WORKSPACE_LIMIT_FILES"),
+    ("grants", "env", "STEPD_GRANT_ENV"),
+    ("grants", "secrets", "STEPD_GRANT_SECRETS"),
+    ("grants", "secrets_dir", "STEPD_SECRETS_DIR"),
+    ("grants", "mount_roots", "STEPD_MOUNT_ROOTS"),
+    ("grants", "baseline_roots", "STEPD_BASELINE_ROOTS"),
 ];
 
 impl Settings {
@@ -127,6 +136,7 @@ impl Settings {
             statsd: statsd_from_lookup(&lookup)?,
             service: ServiceSettings::from_lookup(&lookup)?,
             workspace: WorkspaceQuota::from_lookup(&lookup)?,
+            grants: GrantCeiling::from_lookup(&lookup)?,
         })
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 use super::host::ServiceHost;
 use super::live::JobLink;
 use super::recorder::EventRecorder;
-use stepd_job::payload::{JobPayload, ValidatedJob};
+use stepd_job::payload::{HostGrants, JobPayload, ValidatedJob};
 use stepd_queue::{Dispatcher, Hint};
 use stepd_records::metrics::Metrics;
 use stepd_records::redact::Redactor;
@@ -226,7 +226,13 @@ impl Worker {
                 tracing::warn!(job = %job.id, "no resolved form stored; resolving the payload on this worker");
                 let base_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
                 JobPayload::parse(&job.payload.to_string())
-                    .and_then(|p| p.validate(&base_dir, &self.options.plugin_dir))
+                    .and_then(|p| {
+                        let grants = HostGrants {
+                            ceiling: self.settings.grants.clone(),
+                            baselines: self.settings.grants.baselines_for_server(&base_dir),
+                        };
+                        p.validate(&base_dir, &self.options.plugin_dir, &grants)
+                    })
                     .map_err(|e| format!("payload refused on worker {owner}: {e}"))
             }
         };
@@ -237,6 +243,7 @@ impl Worker {
             self_heal: self.settings.self_heal,
             retry: self.settings.retry,
             workspace_quota: self.settings.workspace,
+            secrets_dir: self.settings.grants.secrets_dir.clone(),
             artifact_root: self.options.artifact_root.clone(),
             work_root: self.options.work_root.clone(),
             redactor: self.redactor.clone(),

@@ -17,6 +17,9 @@
 //!   workspace in a millisecond, then succeed;
 //! - `"descriptors"`: open `inputs.count` files (default 20 000) in the
 //!   workspace and hold them all, then succeed;
+//! - `"grants"`: report the variables named in `inputs.env`, and read the
+//!   files in `inputs.read` and write those in `inputs.write` (granted
+//!   mounts), each `{"ok", "detail"}`; print the report and succeed;
 //! - `"fill"`: write `inputs.mb` MiB (default 64) of incompressible bytes to
 //!   one file, then succeed (a full disk fails it with the error's text).
 
@@ -203,6 +206,47 @@ fn hard_link(target: &str, link: &str) -> Result<String, String> {
     read(&format!("/workspace/{link}"))
 }
 
+/// What the step can do with what it was granted: the variables it sees
+/// (`inputs.env`: names), the files it can read (`inputs.read`) and write
+/// (`inputs.write`), each `{"ok": bool, "detail": text}`.
+fn grant_probes(inputs: &Value) -> Value {
+    let list = |key: &str| -> Vec<String> {
+        inputs
+            .get(key)
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let env: serde_json::Map<String, Value> = list("env")
+        .into_iter()
+        .map(|name| {
+            let value = std::env::var(&name).map_or(Value::Null, Value::from);
+            (name, value)
+        })
+        .collect();
+    let tried = |result: Result<String, String>| match result {
+        Ok(detail) => json!({"ok": true, "detail": detail}),
+        Err(detail) => json!({"ok": false, "detail": detail}),
+    };
+    let read: serde_json::Map<String, Value> = list("read")
+        .into_iter()
+        .map(|path| {
+            let result = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+            (path, tried(result))
+        })
+        .collect();
+    let write: serde_json::Map<String, Value> = list("write")
+        .into_iter()
+        .map(|path| {
+            let result = std::fs::write(&path, "written by a step\n")
+                .map(|()| "written".to_owned())
+                .map_err(|e| e.to_string());
+            (path, tried(result))
+        })
+        .collect();
+    json!({"env": env, "read": read, "write": write, "all_env": std::env::vars().map(|(k, _)| k).collect::<Vec<_>>()})
+}
+
 /// Recursion that lives on the wasm call stack, not in linear memory (no
 /// arrays, nothing borrowed), and that LLVM cannot turn into a loop.
 #[inline(never)]
@@ -265,6 +309,13 @@ impl Step for Hostile {
                     std::fs::File::create("/workspace/sparse.bin").map_err(|e| StepError::Other(e.to_string()))?;
                 file.set_len(gib << 30).map_err(|e| StepError::Other(e.to_string()))?;
                 Ok(StepOutput::summary(format!("made a {gib} GiB sparse file")))
+            }
+            "grants" => {
+                // Printed too: whatever it saw must reach the step log
+                // redacted.
+                let report = grant_probes(&inputs);
+                stepd_sdk::log(&report.to_string());
+                Ok(StepOutput::with_data("tried its grants", &report))
             }
             "fill" => {
                 // Incompressible bytes, so the host's copy of them (its git

@@ -249,7 +249,16 @@ async fn one_kill(d: &mut Deployment, repo: &Path, point: KillPoint, wanted: &st
         Some(workspace) if finished => tree_digest(Path::new(workspace))? == wanted,
         _ => false,
     };
-    // Each step succeeds exactly once, and its checkpoint is there.
+    // Each step's checkpoint is there (its state file among the job's
+    // artifacts), and was written once (one successful attempt).
+    let artifacts = d.get(&format!("/api/queue/jobs/{id}/artifacts")).await?;
+    let checkpoints = artifacts["artifacts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.as_str().or_else(|| a["path"].as_str()))
+        .filter(|path| path.starts_with("state/steps/step-") && path.ends_with(".json"))
+        .count();
     let mut succeeded: BTreeMap<String, usize> = BTreeMap::new();
     for event in &events {
         if event["event"] == "task.step.attempt.finished" {
@@ -258,8 +267,19 @@ async fn one_kill(d: &mut Deployment, repo: &Path, point: KillPoint, wanted: &st
         }
     }
     let steps = job["steps"].as_array().map_or(0, Vec::len);
-    let checkpoints_lost = steps.saturating_sub(succeeded.len());
+    let checkpoints_lost = steps.saturating_sub(checkpoints);
     let checkpoints_duplicated = succeeded.values().map(|n| n.saturating_sub(1)).sum();
+    if checkpoints_lost > 0 || checkpoints_duplicated > 0 || succeeded.len() != steps {
+        // What the report cannot show: the job's events as recorded.
+        let names: Vec<String> = events
+            .iter()
+            .map(|e| format!("{} {} {}", e["seq"], e["event"], e["payload"]["stepId"]))
+            .collect();
+        eprintln!(
+            "job {id}: steps finished {succeeded:?}; events:\n  {}",
+            names.join("\n  ")
+        );
+    }
     let event_gaps = events
         .iter()
         .enumerate()

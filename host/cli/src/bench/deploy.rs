@@ -141,6 +141,11 @@ impl Deployment {
             ("STEPD_HEARTBEAT_MS".into(), "200".into()),
             ("STEPD_SWEEP_MS".into(), "200".into()),
             ("STEPD_PLUGIN_DIR".into(), plugins.display().to_string()),
+            // The benchmarks' repositories are scratch directories.
+            (
+                "STEPD_BASELINE_ROOTS".into(),
+                std::env::temp_dir().display().to_string(),
+            ),
             (
                 "STEPD_DATA_DIR".into(),
                 options

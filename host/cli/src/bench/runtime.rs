@@ -58,6 +58,7 @@ impl Bench<'_> {
             context: context(attempt, inputs),
             limits: AttemptLimits::new(wall, idle),
             cancel: CancellationToken::new(),
+            grants: stepd_runtime::AttemptGrants::default(),
         }
     }
 }

@@ -1,0 +1,254 @@
+//! Declared capabilities, deny by default. Given the hostile plugin's
+//! `grants` probe:
+//! - with no grants, the step sees no variable and no mount;
+//! - with a variable and a read-only mount, it sees the variable and reads
+//!   the mount, while writes, `..` and a symlink planted in the host
+//!   directory that points outside are all refused;
+//! - through `stepd run`, a grant beyond the host's ceiling is exit 2
+//!   naming the grant, a granted secret reaches the guest and no artifact,
+//!   the attempt's event names what it was granted, and a `fromHost`
+//!   variable the worker lacks fails the step naming it;
+//! - through `stepd serve`, a repository of `/etc` or `file:///etc` and a
+//!   grant beyond the ceiling are 400s naming the setting.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{json, Value};
+use stepd_runtime::{AttemptGrants, AttemptOutcome, ReadOnlyMount};
+use stepd_tests::cluster::{repo_dir, Cluster, Mode};
+use stepd_tests::{attempt_with, load, plugin_dir, runtime, stepd_bin, Scratch};
+
+/// The probe's report for `inputs` under `grants`.
+async fn probe(grants: AttemptGrants, inputs: Value) -> Value {
+    let rt = runtime();
+    let scratch = Scratch::new();
+    let hostile = load(&rt, "hostile");
+    let mut inputs = inputs;
+    inputs["probe"] = json!("grants");
+    let report = attempt_with(&rt, &hostile, &scratch.workspace(), inputs, grants).await;
+    match report.outcome {
+        AttemptOutcome::Succeeded { data: Some(data), .. } => serde_json::from_str(&data).expect("a JSON report"),
+        other => panic!("the probe reports and succeeds, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_step_without_grants_sees_no_variable_and_no_mount() {
+    std::env::set_var("STEPD_TEST_VISIBLE", "host-value");
+    let report = probe(
+        AttemptGrants::default(),
+        json!({"env": ["STEPD_TEST_VISIBLE", "PATH"], "read": ["/specs/a.txt", "/etc/hostname"]}),
+    )
+    .await;
+    assert_eq!(report["env"]["STEPD_TEST_VISIBLE"], Value::Null, "{report}");
+    assert_eq!(report["all_env"], json!([]), "{report}");
+    for path in ["/specs/a.txt", "/etc/hostname"] {
+        assert_eq!(report["read"][path]["ok"], false, "{path}: {report}");
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_mount_can_be_read_and_never_written_or_left() {
+    let host = tempfile::tempdir().expect("tempdir");
+    let specs = host.path().join("specs");
+    std::fs::create_dir_all(specs.join("sub")).expect("mkdir");
+    std::fs::write(specs.join("a.txt"), "spec a\n").expect("write");
+    std::fs::write(host.path().join("beside.txt"), "not granted\n").expect("write");
+    // Planted by whoever owns the directory: a way out, if it were followed.
+    std::os::unix::fs::symlink("/etc", specs.join("out")).expect("symlink");
+    std::os::unix::fs::symlink("../beside.txt", specs.join("up")).expect("symlink");
+    let grants = AttemptGrants {
+        env: vec![("LANG".into(), "C.UTF-8".into())],
+        mounts: vec![ReadOnlyMount {
+            host: specs.clone(),
+            guest: "/specs".into(),
+        }],
+    };
+    let report = probe(
+        grants,
+        json!({
+            "env": ["LANG"],
+            "read": ["/specs/a.txt", "/specs/../beside.txt", "/specs/out/hostname", "/specs/up"],
+            "write": ["/specs/new.txt", "/specs/a.txt", "/specs/sub/x.txt"]
+        }),
+    )
+    .await;
+    assert_eq!(report["env"]["LANG"], "C.UTF-8", "{report}");
+    assert_eq!(report["read"]["/specs/a.txt"]["detail"], "spec a\n", "{report}");
+    for path in ["/specs/../beside.txt", "/specs/out/hostname", "/specs/up"] {
+        assert_eq!(report["read"][path]["ok"], false, "{path} was read: {report}");
+    }
+    for path in ["/specs/new.txt", "/specs/a.txt", "/specs/sub/x.txt"] {
+        assert_eq!(report["write"][path]["ok"], false, "{path} was written: {report}");
+    }
+    // The host directory is as it was.
+    assert_eq!(std::fs::read_to_string(specs.join("a.txt")).expect("a"), "spec a\n");
+    assert!(!specs.join("new.txt").exists() && !specs.join("sub/x.txt").exists());
+}
+
+/// A payload of one `grants` probe step with `capabilities`, written next
+/// to a baseline directory.
+fn job_file(dir: &Path, capabilities: Value, inputs: Value) -> std::path::PathBuf {
+    let mut inputs = inputs;
+    inputs["probe"] = json!("grants");
+    let payload = json!({"type": "task", "maxAttempts": 1, "task": {
+        "repository": repo_dir(),
+        "steps": [{"id": "probe", "plugin": "hostile", "inputs": inputs, "capabilities": capabilities}]}});
+    let file = dir.join("job.json");
+    std::fs::write(&file, payload.to_string()).expect("job file");
+    file
+}
+
+fn stepd_run(job: &Path, data: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = Command::new(stepd_bin());
+    command
+        .arg("run")
+        .arg(job)
+        .arg("--plugins")
+        .arg(plugin_dir())
+        .arg("--artifacts")
+        .arg(data.join("artifacts"))
+        .arg("--work-dir")
+        .arg(data.join("work"))
+        .env(
+            "STEPD_CACHE_DIR",
+            std::env::temp_dir().join("stepd-test-component-cache"),
+        )
+        .env_remove("STEPD_GRANT_ENV")
+        .env_remove("STEPD_GRANT_SECRETS")
+        .env_remove("STEPD_MOUNT_ROOTS");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("stepd run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+/// Every file under `dir` that holds `needle`.
+fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
+    stepd_tests::files_under(dir, &[])
+        .into_iter()
+        .filter(|(_, bytes)| String::from_utf8_lossy(bytes).contains(needle))
+        .map(|(path, _)| path)
+        .collect()
+}
+
+#[test]
+fn stepd_run_holds_grants_to_the_ceiling_and_keeps_a_granted_secret_out_of_every_artifact() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let capabilities = json!({"env": {"GREETING": "hello", "COPIED": {"fromHost": "STEPD_TEST_HOST_VALUE"}},
+                              "secrets": ["STEPD_TEST_API_KEY"]});
+    let job = job_file(
+        dir.path(),
+        capabilities,
+        json!({"env": ["GREETING", "COPIED", "STEPD_TEST_API_KEY"]}),
+    );
+
+    // Nothing granted: refused before anything runs, naming the grant.
+    let (code, text) = stepd_run(&job, &dir.path().join("data0"), &[]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("capabilities.env.COPIED") && text.contains("STEPD_GRANT_ENV"),
+        "{text}"
+    );
+
+    // Granted: the guest sees the values, and the secret is nowhere on disk.
+    let secret = "sk-test-0123456789abcdef";
+    let data = dir.path().join("data1");
+    let granted = [
+        ("STEPD_GRANT_ENV", "GREETING,COPIED"),
+        ("STEPD_GRANT_SECRETS", "STEPD_TEST_API_KEY"),
+        ("STEPD_TEST_HOST_VALUE", "copied-from-the-worker"),
+        ("STEPD_TEST_API_KEY", secret),
+    ];
+    let (code, text) = stepd_run(&job, &data, &granted);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains(secret), "the secret was printed: {text}");
+    let leaked = files_holding(&data, secret);
+    assert!(leaked.is_empty(), "the secret is in {leaked:?}");
+    // The guest printed every value it saw: the copied one is in its log,
+    // the secret only as [REDACTED].
+    let hits = files_holding(&data, "copied-from-the-worker");
+    assert!(!hits.is_empty(), "the copied variable reached the guest and its log");
+    assert!(
+        !files_holding(&data, "[REDACTED]").is_empty(),
+        "the secret was redacted in the log"
+    );
+    // The attempt's event records what it was granted, by name.
+    let events = std::fs::read_to_string(
+        stepd_tests::files_under(&data, &[])
+            .keys()
+            .find(|p| p.ends_with("events.jsonl"))
+            .map(|p| data.join(p))
+            .expect("events.jsonl"),
+    )
+    .expect("events");
+    let finished: Value = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["event"] == "task.step.attempt.finished")
+        .expect("an attempt.finished event");
+    assert_eq!(
+        finished["payload"]["granted"],
+        json!({"env": ["COPIED", "GREETING"], "secrets": ["STEPD_TEST_API_KEY"]}),
+        "{finished}"
+    );
+
+    // A variable the worker does not have: the step fails naming it.
+    let data = dir.path().join("data2");
+    let (code, text) = stepd_run(&job, &data, &granted[..2]);
+    assert_ne!(code, Some(0), "{text}");
+    assert!(text.contains("STEPD_TEST_HOST_VALUE"), "{text}");
+    assert!(text.contains("deterministic_policy"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refuses_system_baselines_and_grants_beyond_its_ceiling() {
+    let cluster = Cluster::start(Mode::Embedded, 0, 0).await;
+    let submit = |payload: Value| {
+        let request = cluster.request(reqwest::Method::POST, "/api/queue/jobs").json(&payload);
+        async move {
+            let response = request.send().await.expect("the server answers");
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.expect("JSON"))
+        }
+    };
+    let step = json!({"id": "one", "plugin": "write-file", "inputs": {"path": "a", "text": "b"}});
+    for repository in ["/etc", "file:///etc", "/root"] {
+        let (status, body) = submit(json!({"type": "task", "task": {"repository": repository, "steps": [step]}})).await;
+        assert_eq!(status, 400, "{repository}: {body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("STEPD_BASELINE_ROOTS"),
+            "{body}"
+        );
+    }
+    let mut greedy = step.clone();
+    greedy["capabilities"] = json!({"mounts": [{"host": "/etc", "guest": "/etc"}]});
+    let (status, body) = submit(json!({"type": "task", "task": {"repository": repo_dir(), "steps": [greedy]}})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("STEPD_MOUNT_ROOTS"),
+        "{body}"
+    );
+    let mut unknown = step.clone();
+    unknown["capabilities"] = json!({"network": "all"});
+    let (status, body) = submit(json!({"type": "task", "task": {"repository": repo_dir(), "steps": [unknown]}})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap_or_default().contains("network"),
+        "{body}"
+    );
+    cluster.shutdown().await;
+}
