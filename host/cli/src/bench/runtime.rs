@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use super::Summary;
-use stepd_runtime::{AttemptLimits, AttemptOutcome, AttemptRequest, CancellationToken, Plugin, Runtime, StepContext};
+use stepd_runtime::{
+    AttemptGrants, AttemptLimits, AttemptOutcome, AttemptRequest, CancellationToken, Plugin, ReadOnlyMount, Runtime,
+    StepContext,
+};
 use stepd_settings::{RuntimeSettings, Settings};
 
 /// Arguments of `stepd bench runtime`.
@@ -58,7 +61,7 @@ impl Bench<'_> {
             context: context(attempt, inputs),
             limits: AttemptLimits::new(wall, idle),
             cancel: CancellationToken::new(),
-            grants: stepd_runtime::AttemptGrants::default(),
+            grants: AttemptGrants::default(),
         }
     }
 }
@@ -103,13 +106,31 @@ async fn measure(args: &RuntimeBenchArgs, workspace: &Path) -> anyhow::Result<St
             .run_attempt(&spin, bench.request(1, trivial.clone(), LONG, LONG))
             .await?;
     }
+    // The same cycle with capabilities (four variables and a read-only
+    // mount), interleaved with the plain one so both see the same noise.
+    let mounted = tempfile::tempdir()?;
+    std::fs::write(mounted.path().join("spec.md"), "# spec\n")?;
+    let grants = AttemptGrants {
+        env: (0..4).map(|i| (format!("VAR_{i}"), format!("value {i}"))).collect(),
+        mounts: vec![ReadOnlyMount {
+            host: mounted.path().to_owned(),
+            guest: "/specs".into(),
+        }],
+    };
     let mut cycle = Vec::with_capacity(args.iterations);
+    let mut cycle_granted = Vec::with_capacity(args.iterations);
     for _ in 0..args.iterations {
         let t = Instant::now();
         let report = runtime
             .run_attempt(&spin, bench.request(1, trivial.clone(), LONG, LONG))
             .await?;
         cycle.push(t.elapsed().as_secs_f64());
+        expect_success(&report.outcome)?;
+        let mut request = bench.request(1, trivial.clone(), LONG, LONG);
+        request.grants = grants.clone();
+        let t = Instant::now();
+        let report = runtime.run_attempt(&spin, request).await?;
+        cycle_granted.push(t.elapsed().as_secs_f64());
         expect_success(&report.outcome)?;
     }
 
@@ -244,6 +265,7 @@ async fn measure(args: &RuntimeBenchArgs, workspace: &Path) -> anyhow::Result<St
 
     Ok(render(RenderInput {
         cycle: Summary::of(cycle),
+        cycle_granted: Summary::of(cycle_granted),
         soft_reset: Summary::of(soft_reset),
         soft_reset_from_deadline: Summary::of(soft_reset_from_deadline),
         lateness,
@@ -279,6 +301,7 @@ fn spawn_samples(program: &str, args: &[&str], n: usize) -> anyhow::Result<Vec<f
 
 struct RenderInput {
     cycle: Option<Summary>,
+    cycle_granted: Option<Summary>,
     soft_reset: Option<Summary>,
     soft_reset_from_deadline: Option<Summary>,
     lateness: Vec<(&'static str, Option<Summary>)>,
@@ -329,6 +352,7 @@ fn render(input: RenderInput) -> String {
     ));
     out.push_str(&format!("|{:-<46}|{:->13}|{:->13}|{:->6}|\n", "", "", "", ""));
     row(&mut out, "instantiate + call + teardown", input.cycle);
+    row(&mut out, "  the same with 4 variables and a mount", input.cycle_granted);
     row(
         &mut out,
         "soft reset (deadline hit -> fresh call done)",
@@ -349,6 +373,13 @@ fn render(input: RenderInput) -> String {
     }
 
     out.push_str("\ntargets:\n");
+    if let (Some(plain), Some(granted)) = (input.cycle, input.cycle_granted) {
+        let ratio = granted.p50 / plain.p50;
+        out.push_str(&format!(
+            "- capabilities (4 variables + a read-only mount) <= 1.2x instantiate + call: {ratio:.2}x ({})\n",
+            verdict(ratio <= 1.2)
+        ));
+    }
     if let Some(soft) = input.soft_reset_from_deadline {
         out.push_str(&format!(
             "- soft reset (deadline hit -> fresh call done) p50 <= 0.5 ms: {} ({})\n",
