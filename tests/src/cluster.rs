@@ -278,6 +278,19 @@ impl Cluster {
             .expect("json")
     }
 
+    /// The jobs the store lists (newest first, up to 1000).
+    pub async fn jobs(&self) -> Vec<Value> {
+        let listed: Value = self
+            .request(reqwest::Method::GET, "/api/queue/jobs?limit=1000")
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
+        listed["jobs"].as_array().cloned().unwrap_or_default()
+    }
+
     /// A job's events (names and payloads).
     pub async fn events(&self, id: &str) -> Vec<Value> {
         let body: Value = self

@@ -551,19 +551,7 @@ async fn bad_requests_get_their_status_and_message_and_change_nothing() {
         assert_eq!(after["updatedAt"], before["updatedAt"], "{mode:?}: nothing changed");
         assert_eq!(after["controlEvents"], json!([]));
         assert_eq!(cluster.events(&id).await.len(), events_before);
-        let listed: Value = cluster
-            .request(reqwest::Method::GET, "/api/queue/jobs")
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
-        assert_eq!(
-            listed["jobs"].as_array().map(Vec::len),
-            Some(1),
-            "the bad payload was not stored"
-        );
+        assert_eq!(cluster.jobs().await.len(), 1, "the bad payload was not stored");
 
         // The artifacts are listed and downloadable.
         let listed: Value = cluster
