@@ -9,7 +9,9 @@
 //!   the attempt's event names what it was granted, and a `fromHost`
 //!   variable the worker lacks fails the step naming it;
 //! - through `stepd serve`, a repository of `/etc` or `file:///etc` and a
-//!   grant beyond the ceiling are 400s naming the setting.
+//!   grant beyond the ceiling are 400s naming the setting, and a granted
+//!   secret reaches the guest but no file, database row or log line, on
+//!   both deployments.
 
 use std::path::Path;
 use std::process::Command;
@@ -251,4 +253,76 @@ async fn a_server_refuses_system_baselines_and_grants_beyond_its_ceiling() {
         "{body}"
     );
     cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_secret_reaches_the_guest_on_a_server_and_no_row_file_or_log_line() {
+    let secret = "sk-served-9f8e7d6c5b4a3210";
+    for mode in Mode::BOTH {
+        let cluster = Cluster::start_with(
+            mode,
+            1,
+            0,
+            &[
+                ("STEPD_GRANT_SECRETS", "STEPD_TEST_SERVED_KEY"),
+                ("STEPD_TEST_SERVED_KEY", secret),
+            ],
+        )
+        .await;
+        let step = json!({"id": "probe", "plugin": "hostile",
+            "inputs": {"probe": "grants", "env": ["STEPD_TEST_SERVED_KEY"]},
+            "capabilities": {"secrets": ["STEPD_TEST_SERVED_KEY"]}});
+        let id = cluster
+            .submit(&json!({"type": "task", "task": {"repository": repo_dir(), "steps": [step]}}))
+            .await;
+        cluster
+            .wait_status(&id, "succeeded", std::time::Duration::from_secs(60))
+            .await;
+        // The guest printed the value it saw: its log holds it redacted.
+        let log = cluster
+            .request(
+                reqwest::Method::GET,
+                &format!("/api/queue/jobs/{id}/artifacts/logs/steps/step-0000.log"),
+            )
+            .send()
+            .await
+            .expect("log")
+            .text()
+            .await
+            .expect("text");
+        assert!(log.contains("STEPD_TEST_SERVED_KEY\":\"[REDACTED]"), "{mode:?}: {log}");
+        // Nowhere on disk (the SQLite store, artifacts, workspaces), in no
+        // database row and in no log line.
+        let leaked = files_holding(cluster.dir(), secret);
+        assert!(leaked.is_empty(), "{mode:?}: the secret is in {leaked:?}");
+        assert!(!cluster.server.log().contains(secret), "{mode:?}: the server logged it");
+        if mode == Mode::Scale {
+            let url = cluster
+                .env
+                .iter()
+                .find(|(k, _)| k == "DATABASE_URL")
+                .map(|(_, v)| v.clone())
+                .expect("a PostgreSQL URL");
+            let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                .await
+                .expect("connect");
+            let tables: Vec<(String,)> =
+                sqlx::query_as("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'")
+                    .fetch_all(&mut db)
+                    .await
+                    .expect("the tables");
+            assert!(tables.len() >= 5, "{tables:?}");
+            for (table,) in tables {
+                let rows: Vec<(String,)> = sqlx::query_as(&format!("SELECT row_to_json(t)::text FROM \"{table}\" t"))
+                    .fetch_all(&mut db)
+                    .await
+                    .expect("dump a table");
+                assert!(
+                    rows.iter().all(|(row,)| !row.contains(secret)),
+                    "{mode:?}: a row of {table} holds it"
+                );
+            }
+        }
+        cluster.shutdown().await;
+    }
 }
