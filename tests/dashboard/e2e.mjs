@@ -38,6 +38,13 @@ try {
   await page.click(`#jobs-table tr[data-id="${jobId}"]`);
   await page.waitForFunction(() => document.querySelector("#job-status").textContent === "running");
 
+  step("the timeline shows what each step was granted, by name");
+  await page.waitForFunction(
+    () => (document.querySelector('#timeline li[data-step="warm-up"] .grants') || {}).textContent === "grants: env LANG",
+    undefined,
+    { timeout: 30000 },
+  );
+
   step("Pause while the first step is silent");
   reason = "look before the retry";
   await page.click('button[data-action="pause"]');

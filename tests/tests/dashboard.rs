@@ -25,13 +25,15 @@ async fn an_operator_watches_pauses_resumes_and_reruns_the_hang_sample_in_the_br
         "{chromium} is missing: install Debian's chromium package (.ci/run does)"
     );
 
-    let cluster = Cluster::start(Mode::Embedded, 1, 0).await;
+    let cluster = Cluster::start_with(Mode::Embedded, 1, 0, &[("STEPD_GRANT_ENV", "LANG")]).await;
     // The hang sample, with a longer idle deadline: the page has time to
     // press Pause while the first step is silent.
     let text = std::fs::read_to_string(samples().join("self-heal-hang.json")).expect("sample");
     let mut payload: serde_json::Value = serde_json::from_str(&text).expect("json");
     payload["task"]["repository"] = samples().join("repos/hello").display().to_string().into();
     payload["task"]["selfHeal"]["stepIdleTimeoutSeconds"] = 8.into();
+    // A declared capability, which the timeline shows by name.
+    payload["task"]["steps"][0]["capabilities"] = serde_json::json!({"env": {"LANG": "C.UTF-8"}});
     let id = cluster.submit(&payload).await;
 
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/dashboard");

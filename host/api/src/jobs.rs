@@ -77,6 +77,7 @@ pub fn job_view(job: &JobRecord, first_unfinished: u32) -> Value {
                 "index": index,
                 "title": job.payload["task"]["steps"][i]["title"],
                 "finished": index < first_unfinished,
+                "capabilities": capabilities_view(&job.payload["task"]["steps"][i]["capabilities"]),
             })
         })
         .collect();
@@ -99,6 +100,21 @@ pub fn job_view(job: &JobRecord, first_unfinished: u32) -> Value {
         "finishedAt": job.finished_at.map(ms_to_rfc3339),
         "steps": steps,
         "payload": job.payload_with_live_control(),
+    })
+}
+
+/// What a step declared it needs, by name: variable names (never their
+/// values), secret names and mounts. Empty lists when it declared nothing.
+fn capabilities_view(declared: &Value) -> Value {
+    let names = |v: &Value| -> Vec<String> { v.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default() };
+    let list = |v: &Value| -> Vec<Value> { v.as_array().cloned().unwrap_or_default() };
+    json!({
+        "env": names(&declared["env"]),
+        "secrets": list(&declared["secrets"]),
+        "mounts": list(&declared["mounts"])
+            .iter()
+            .map(|m| json!({"guest": m["guest"], "host": m["host"], "readOnly": true}))
+            .collect::<Vec<_>>(),
     })
 }
 

@@ -174,6 +174,13 @@ function renderTimeline(job) {
     li.dataset.step = step.id;
     li.append(text("strong", step.id), text("span", ` ${step.title || ""}`),
               text("span", step.finished ? " · finished" : current ? " · running" : ""));
+    const caps = step.capabilities || {};
+    const grants = [
+      ...(caps.env || []).map((name) => `env ${name}`),
+      ...(caps.secrets || []).map((name) => `secret ${name}`),
+      ...(caps.mounts || []).map((m) => `mount ${m.guest} (read-only)`),
+    ];
+    if (grants.length) li.append(text("div", `grants: ${grants.join(" · ")}`, "grants"));
     const chips = text("div", undefined, "attempts");
     for (const a of byStep.get(step.index) || []) {
       const ok = a.outcome === "succeeded";
