@@ -22,9 +22,11 @@
 //! stepd_sdk::export_step!(Hello);
 //! ```
 //!
-//! The step sees only its workspace, preopened at [`WORKSPACE`]; everything it
-//! prints (with [`log`], [`log_error`] or plain `println!`) is captured by the
-//! host and keeps the step's idle timer from firing.
+//! The step sees only its workspace, preopened at [`WORKSPACE`], and what
+//! its job declares and the host grants (variables through [`env`],
+//! secrets through [`secret`], read-only mounts at their guest paths).
+//! Everything it prints (with [`log`], [`log_error`] or plain `println!`)
+//! is captured by the host and keeps the step's idle timer from firing.
 
 use std::path::{Path, PathBuf};
 
@@ -144,6 +146,23 @@ pub fn workspace_path(relative: impl AsRef<Path>) -> PathBuf {
     workspace().join(relative)
 }
 
+/// A variable the step was granted (`capabilities.env` in the job), or
+/// `None`: a step sees no variable it did not declare.
+pub fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// A secret the step was granted (`capabilities.secrets`), or a contract
+/// error naming it. The host redacts the value from everything it records,
+/// but a step should still never print it.
+pub fn secret(name: &str) -> Result<String, StepError> {
+    std::env::var(name).map_err(|_| {
+        StepError::Contract(format!(
+            "secret {name} was not granted: declare it in the step's capabilities.secrets"
+        ))
+    })
+}
+
 /// Export a type implementing [`Step`] as the plugin's `run` function.
 /// Invoke it once per plugin crate.
 #[macro_export]
@@ -162,4 +181,18 @@ macro_rules! export_step {
     $crate::bindings::__export_step_world!(__StepdExport with_types_in $crate::bindings);
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_not_granted_is_a_contract_error_naming_it() {
+        match secret("STEPD_SDK_TEST_NEVER_SET") {
+            Err(StepError::Contract(message)) => assert!(message.contains("STEPD_SDK_TEST_NEVER_SET"), "{message}"),
+            other => panic!("expected a contract error, got {other:?}"),
+        }
+        assert_eq!(env("STEPD_SDK_TEST_NEVER_SET"), None);
+    }
 }

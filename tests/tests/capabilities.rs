@@ -40,9 +40,16 @@ async fn a_step_without_grants_sees_no_variable_and_no_mount() {
     std::env::set_var("STEPD_TEST_VISIBLE", "host-value");
     let report = probe(
         AttemptGrants::default(),
-        json!({"env": ["STEPD_TEST_VISIBLE", "PATH"], "read": ["/specs/a.txt", "/etc/hostname"]}),
+        json!({"env": ["STEPD_TEST_VISIBLE", "PATH"], "read": ["/specs/a.txt", "/etc/hostname"],
+               "secrets": ["STEPD_TEST_VISIBLE"]}),
     )
     .await;
+    let asked = &report["secrets"]["STEPD_TEST_VISIBLE"];
+    assert_eq!(asked["ok"], false, "{report}");
+    assert!(
+        asked["detail"].as_str().unwrap_or_default().contains("was not granted"),
+        "{report}"
+    );
     assert_eq!(report["env"]["STEPD_TEST_VISIBLE"], Value::Null, "{report}");
     assert_eq!(report["all_env"], json!([]), "{report}");
     for path in ["/specs/a.txt", "/etc/hostname"] {

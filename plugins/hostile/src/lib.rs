@@ -17,7 +17,8 @@
 //!   workspace in a millisecond, then succeed;
 //! - `"descriptors"`: open `inputs.count` files (default 20 000) in the
 //!   workspace and hold them all, then succeed;
-//! - `"grants"`: report the variables named in `inputs.env`, and read the
+//! - `"grants"`: report the variables named in `inputs.env` (and the
+//!   secrets in `inputs.secrets`, through the SDK), and read the
 //!   files in `inputs.read` and write those in `inputs.write` (granted
 //!   mounts), each `{"ok", "detail"}`; print the report and succeed;
 //! - `"fill"`: write `inputs.mb` MiB (default 64) of incompressible bytes to
@@ -244,7 +245,16 @@ fn grant_probes(inputs: &Value) -> Value {
             (path, tried(result))
         })
         .collect();
-    json!({"env": env, "read": read, "write": write, "all_env": std::env::vars().map(|(k, _)| k).collect::<Vec<_>>()})
+    // Through the SDK, as a plugin author would ask.
+    let secrets: serde_json::Map<String, Value> = list("secrets")
+        .into_iter()
+        .map(|name| {
+            let result = stepd_sdk::secret(&name).map_err(|e| format!("{e:?}"));
+            (name, tried(result))
+        })
+        .collect();
+    json!({"env": env, "read": read, "write": write, "secrets": secrets,
+           "all_env": std::env::vars().map(|(k, _)| k).collect::<Vec<_>>()})
 }
 
 /// Recursion that lives on the wasm call stack, not in linear memory (no
