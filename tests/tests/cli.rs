@@ -1,6 +1,8 @@
 //! Scenarios against the real `stepd` binary: `plugin run` prints the typed
 //! outcome with a meaningful exit code, and `plugin check` tells a plugin
-//! author exactly what is wrong with a file — never a panic.
+//! author exactly what is wrong with a file — never a panic; `events
+//! --follow` prints a character split across network chunks intact and
+//! gives up on a silent server with a clear error.
 
 use std::process::{Command, Output};
 
@@ -268,4 +270,55 @@ fn bench_replay_prints_its_table_and_targets() {
     ] {
         assert!(report.contains(row), "missing {row:?} in:\n{report}");
     }
+}
+
+/// A server that streams one event whose text is split inside a
+/// multi-byte character across two writes, then goes silent, holding the
+/// connection open.
+fn split_then_silent_server() -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let server = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().expect("accept");
+        let mut request = Vec::new();
+        let mut byte = [0u8; 1];
+        while !request.ends_with(b"\r\n\r\n") && socket.read(&mut byte).is_ok_and(|n| n == 1) {
+            request.push(byte[0]);
+        }
+        let event = "data: {\"seq\":1,\"event\":\"test.unicode\",\"payload\":{\"text\":\"grüße ✓ 日本\"}}\n\n";
+        let bytes = event.as_bytes();
+        let split = event.find('✓').expect("the check mark") + 1; // inside its three bytes
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n\r\n";
+        socket.write_all(head.as_bytes()).expect("head");
+        socket.write_all(&bytes[..split]).expect("first half");
+        socket.flush().expect("flush");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        socket.write_all(&bytes[split..]).expect("second half");
+        socket.flush().expect("flush");
+        // Silent from here on, connection open.
+        std::thread::sleep(std::time::Duration::from_secs(20));
+    });
+    (url, server)
+}
+
+#[test]
+fn events_follow_keeps_a_split_character_whole_and_gives_up_on_a_silent_server() {
+    let (url, _server) = split_then_silent_server();
+    let started = std::time::Instant::now();
+    let out = Command::new(stepd_bin())
+        .args(["events", "some-job", "--follow", "--read-timeout-seconds", "2"])
+        .args(["--server", &url, "--token", "t"])
+        .output()
+        .expect("stepd events");
+    let elapsed = started.elapsed();
+    let printed = text(&out);
+    assert!(printed.contains("grüße ✓ 日本"), "{printed}");
+    assert!(!printed.contains('\u{FFFD}'), "a replacement character: {printed}");
+    assert!(!out.status.success(), "{printed}");
+    assert!(
+        printed.contains("sent nothing (no event, no keep-alive) for 2 s"),
+        "{printed}"
+    );
+    assert!(elapsed < std::time::Duration::from_secs(15), "took {elapsed:?}");
 }

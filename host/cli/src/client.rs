@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
@@ -142,12 +143,16 @@ pub async fn submit(args: &ClientArgs, job: &Path) -> anyhow::Result<String> {
     Ok(body["id"].as_str().unwrap_or_default().to_owned())
 }
 
+/// How long `--follow` waits on a server that sends nothing: three of its
+/// 10 s keep-alives.
+pub const FOLLOW_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// `stepd submit JOB.json [--follow]`.
 pub async fn submit_command(args: &ClientArgs, job: &Path, follow: bool) -> anyhow::Result<ExitCode> {
     let id = submit(args, job).await?;
     println!("{id}");
     if follow {
-        return follow_events(args, &id, 0).await;
+        return follow_events(args, &id, 0, FOLLOW_READ_TIMEOUT).await;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -156,7 +161,7 @@ pub async fn submit_command(args: &ClientArgs, job: &Path, follow: bool) -> anyh
 pub async fn submit_and_follow(args: &ClientArgs, job: &Path) -> anyhow::Result<ExitCode> {
     let id = submit(args, job).await?;
     println!("submitted job {id}");
-    let code = follow_events(args, &id, 0).await?;
+    let code = follow_events(args, &id, 0, FOLLOW_READ_TIMEOUT).await?;
     // A job's last event is written just before its status: wait for the
     // status to catch up (briefly) before reporting it.
     let mut job: Value;
@@ -244,58 +249,88 @@ fn ending(event: &Value) -> Option<ExitCode> {
 }
 
 /// `stepd events JOB_ID [--follow]`: print events; with follow, stream
-/// them until the job ends (reconnecting if the server goes away).
-pub async fn follow_events(args: &ClientArgs, id: &str, after: i64) -> anyhow::Result<ExitCode> {
+/// them until the job ends, reconnecting if the stream breaks, and failing
+/// with a clear error when the server sends nothing (not even its 10 s
+/// keep-alive) or cannot be reached for `read_timeout`.
+pub async fn follow_events(
+    args: &ClientArgs,
+    id: &str,
+    after: i64,
+    read_timeout: Duration,
+) -> anyhow::Result<ExitCode> {
     let view = LiveView::new();
     let token = args.token()?;
+    let http = reqwest::Client::builder()
+        .connect_timeout(read_timeout)
+        .build()
+        .context("building the HTTP client")?;
     let mut after = after;
+    let mut heard = std::time::Instant::now();
     loop {
-        let response = reqwest::Client::new()
+        let response = http
             .get(args.url(&format!("/api/queue/jobs/{id}/events?after={after}")))
             .bearer_auth(&token)
             .header(reqwest::header::ACCEPT, "text/event-stream")
             .send()
             .await;
         let response = match response {
-            Ok(r) if r.status().is_success() => r,
+            Ok(r) if r.status().is_success() => {
+                heard = std::time::Instant::now();
+                r
+            }
             Ok(r) => {
                 check(r).await?;
                 bail!("unexpected response");
             }
-            Err(e) => {
-                eprintln!("server unreachable ({e}); retrying");
+            Err(e) if heard.elapsed() < read_timeout => {
+                tracing::warn!("server unreachable ({e}); retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
+            Err(e) => bail!("{} has not answered for {} s: {e}", args.server, read_timeout.as_secs()),
         };
-        let mut stream = response.bytes_stream();
-        let mut buffer = String::new();
-        while let Some(chunk) = stream.next().await {
-            let Ok(chunk) = chunk else { break };
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                let data: String = block
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data:"))
-                    .map(str::trim_start)
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                if data.is_empty() {
-                    continue;
-                }
-                let Ok(event) = serde_json::from_str::<Value>(&data) else {
-                    continue;
-                };
-                after = event["seq"].as_i64().unwrap_or(after);
-                show(&view, &event);
-                if let Some(code) = ending(&event) {
-                    return Ok(code);
-                }
+        // Every chunk counts as life, keep-alive comments included; the
+        // parser itself only yields whole events.
+        let chunks = futures_util::stream::unfold(response.bytes_stream(), move |mut body| async move {
+            match tokio::time::timeout(read_timeout, body.next()).await {
+                Ok(Some(chunk)) => Some((chunk.map_err(ReadError::Transport), body)),
+                Ok(None) => None,
+                Err(_) => Some((Err(ReadError::Silent), body)),
+            }
+        });
+        let mut events = Box::pin(chunks.eventsource());
+        while let Some(item) = events.next().await {
+            let event = match item {
+                Ok(event) => event,
+                Err(eventsource_stream::EventStreamError::Transport(ReadError::Silent)) => bail!(
+                    "{} sent nothing (no event, no keep-alive) for {} s: the connection is dead",
+                    args.server,
+                    read_timeout.as_secs()
+                ),
+                // A broken stream: connect again and go on after the last
+                // event shown.
+                Err(_) => break,
+            };
+            let Ok(event) = serde_json::from_str::<Value>(&event.data) else {
+                continue;
+            };
+            after = event["seq"].as_i64().unwrap_or(after);
+            show(&view, &event);
+            if let Some(code) = ending(&event) {
+                return Ok(code);
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Why the event stream stopped.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("{0}")]
+    Transport(reqwest::Error),
+    #[error("no data within the read timeout")]
+    Silent,
 }
 
 /// `stepd events JOB_ID` without follow: print what is there.

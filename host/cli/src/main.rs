@@ -102,6 +102,11 @@ enum Command {
         /// Only events after this sequence number.
         #[arg(long, default_value_t = 0)]
         after: i64,
+        /// With `--follow`: give up when the server sends nothing (no
+        /// event, no keep-alive) for this many seconds, or cannot be
+        /// reached for as long. The server sends a keep-alive every 10 s.
+        #[arg(long, default_value_t = 30)]
+        read_timeout_seconds: u64,
         #[command(flatten)]
         client: client::ClientArgs,
     },
@@ -185,10 +190,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             job_id,
             follow,
             after,
+            read_timeout_seconds,
             client,
         } => {
             if follow {
-                client::follow_events(&client, &job_id, after).await
+                let read_timeout = std::time::Duration::from_secs(read_timeout_seconds.max(1));
+                client::follow_events(&client, &job_id, after, read_timeout).await
             } else {
                 client::print_events(&client, &job_id, after).await
             }
