@@ -322,3 +322,22 @@ fn events_follow_keeps_a_split_character_whole_and_gives_up_on_a_silent_server()
     );
     assert!(elapsed < std::time::Duration::from_secs(15), "took {elapsed:?}");
 }
+
+#[test]
+fn control_lists_its_closed_set_of_actions_and_refuses_others_as_invalid_input() {
+    let help = text(
+        &Command::new(stepd_bin())
+            .args(["control", "--help"])
+            .output()
+            .expect("help"),
+    );
+    for action in stepd_job::control::ControlAction::ALL {
+        assert!(help.contains(action.as_str()), "{action:?} missing from:\n{help}");
+    }
+    let out = Command::new(stepd_bin())
+        .args(["control", "some-job", "explode"])
+        .output()
+        .expect("stepd control");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("invalid value 'explode'"), "{}", text(&out));
+}

@@ -81,7 +81,8 @@ enum Command {
     Control {
         /// The job.
         job_id: String,
-        /// The action.
+        /// The action (one of the closed set `stepd-job` defines).
+        #[arg(value_parser = control_actions())]
         action: String,
         /// The step (retry_step, hard_reset_step, resume_from_step).
         #[arg(long)]
@@ -129,6 +130,12 @@ enum BenchCommand {
     /// checkpoints, event order, time to recover), the services restarted
     /// under a stream of jobs, and a full disk (`--small-fs`).
     Chaos(crate::bench::ChaosBenchArgs),
+}
+
+/// The control actions, for clap to check and for `--help` to list: the
+/// one closed set is `stepd_job::control::ControlAction`.
+fn control_actions() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(stepd_job::control::ControlAction::ALL.map(|a| a.as_str()))
 }
 
 /// Parse the command line, run the command, and turn the result into an
