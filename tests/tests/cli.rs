@@ -315,7 +315,7 @@ fn events_follow_keeps_a_split_character_whole_and_gives_up_on_a_silent_server()
     let printed = text(&out);
     assert!(printed.contains("grüße ✓ 日本"), "{printed}");
     assert!(!printed.contains('\u{FFFD}'), "a replacement character: {printed}");
-    assert!(!out.status.success(), "{printed}");
+    assert_eq!(out.status.code(), Some(6), "unreachable: {printed}");
     assert!(
         printed.contains("sent nothing (no event, no keep-alive) for 2 s"),
         "{printed}"
@@ -340,4 +340,53 @@ fn control_lists_its_closed_set_of_actions_and_refuses_others_as_invalid_input()
         .expect("stepd control");
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("invalid value 'explode'"), "{}", text(&out));
+}
+
+/// A server that answers every request with `status` and a JSON error.
+fn answering(status: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    std::thread::spawn(move || {
+        for socket in listener.incoming() {
+            let Ok(mut socket) = socket else { break };
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") && socket.read(&mut byte).is_ok_and(|n| n == 1) {
+                request.push(byte[0]);
+            }
+            let body = r#"{"code":"x","message":"as the test wants"}"#;
+            let reply = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(reply.as_bytes());
+        }
+    });
+    url
+}
+
+#[test]
+fn client_commands_exit_with_their_own_codes_for_unreachable_refused_and_not_found() {
+    let run = |url: &str, args: &[&str]| -> Output {
+        Command::new(stepd_bin())
+            .args(args)
+            .args(["--server", url, "--token", "t"])
+            .output()
+            .expect("stepd")
+    };
+    // Nothing listens on port 1.
+    let out = run("http://127.0.0.1:1", &["control", "j", "pause"]);
+    assert_eq!(out.status.code(), Some(6), "{}", text(&out));
+    assert!(text(&out).contains("cannot reach http://127.0.0.1:1"), "{}", text(&out));
+    let out = run(&answering("409 Conflict"), &["control", "j", "pause"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    assert!(
+        text(&out).contains("refused (409): as the test wants"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&answering("404 Not Found"), &["events", "j"]);
+    assert_eq!(out.status.code(), Some(8), "{}", text(&out));
+    assert!(text(&out).contains("not found: as the test wants"), "{}", text(&out));
 }

@@ -54,13 +54,54 @@ impl ClientArgs {
 async fn check(response: reqwest::Response) -> anyhow::Result<Value> {
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
+    let message = body["message"].as_str().unwrap_or("no message").to_owned();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Err(ClientError::NotFound { message }.into());
+    }
     if !status.is_success() {
-        bail!(
-            "the server refused ({status}): {}",
-            body["message"].as_str().unwrap_or("no message")
-        );
+        return Err(ClientError::Refused {
+            status: status.as_u16(),
+            message,
+        }
+        .into());
     }
     Ok(body)
+}
+
+/// Why a client command failed at the server; each has its exit code
+/// (host/cli/src/main.rs), apart from invalid input's.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No answer: connection refused, timed out, or the stream went silent.
+    #[error("cannot reach {server}: {reason}")]
+    Unreachable {
+        /// The server's URL.
+        server: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The server answered with an error.
+    #[error("the server refused ({status}): {message}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The server's message.
+        message: String,
+    },
+    /// The server does not know the job.
+    #[error("not found: {message}")]
+    NotFound {
+        /// The server's message.
+        message: String,
+    },
+}
+
+/// A failed request as [`ClientError::Unreachable`].
+fn unreachable(server: &str) -> impl FnOnce(reqwest::Error) -> ClientError + '_ {
+    move |e| ClientError::Unreachable {
+        server: server.to_owned(),
+        reason: format!("{e:#}"),
+    }
 }
 
 /// Make the payload's local paths absolute, taken from the payload file's
@@ -136,7 +177,7 @@ pub async fn submit(args: &ClientArgs, job: &Path) -> anyhow::Result<String> {
         tracing::warn!("the server is unavailable; submitting again in {}s", wait.as_secs());
         tokio::time::sleep(wait).await;
     }
-    .with_context(|| format!("reaching {}", args.server))?;
+    .map_err(unreachable(&args.server))?;
     let body = check(response)
         .await
         .with_context(|| format!("submitting {}", job.display()))?;
@@ -172,7 +213,8 @@ pub async fn submit_and_follow(args: &ClientArgs, job: &Path) -> anyhow::Result<
                 .get(args.url(&format!("/api/queue/jobs/{id}")))
                 .bearer_auth(args.token()?)
                 .send()
-                .await?,
+                .await
+                .map_err(unreachable(&args.server))?,
         )
         .await?;
         let ended = !matches!(job["status"].as_str(), Some("queued" | "running"));
@@ -213,7 +255,7 @@ pub async fn control(
         .json(&body)
         .send()
         .await
-        .with_context(|| format!("reaching {}", args.server))?;
+        .map_err(unreachable(&args.server))?;
     let result = check(response).await?;
     println!(
         "{} {}: job is {}{}",
@@ -302,11 +344,16 @@ pub async fn follow_events(
         while let Some(item) = events.next().await {
             let event = match item {
                 Ok(event) => event,
-                Err(eventsource_stream::EventStreamError::Transport(ReadError::Silent)) => bail!(
-                    "{} sent nothing (no event, no keep-alive) for {} s: the connection is dead",
-                    args.server,
-                    read_timeout.as_secs()
-                ),
+                Err(eventsource_stream::EventStreamError::Transport(ReadError::Silent)) => {
+                    return Err(ClientError::Unreachable {
+                        server: args.server.clone(),
+                        reason: format!(
+                            "it sent nothing (no event, no keep-alive) for {} s: the connection is dead",
+                            read_timeout.as_secs()
+                        ),
+                    }
+                    .into())
+                }
                 // A broken stream: connect again and go on after the last
                 // event shown.
                 Err(_) => break,
@@ -342,7 +389,7 @@ pub async fn print_events(args: &ClientArgs, id: &str, after: i64) -> anyhow::Re
             .bearer_auth(args.token()?)
             .send()
             .await
-            .with_context(|| format!("reaching {}", args.server))?,
+            .map_err(unreachable(&args.server))?,
     )
     .await?;
     for event in body["events"].as_array().into_iter().flatten() {

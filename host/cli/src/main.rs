@@ -31,6 +31,14 @@ pub const EXIT_CANCELLED: u8 = 4;
 /// Exit code of `stepd run` when the host itself failed mid-job (an
 /// artifact could not be written, the workspace could not be read).
 pub const EXIT_HOST_ERROR: u8 = 5;
+/// Exit code of a client command (`submit`, `control`, `events`) whose
+/// server could not be reached, or went silent.
+pub const EXIT_UNREACHABLE: u8 = 6;
+/// Exit code of a client command the server refused (a bad token, an
+/// action the job's state does not allow, a payload it would not take).
+pub const EXIT_REFUSED: u8 = 7;
+/// Exit code of a client command naming a job the server does not know.
+pub const EXIT_NOT_FOUND: u8 = 8;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -163,8 +171,22 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(EXIT_INVALID_INPUT)
+            ExitCode::from(exit_code_of(&e))
         }
+    }
+}
+
+/// A failed command's exit code: the client's own failures have theirs,
+/// anything else is invalid input.
+fn exit_code_of(error: &anyhow::Error) -> u8 {
+    match error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<client::ClientError>())
+    {
+        Some(client::ClientError::Unreachable { .. }) => EXIT_UNREACHABLE,
+        Some(client::ClientError::Refused { .. }) => EXIT_REFUSED,
+        Some(client::ClientError::NotFound { .. }) => EXIT_NOT_FOUND,
+        None => EXIT_INVALID_INPUT,
     }
 }
 
