@@ -19,12 +19,18 @@ const YELLOW: &str = "\x1b[33m";
 const DIM: &str = "\x1b[2m";
 const RESET: &str = "\x1b[0m";
 
+/// Colour only for a terminal, and never when `NO_COLOR` holds a value.
+fn wants_color(is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 impl LiveView {
-    /// A view writing to stdout, coloured when stdout is a terminal.
+    /// A view writing to stdout, coloured when stdout is a terminal and
+    /// `NO_COLOR` is not set (no-color.org).
     pub fn new() -> Self {
         LiveView {
             started: Instant::now(),
-            color: std::io::stdout().is_terminal(),
+            color: wants_color(std::io::stdout().is_terminal(), std::env::var_os("NO_COLOR").as_deref()),
         }
     }
 
@@ -107,5 +113,19 @@ impl LiveView {
 impl Default for LiveView {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_is_for_terminals_and_off_with_no_color() {
+        use std::ffi::OsStr;
+        assert!(wants_color(true, None));
+        assert!(wants_color(true, Some(OsStr::new(""))));
+        assert!(!wants_color(true, Some(OsStr::new("1"))));
+        assert!(!wants_color(false, None));
     }
 }
