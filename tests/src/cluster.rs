@@ -278,6 +278,26 @@ impl Cluster {
             .expect("json")
     }
 
+    /// The PostgreSQL URL of a scale-out cluster's database.
+    pub fn database_url(&self) -> String {
+        self.env
+            .iter()
+            .find(|(k, _)| k == "DATABASE_URL")
+            .map(|(_, v)| v.clone())
+            .expect("a scale-out cluster has a PostgreSQL URL")
+    }
+
+    /// The text of one of a job's artifacts (`logs/steps/step-0000.log`).
+    pub async fn artifact_text(&self, id: &str, path: &str) -> String {
+        self.request(reqwest::Method::GET, &format!("/api/queue/jobs/{id}/artifacts/{path}"))
+            .send()
+            .await
+            .expect("download an artifact")
+            .text()
+            .await
+            .expect("text")
+    }
+
     /// The jobs the store lists (newest first, up to 1000).
     pub async fn jobs(&self) -> Vec<Value> {
         let listed: Value = self

@@ -286,17 +286,7 @@ async fn a_granted_secret_reaches_the_guest_on_a_server_and_no_row_file_or_log_l
             .wait_status(&id, "succeeded", std::time::Duration::from_secs(60))
             .await;
         // The guest printed the value it saw: its log holds it redacted.
-        let log = cluster
-            .request(
-                reqwest::Method::GET,
-                &format!("/api/queue/jobs/{id}/artifacts/logs/steps/step-0000.log"),
-            )
-            .send()
-            .await
-            .expect("log")
-            .text()
-            .await
-            .expect("text");
+        let log = cluster.artifact_text(&id, "logs/steps/step-0000.log").await;
         assert!(log.contains("STEPD_TEST_SERVED_KEY\":\"[REDACTED]"), "{mode:?}: {log}");
         // Nowhere on disk (the SQLite store, artifacts, workspaces), in no
         // database row and in no log line.
@@ -304,12 +294,7 @@ async fn a_granted_secret_reaches_the_guest_on_a_server_and_no_row_file_or_log_l
         assert!(leaked.is_empty(), "{mode:?}: the secret is in {leaked:?}");
         assert!(!cluster.server.log().contains(secret), "{mode:?}: the server logged it");
         if mode == Mode::Scale {
-            let url = cluster
-                .env
-                .iter()
-                .find(|(k, _)| k == "DATABASE_URL")
-                .map(|(_, v)| v.clone())
-                .expect("a PostgreSQL URL");
+            let url = cluster.database_url();
             let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
                 .await
                 .expect("connect");

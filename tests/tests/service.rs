@@ -569,17 +569,7 @@ async fn bad_requests_get_their_status_and_message_and_change_nothing() {
             .map(|a| a["path"].as_str().unwrap_or_default())
             .collect();
         assert!(paths.contains(&"patches/steps/step-0000.patch"), "{paths:?}");
-        let log = cluster
-            .request(
-                reqwest::Method::GET,
-                &format!("/api/queue/jobs/{id}/artifacts/logs/steps/step-0000.log"),
-            )
-            .send()
-            .await
-            .expect("download")
-            .text()
-            .await
-            .expect("text");
+        let log = cluster.artifact_text(&id, "logs/steps/step-0000.log").await;
         assert!(log.contains("wrote a.txt"), "{log}");
 
         // The OpenAPI document covers every route.

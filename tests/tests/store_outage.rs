@@ -37,12 +37,7 @@ fn cut_connections(name: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHand
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submissions_while_the_database_drops_every_connection_get_503_or_201_never_500() {
     let cluster = Cluster::start(Mode::Scale, 0, 0).await;
-    let url = cluster
-        .env
-        .iter()
-        .find(|(k, _)| k == "DATABASE_URL")
-        .map(|(_, v)| v.clone())
-        .expect("a PostgreSQL URL");
+    let url = cluster.database_url();
     let name = url.rsplit('/').next().expect("a database name").to_owned();
     let payload = task(1, vec![write_step("one", "a.txt", "a", 0)], serde_json::json!({}));
 

@@ -12,6 +12,13 @@ use stepd_settings::{is_env_name, GrantCeiling};
 
 use crate::payload::{payload_error, PayloadError};
 
+/// Most mounts a step may declare: each is an open directory for every
+/// attempt, outside the attempt's handle quota.
+pub const MAX_MOUNTS: usize = 16;
+
+/// Most variables and secrets a step may declare, together.
+pub const MAX_VARIABLES: usize = 256;
+
 /// The `capabilities` object of a step.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -67,6 +74,18 @@ impl Capabilities {
     /// mount's host directory made canonical. `field` names the step's
     /// `capabilities` in errors.
     pub fn validate(&self, field: &str, base_dir: &Path, ceiling: &GrantCeiling) -> Result<Self, PayloadError> {
+        if self.mounts.len() > MAX_MOUNTS {
+            return Err(payload_error(
+                format!("{field}.mounts"),
+                format!("{} mounts; a step may declare at most {MAX_MOUNTS}", self.mounts.len()),
+            ));
+        }
+        if self.env.len() + self.secrets.len() > MAX_VARIABLES {
+            return Err(payload_error(
+                field,
+                format!("a step may declare at most {MAX_VARIABLES} variables and secrets together"),
+            ));
+        }
         for (name, grant) in &self.env {
             let at = format!("{field}.env.{name}");
             if !is_env_name(name) {
@@ -205,6 +224,17 @@ mod tests {
         ceiling.mount_roots = vec![root.path().to_owned()];
         let granted = asked.validate("s", root.path(), &ceiling).expect("within the ceiling");
         assert!(Path::new(&granted.mounts[0].host).is_absolute());
+    }
+
+    #[test]
+    fn a_step_declaring_too_many_mounts_is_refused_before_any_is_opened() {
+        let mounts: Vec<serde_json::Value> = (0..=MAX_MOUNTS)
+            .map(|i| serde_json::json!({"host": "/nowhere", "guest": format!("/m{i}")}))
+            .collect();
+        let err = caps(serde_json::json!({"mounts": mounts}))
+            .validate("s", Path::new("/"), &GrantCeiling::default())
+            .expect_err("too many");
+        assert!(err.to_string().contains("at most 16"), "{err}");
     }
 
     #[test]

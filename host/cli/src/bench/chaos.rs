@@ -71,6 +71,9 @@ pub struct ChaosBenchArgs {
 /// moment lands inside attempts as often as between them.
 const STEP_MS: u64 = 300;
 
+/// The job's step ids, in order.
+const STEP_IDS: [&str; 5] = ["write", "rewrite", "delete", "mixed", "last"];
+
 /// The job: five steps that write, rewrite and delete files.
 fn five_step_job(repo: &Path) -> Value {
     let step = |id: &str, inputs: Value| {
@@ -81,11 +84,11 @@ fn five_step_job(repo: &Path) -> Value {
     json!({"type": "task", "maxAttempts": 5, "task": {
     "objective": "chaos", "repository": repo.display().to_string(), "startingBranch": "main",
     "steps": [
-        step("write", json!({"files": {"a.txt": "one\n", "b.txt": "two\n", "dir/c.txt": "three\n"}})),
-        step("rewrite", json!({"files": {"a.txt": "one, again\n", "d.txt": "four\n"}})),
-        step("delete", json!({"files": {"dir/c.txt": "three, again\n"}, "delete": ["b.txt"]})),
-        step("mixed", json!({"files": {"e.txt": "five\n"}, "delete": ["d.txt"]})),
-        step("last", json!({"files": {"a.txt": "one, last\n", "dir/f.txt": "six\n"}})),
+        step(STEP_IDS[0], json!({"files": {"a.txt": "one\n", "b.txt": "two\n", "dir/c.txt": "three\n"}})),
+        step(STEP_IDS[1], json!({"files": {"a.txt": "one, again\n", "d.txt": "four\n"}})),
+        step(STEP_IDS[2], json!({"files": {"dir/c.txt": "three, again\n"}, "delete": ["b.txt"]})),
+        step(STEP_IDS[3], json!({"files": {"e.txt": "five\n"}, "delete": ["d.txt"]})),
+        step(STEP_IDS[4], json!({"files": {"a.txt": "one, last\n", "dir/f.txt": "six\n"}})),
     ]}})
 }
 
@@ -187,7 +190,7 @@ async fn events(d: &Deployment, id: &str) -> anyhow::Result<Vec<Value>> {
 /// Wait until step `index` of job `id` has started an attempt.
 async fn wait_for_attempt_start(d: &Deployment, id: &str, index: usize) -> anyhow::Result<()> {
     let start = Instant::now();
-    let step_id = five_step_job(Path::new(""))["task"]["steps"][index]["id"].clone();
+    let step_id = STEP_IDS[index];
     loop {
         let started = events(d, id)
             .await?
@@ -311,7 +314,7 @@ fn kill_points(rng: &mut SplitMix, kills: usize, job_time: Duration) -> Vec<Kill
             let (step, at) = if rng.next().is_multiple_of(2) {
                 (None, rng.below(job_time))
             } else {
-                let step = (rng.next() % 5) as usize;
+                let step = (rng.next() % STEP_IDS.len() as u64) as usize;
                 (
                     Some(step),
                     Duration::from_millis(STEP_MS - 20) + rng.below(Duration::from_millis(60)),
