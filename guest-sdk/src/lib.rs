@@ -163,6 +163,8 @@ pub fn secret(name: &str) -> Result<String, StepError> {
     })
 }
 
+pub mod http;
+
 /// Export a type implementing [`Step`] as the plugin's `run` function.
 /// Invoke it once per plugin crate.
 #[macro_export]

@@ -1,7 +1,8 @@
 //! The crate graph is the architecture (docs/ARCHITECTURE.md): given the
 //! workspace's lock file, when `cargo tree` lists what each host crate
 //! pulls in, then no crate reaches up a layer or into a stack it must not
-//! know — the runtime knows no store, queue, HTTP, self-heal or git; the
+//! know — the runtime knows no store, queue, HTTP server (its outbound
+//! `wasi:http` client is a guest capability), self-heal or git; the
 //! workspace no wasm; self-heal no database, broker or HTTP server; the
 //! store no HTTP and no operator-control rules; settings nothing of stepd.
 

@@ -73,6 +73,7 @@ async fn a_read_only_mount_can_be_read_and_never_written_or_left() {
             host: specs.clone(),
             guest: "/specs".into(),
         }],
+        ..AttemptGrants::default()
     };
     let report = probe(
         grants,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use stepd_api::control::{plan, ControlRequest};
+use stepd_records::events::{Event, EventRecord};
 use stepd_store::{AttemptRow, CheckpointRow, ClaimedBy, JobState, NewJob, Store};
 use stepd_tests::services::TestDb;
 
@@ -84,6 +85,43 @@ async fn twenty_jobs_claimed_by_four_racing_workers_are_each_claimed_once() {
     }
 }
 
+/// The job's last event as a worker records it.
+fn succeeded(job_id: &str) -> EventRecord {
+    EventRecord {
+        seq: 9,
+        job_id: job_id.into(),
+        at: "2026-12-02T00:00:00.000Z".into(),
+        event: Event::JobSucceeded { job_attempt: 1 },
+    }
+}
+
+#[tokio::test]
+async fn a_job_ends_with_its_last_event_in_one_write_and_a_refused_ending_writes_neither() {
+    for db in TestDb::both().await {
+        let store = db.open().await;
+        submit(&store, "a", 2).await;
+        let by = worker("w1", Duration::from_secs(30));
+        let job = store.claim_next(&by).await.expect("claim").expect("a job");
+        // A stale version (an operator's request arrived) is refused whole.
+        assert!(!store
+            .finish("a", "w1", JobState::Succeeded, None, job.version - 1, &succeeded("a"))
+            .await
+            .expect("finish"));
+        assert!(store.events_after("a", 0, 10).await.expect("events").is_empty());
+        assert!(store
+            .finish("a", "w1", JobState::Succeeded, None, job.version, &succeeded("a"))
+            .await
+            .expect("finish"));
+        let events = store.events_after("a", 0, 10).await.expect("events");
+        let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(names, ["task.job.succeeded"], "{}", db.kind());
+        let job = store.get_job("a").await.expect("get").expect("exists");
+        assert_eq!(job.status, JobState::Succeeded, "{}", db.kind());
+        store.close().await;
+        db.drop_now().await;
+    }
+}
+
 #[tokio::test]
 async fn leases_expire_into_a_retry_then_dead_letter_and_a_pending_cancel_wins() {
     for db in TestDb::both().await {
@@ -111,7 +149,7 @@ async fn leases_expire_into_a_retry_then_dead_letter_and_a_pending_cancel_wins()
         );
         // The old owner can no longer finish it.
         assert!(!store
-            .finish("a", "w1", JobState::Succeeded, None, job.version)
+            .finish("a", "w1", JobState::Succeeded, None, job.version, &succeeded("a"))
             .await
             .expect("finish"));
 

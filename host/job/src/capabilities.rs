@@ -1,5 +1,5 @@
 //! A step's declared capabilities (docs/OPERATIONS.md#capabilities): the
-//! environment variables, secrets and read-only mounts it is granted
+//! environment variables, secrets, read-only mounts and outbound HTTP it is granted
 //! beyond its workspace. Deny by default: a step without a `capabilities`
 //! object gets nothing. Each grant is checked at validation against the
 //! host's [`GrantCeiling`]; a job asking for more than the host will ever
@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use stepd_settings::{is_env_name, GrantCeiling};
 
+use crate::http::HttpCapability;
 use crate::payload::{payload_error, PayloadError};
 
 /// Most mounts a step may declare: each is an open directory for every
@@ -33,6 +34,10 @@ pub struct Capabilities {
     /// Host directories the guest may read at a path of its own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<MountGrant>,
+    /// Outbound HTTP through `wasi:http`; without it every request is
+    /// denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpCapability>,
 }
 
 /// One variable's value: a literal, or the worker's own variable, read
@@ -67,7 +72,7 @@ pub struct MountGrant {
 impl Capabilities {
     /// True when the step asks for nothing beyond its workspace.
     pub fn is_empty(&self) -> bool {
-        self.env.is_empty() && self.secrets.is_empty() && self.mounts.is_empty()
+        self.env.is_empty() && self.secrets.is_empty() && self.mounts.is_empty() && self.http.is_none()
     }
 
     /// Check every grant against `ceiling`; the capabilities with each
@@ -134,10 +139,16 @@ impl Capabilities {
                 guest,
             });
         }
+        let http = self
+            .http
+            .as_ref()
+            .map(|http| http.validate(&format!("{field}.http"), ceiling))
+            .transpose()?;
         Ok(Capabilities {
             env: self.env.clone(),
             secrets: self.secrets.clone(),
             mounts,
+            http,
         })
     }
 }

@@ -5,4 +5,5 @@
 
 pub mod capabilities;
 pub mod control;
+pub mod http;
 pub mod payload;

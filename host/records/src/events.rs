@@ -21,7 +21,7 @@ pub struct StepAttemptRef {
 
 /// What an attempt was granted beyond its workspace: names only, never a
 /// value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GrantsUsed {
     /// Variables it saw (literal or copied from the worker).
@@ -33,13 +33,59 @@ pub struct GrantsUsed {
     /// Guest paths of its read-only mounts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<String>,
+    /// Origins it was allowed to call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_origins: Vec<String>,
+    /// The HTTP requests it made, allowed and denied, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpRequestRecord>,
+    /// Requests beyond the ones `http` keeps.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub http_unlogged: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl GrantsUsed {
-    /// True when the attempt had nothing beyond its workspace.
+    /// True when the attempt had nothing beyond its workspace and made no
+    /// HTTP request.
     pub fn is_empty(&self) -> bool {
-        self.env.is_empty() && self.secrets.is_empty() && self.mounts.is_empty()
+        self.env.is_empty()
+            && self.secrets.is_empty()
+            && self.mounts.is_empty()
+            && self.http_origins.is_empty()
+            && self.http.is_empty()
+            && self.http_unlogged == 0
     }
+}
+
+/// One HTTP request of an attempt: never a query, a header or a body.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRequestRecord {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The origin it named.
+    pub origin: String,
+    /// The path, without the query.
+    pub path: String,
+    /// The response status, when one arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Request body bytes sent.
+    pub request_bytes: u64,
+    /// Response body bytes received.
+    pub response_bytes: u64,
+    /// Milliseconds until its last byte (or until it stopped).
+    pub ms: f64,
+    /// Why the policy refused it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied: Option<String>,
+    /// Why it failed on the way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A failed attempt, as events report it.
@@ -298,8 +344,20 @@ impl EventSink {
         }
     }
 
-    /// Record `event`: redacted, numbered, appended, and traced.
+    /// Record `event`: redacted, numbered, appended, traced and shown to
+    /// the observer.
     pub fn emit(&self, event: Event) -> Result<EventRecord, ArtifactError> {
+        let record = self.emit_unobserved(event)?;
+        if let Some(observer) = &self.observer {
+            observer(&record);
+        }
+        Ok(record)
+    }
+
+    /// Record `event` like [`EventSink::emit`] but keep it from the
+    /// observer: for a job's last event, which a store host writes itself
+    /// in the same transaction as the job's status.
+    pub fn emit_unobserved(&self, event: Event) -> Result<EventRecord, ArtifactError> {
         let mut seq = self.seq.lock().unwrap_or_else(PoisonError::into_inner);
         *seq += 1;
         let record = EventRecord {
@@ -313,9 +371,6 @@ impl EventSink {
         let record: EventRecord = serde_json::from_value(value.clone()).map_err(ArtifactError::Serialize)?;
         self.artifacts.append_event_line(&value.to_string())?;
         tracing::info!(job = %record.job_id, seq = record.seq, event = %value["event"], payload = %value["payload"], "event");
-        if let Some(observer) = &self.observer {
-            observer(&record);
-        }
         Ok(record)
     }
 }

@@ -27,6 +27,11 @@ pub const WALL_TIMEOUT_TOTAL: &str = "task.step.wall_timeout_total";
 pub const IDLE_TIMEOUT_TOTAL: &str = "task.step.idle_timeout_total";
 /// Counter: the no-progress rule tripped.
 pub const NO_PROGRESS_TOTAL: &str = "task.step.no_progress_total";
+/// Counter: an HTTP request a step made that got a response, tagged
+/// origin and status.
+pub const HTTP_REQUESTS_TOTAL: &str = "task.step.http.requests_total";
+/// Counter: an HTTP request the step's grant refused, tagged origin.
+pub const HTTP_DENIED_TOTAL: &str = "task.step.http.denied_total";
 /// Histogram: how long an attempt ran, in seconds (a float, as the name
 /// says; a StatsD timer would be whole milliseconds).
 pub const STEP_DURATION_SECONDS: &str = "task.step.duration_seconds";
@@ -119,6 +124,22 @@ impl Metrics {
     /// The no-progress rule tripped.
     pub fn no_progress(&self, scope: MetricScope<'_>) {
         self.count(NO_PROGRESS_TOTAL, scope, &[]);
+    }
+
+    /// An HTTP request that got a response with `status`.
+    pub fn http_request(&self, scope: MetricScope<'_>, origin: &str, status: u16) {
+        let origin = self.redactor.redact(origin);
+        self.count(
+            HTTP_REQUESTS_TOTAL,
+            scope,
+            &[("origin", &origin), ("status", &status.to_string())],
+        );
+    }
+
+    /// An HTTP request the step's grant refused.
+    pub fn http_denied(&self, scope: MetricScope<'_>, origin: &str) {
+        let origin = self.redactor.redact(origin);
+        self.count(HTTP_DENIED_TOTAL, scope, &[("origin", &origin)]);
     }
 
     /// How long an attempt ran.

@@ -14,6 +14,7 @@ mod deadline;
 mod descriptors;
 mod engine;
 mod limits;
+mod outbound;
 mod outcome;
 mod plugin;
 
@@ -24,12 +25,14 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker, ResourceTable, ResourceTableError};
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub use capture::{ActivityClock, CapturedOutput, OutputCapture, OutputChunk, OutputStreamKind};
 pub use deadline::{AttemptClock, StopReason};
 pub use descriptors::{descriptor_limit, raise_descriptor_limit, DESCRIPTOR_RESERVE, MIN_HANDLES_PER_ATTEMPT};
 pub use engine::{engine_config, EpochTicker};
 pub use limits::{MemoryLimitExceeded, SandboxLimiter, TableLimitExceeded, INSTANCE_LIMIT_MESSAGE};
+pub use outbound::{is_public, HttpExchange, HttpGrant, HttpLog, MAX_LOGGED_REQUESTS};
 pub use outcome::{AttemptOutcome, AttemptReport, GuestErrorKind};
 pub use plugin::{resolve_plugin_path, Plugin, PluginError};
 pub use tokio_util::sync::CancellationToken;
@@ -89,6 +92,9 @@ pub enum RuntimeError {
     /// The store could not be set up (fuel, limits).
     #[error("setting up the attempt's store: {0}")]
     Store(String),
+    /// Outbound HTTP could not be set up (the extra CA file).
+    #[error("outbound HTTP: {0}")]
+    Http(String),
 }
 
 /// State of one attempt's `Store`: its WASI context, its resource table,
@@ -98,6 +104,8 @@ pub struct AttemptState {
     table: ResourceTable,
     limiter: SandboxLimiter,
     output: Arc<OutputCapture>,
+    http_ctx: WasiHttpCtx,
+    http: outbound::OutboundHttp,
 }
 
 impl WasiView for AttemptState {
@@ -105,6 +113,16 @@ impl WasiView for AttemptState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for AttemptState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
         }
     }
 }
@@ -175,6 +193,8 @@ pub struct AttemptGrants {
     pub env: Vec<(String, String)>,
     /// Host directories the guest may read (never write).
     pub mounts: Vec<ReadOnlyMount>,
+    /// Outbound HTTP; `None`: every request is denied.
+    pub http: Option<HttpGrant>,
 }
 
 /// A host directory preopened read-only at `guest`.
@@ -194,6 +214,9 @@ pub struct Runtime {
     settings: RuntimeSettings,
     descriptors: descriptors::DescriptorBudget,
     ticker: EpochTicker,
+    /// Built on the first attempt that may call HTTPS (reading the
+    /// platform's roots costs milliseconds most runtimes never need).
+    tls: std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -211,6 +234,10 @@ impl Runtime {
         let engine = Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
+        // Linked for every plugin; the hooks deny each request an attempt
+        // was not granted.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
         bindings::Step::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
         let process_limit = descriptor_limit();
@@ -230,6 +257,7 @@ impl Runtime {
             settings,
             descriptors,
             ticker,
+            tls: std::sync::OnceLock::new(),
         })
     }
 
@@ -242,6 +270,16 @@ impl Runtime {
     /// process's descriptor limit cannot spare that many.
     pub fn handles_per_attempt(&self) -> usize {
         self.descriptors.per_attempt()
+    }
+
+    /// The TLS client configuration for outbound HTTPS: the platform's
+    /// roots plus `STEPD_HTTP_EXTRA_CA`. A server calls it at start so a
+    /// bad CA file fails there, not in a job.
+    pub fn http_tls(&self) -> Result<Arc<rustls::ClientConfig>, RuntimeError> {
+        self.tls
+            .get_or_init(|| outbound::tls_config(self.settings.http_extra_ca.as_deref()).map(Arc::new))
+            .clone()
+            .map_err(RuntimeError::Http)
     }
 
     /// Load (and compile, once) the plugin at `path`.
@@ -269,7 +307,9 @@ impl Runtime {
             .with_ticks(self.ticker.ticks()),
         );
         let wasi = sandbox_wasi(&request.workspace, &request.grants, &output)?;
-        let mut store = self.attempt_store(wasi, &output, memory_limit, fuel, &clock)?;
+        let http = self.outbound_http(request.grants.http.clone(), &activity)?;
+        let http_log = http.shared_log();
+        let mut store = self.attempt_store(wasi, http, &output, memory_limit, fuel, &clock)?;
 
         let result = {
             let call = async {
@@ -303,6 +343,10 @@ impl Runtime {
             _ => None,
         }
         .map(|deadline| stopped_at.saturating_duration_since(deadline).as_secs_f64());
+        let http = http_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         Ok(AttemptReport {
             outcome,
             wall_clock_seconds: stopped_at.duration_since(started).as_secs_f64(),
@@ -310,7 +354,23 @@ impl Runtime {
             fuel_consumed,
             deadline_overrun_seconds,
             output: output.snapshot(),
+            http,
         })
+    }
+
+    /// The attempt's `wasi:http` hooks: deny everything without a grant.
+    fn outbound_http(
+        &self,
+        grant: Option<HttpGrant>,
+        activity: &Arc<ActivityClock>,
+    ) -> Result<outbound::OutboundHttp, RuntimeError> {
+        // No grant, no TLS setup: nothing will be sent.
+        let grant = match grant {
+            Some(grant) => Some((grant, self.http_tls()?)),
+            None => None,
+        };
+        let activity = self.settings.http_bytes_are_activity.then(|| activity.clone());
+        Ok(outbound::OutboundHttp::new(grant, activity))
     }
 
     /// The attempt's memory ceiling and fuel (`None`: unmetered), checked
@@ -335,6 +395,7 @@ impl Runtime {
     fn attempt_store(
         &self,
         wasi: WasiCtx,
+        http: outbound::OutboundHttp,
         output: &Arc<OutputCapture>,
         memory_limit: usize,
         fuel: Option<u64>,
@@ -351,6 +412,8 @@ impl Runtime {
                 self.settings.instances_limit,
             ),
             output: output.clone(),
+            http_ctx: WasiHttpCtx::new(),
+            http,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);

@@ -184,4 +184,6 @@ pub struct AttemptReport {
     pub deadline_overrun_seconds: Option<f64>,
     /// What the guest wrote.
     pub output: CapturedOutput,
+    /// The HTTP requests it made, allowed and denied.
+    pub http: crate::HttpLog,
 }

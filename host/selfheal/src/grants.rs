@@ -12,9 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use stepd_job::capabilities::{Capabilities, EnvGrant, FromHost};
-use stepd_records::events::GrantsUsed;
+use stepd_records::events::{GrantsUsed, HttpRequestRecord};
 use stepd_records::redact::Redactor;
-use stepd_runtime::{AttemptGrants, ReadOnlyMount};
+use stepd_runtime::{AttemptGrants, HttpGrant, HttpLog, ReadOnlyMount};
 
 /// The largest secret file read: a key or a token, not a document.
 const MAX_SECRET_BYTES: u64 = 64 << 10;
@@ -55,15 +55,45 @@ pub(crate) fn resolve(
             guest: m.guest.clone(),
         })
         .collect();
-    Ok(AttemptGrants { env, mounts })
+    let http = capabilities.http.as_ref().map(|http| HttpGrant {
+        origins: http.origins.clone(),
+        methods: http.methods.clone(),
+        path_prefixes: http.path_prefixes.clone(),
+        max_requests: http.max_requests,
+        max_request_bytes: http.max_request_bytes,
+        max_response_bytes: http.max_response_bytes,
+    });
+    Ok(AttemptGrants { env, mounts, http })
 }
 
-/// What a step's attempts are granted, by name, for its records.
-pub(crate) fn used(capabilities: &Capabilities) -> GrantsUsed {
+/// What an attempt was granted, by name, and the HTTP requests it made,
+/// for its records.
+pub(crate) fn used(capabilities: &Capabilities, http: &HttpLog) -> GrantsUsed {
     GrantsUsed {
         env: capabilities.env.keys().cloned().collect(),
         secrets: capabilities.secrets.clone(),
         mounts: capabilities.mounts.iter().map(|m| m.guest.clone()).collect(),
+        http_origins: capabilities
+            .http
+            .iter()
+            .flat_map(|h| h.origins.iter().map(ToString::to_string))
+            .collect(),
+        http: http
+            .exchanges
+            .iter()
+            .map(|e| HttpRequestRecord {
+                method: e.method.clone(),
+                origin: e.origin.clone(),
+                path: e.path.clone(),
+                status: e.status,
+                request_bytes: e.request_bytes,
+                response_bytes: e.response_bytes,
+                ms: e.ms,
+                denied: e.denied.clone(),
+                error: e.error.clone(),
+            })
+            .collect(),
+        http_unlogged: http.unlogged,
     }
 }
 

@@ -187,6 +187,13 @@ impl JobRun<'_> {
         };
         self.metrics
             .step_duration(scope, Duration::from_secs_f64(report.wall_clock_seconds));
+        for exchange in &report.http.exchanges {
+            match (&exchange.denied, exchange.status) {
+                (Some(_), _) => self.metrics.http_denied(scope, &exchange.origin),
+                (None, Some(status)) => self.metrics.http_request(scope, &exchange.origin, status),
+                (None, None) => {}
+            }
+        }
         let start_tree = state.start_tree;
         let (after, patch) = blocking(|| -> Result<_, SelfHealError> {
             let changes = match self.workspace.snapshot_within(self.quota) {
@@ -259,7 +266,7 @@ impl JobRun<'_> {
             diff_hash: checkpoint.diff_hash.clone(),
             wall_clock_seconds: tried.report.wall_clock_seconds,
             fuel_consumed: tried.report.fuel_consumed,
-            granted: grants::used(&step.capabilities),
+            granted: grants::used(&step.capabilities, &tried.report.http),
         })?;
         if let Some((class, strategy)) = state.healed_by {
             let scope = MetricScope {
@@ -462,7 +469,7 @@ impl JobRun<'_> {
             changed_files: patch.map(|p| p.changed_files.clone()).unwrap_or_default(),
             retry_context: next_context.map(retry_context_json),
             timestamp: now_rfc3339(),
-            granted: grants::used(&step.capabilities),
+            granted: grants::used(&step.capabilities, &report.http),
         };
         blocking(|| self.artifacts.write_attempt_record(&record))?;
         self.events.emit(Event::AttemptFailed(AttemptFailure {
@@ -478,7 +485,7 @@ impl JobRun<'_> {
             diff_hash: failure.diff_hash.clone(),
             wall_clock_seconds: report.wall_clock_seconds,
             fuel_consumed: report.fuel_consumed,
-            granted: grants::used(&step.capabilities),
+            granted: grants::used(&step.capabilities, &report.http),
         }))?;
         Ok(())
     }

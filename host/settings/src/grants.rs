@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::{invalid, ConfigError};
+use super::{invalid, ConfigError, HttpOrigin};
 
 /// The grant ceiling.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -32,6 +32,10 @@ pub struct GrantCeiling {
     /// a server allows the directory it was started in and `stepd run`
     /// allows any ([`GrantCeiling::baselines_for_server`]).
     pub baseline_roots: Option<Vec<PathBuf>>,
+    /// `STEPD_GRANT_HTTP_ORIGINS` (comma-separated origins such as
+    /// `https://api.example.com`, default none): the origins a step may be
+    /// allowed to call through `wasi:http`.
+    pub http_origins: BTreeSet<HttpOrigin>,
 }
 
 /// Where local baselines may come from.
@@ -79,6 +83,14 @@ impl GrantCeiling {
                 .transpose()?,
             mount_roots: dirs("STEPD_MOUNT_ROOTS")?.unwrap_or_default(),
             baseline_roots: dirs("STEPD_BASELINE_ROOTS")?,
+            http_origins: match lookup("STEPD_GRANT_HTTP_ORIGINS") {
+                None => BTreeSet::new(),
+                Some(value) => list(&value)
+                    .map(|origin| {
+                        HttpOrigin::parse(origin).map_err(|m| invalid("STEPD_GRANT_HTTP_ORIGINS", &value, &m))
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
         })
     }
 
@@ -163,8 +175,17 @@ mod tests {
             ("STEPD_GRANT_SECRETS", "OPENAI_API_KEY"),
             ("STEPD_MOUNT_ROOTS", "/srv/specs,/opt/tools"),
             ("STEPD_BASELINE_ROOTS", "/srv/repos"),
+            (
+                "STEPD_GRANT_HTTP_ORIGINS",
+                "https://api.example.com, http://127.0.0.1:8089",
+            ),
         ])
         .expect("valid");
+        assert!(set
+            .http_origins
+            .contains(&HttpOrigin::parse("http://127.0.0.1:8089").expect("origin")));
+        let err = ceiling(&[("STEPD_GRANT_HTTP_ORIGINS", "https://x.example/v1")]).expect_err("a path");
+        assert!(err.to_string().contains("STEPD_GRANT_HTTP_ORIGINS"), "{err}");
         assert!(set.env.contains("TZ") && set.secrets.contains("OPENAI_API_KEY"));
         assert_eq!(set.mount_roots.len(), 2);
         assert!(!set.baselines_for_server(Path::new("/")).allows(Path::new("/etc")));

@@ -5,6 +5,7 @@
 //! variable, so a bad deployment fails at start, not mid-job.
 
 mod grants;
+mod origin;
 mod runtime;
 mod selfheal;
 mod service;
@@ -14,6 +15,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub use grants::{is_env_name, BaselineRoots, GrantCeiling};
+pub use origin::{HttpOrigin, HttpScheme};
 pub use runtime::{RuntimeSettings, DEFAULT_FUEL_PER_ATTEMPT};
 
 /// Where plugins are looked up by name when neither `--plugins` nor
@@ -94,6 +96,8 @@ const FILE_KEYS: &[(&str, &str, &str)] = &[
     ("runtime", "cache_dir", "STEPD_CACHE_DIR"),
     ("runtime", "pooling", "STEPD_POOLING"),
     ("runtime", "pool_slots", "STEPD_POOL_SLOTS"),
+    ("runtime", "http_extra_ca", "STEPD_HTTP_EXTRA_CA"),
+    ("runtime", "http_bytes_are_activity", "STEPD_HTTP_BYTES_ARE_ACTIVITY"),
     ("metrics", "statsd_host", "STATSD_HOST"),
     ("metrics", "statsd_port", "STATSD_PORT"),
     ("service", "database_url", "DATABASE_URL"),
@@ -111,6 +115,7 @@ const FILE_KEYS: &[(&str, &str, &str)] = &[
     ("grants", "secrets_dir", "STEPD_SECRETS_DIR"),
     ("grants", "mount_roots", "STEPD_MOUNT_ROOTS"),
     ("grants", "baseline_roots", "STEPD_BASELINE_ROOTS"),
+    ("grants", "http_origins", "STEPD_GRANT_HTTP_ORIGINS"),
 ];
 
 impl Settings {

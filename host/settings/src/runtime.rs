@@ -39,6 +39,14 @@ pub struct RuntimeSettings {
     pub pooling: bool,
     /// Instance slots in the pool: the most attempts that can run at once.
     pub pool_slots: u32,
+    /// `STEPD_HTTP_EXTRA_CA`: a PEM file of certificates trusted for
+    /// outbound HTTPS besides the platform's roots (a private CA, or a
+    /// test's).
+    pub http_extra_ca: Option<PathBuf>,
+    /// `STEPD_HTTP_BYTES_ARE_ACTIVITY` (`on` by default): response bytes
+    /// arriving count as activity for the idle deadline — a model streaming
+    /// tokens is working; a socket that sends nothing is idle.
+    pub http_bytes_are_activity: bool,
 }
 
 /// Fuel one attempt may burn by default: about a minute of busy CPU on
@@ -60,6 +68,8 @@ impl Default for RuntimeSettings {
             cache_dir: default_cache_dir(),
             pooling: true,
             pool_slots: 64,
+            http_extra_ca: None,
+            http_bytes_are_activity: true,
         }
     }
 }
@@ -76,7 +86,8 @@ impl RuntimeSettings {
     /// knows (see [`crate::Settings::load`]):
     /// `STEPD_FUEL_PER_ATTEMPT` (a count, or `off`), `STEPD_MEMORY_MB`,
     /// `STEPD_HANDLE_LIMIT`, `STEPD_EPOCH_TICK_MS`, `STEPD_OUTPUT_LIMIT_KB`, `STEPD_CACHE_DIR`
-    /// (a path, or `off`), `STEPD_POOLING` (`on`/`off`), `STEPD_POOL_SLOTS`.
+    /// (a path, or `off`), `STEPD_POOLING` (`on`/`off`), `STEPD_POOL_SLOTS`,
+    /// `STEPD_HTTP_EXTRA_CA`, `STEPD_HTTP_BYTES_ARE_ACTIVITY` (`on`/`off`).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut settings = RuntimeSettings::default();
         if let Some(value) = lookup("STEPD_FUEL_PER_ATTEMPT") {
@@ -114,6 +125,16 @@ impl RuntimeSettings {
             let slots = parse_positive("STEPD_POOL_SLOTS", &value)?;
             settings.pool_slots =
                 u32::try_from(slots).map_err(|_| invalid("STEPD_POOL_SLOTS", &value, "must fit in 32 bits"))?;
+        }
+        if let Some(value) = lookup("STEPD_HTTP_EXTRA_CA").filter(|v| !v.trim().is_empty()) {
+            let path = PathBuf::from(value.trim());
+            if !path.is_absolute() {
+                return Err(invalid("STEPD_HTTP_EXTRA_CA", &value, "must be an absolute path"));
+            }
+            settings.http_extra_ca = Some(path);
+        }
+        if let Some(value) = lookup("STEPD_HTTP_BYTES_ARE_ACTIVITY") {
+            settings.http_bytes_are_activity = parse_switch("STEPD_HTTP_BYTES_ARE_ACTIVITY", &value)?;
         }
         Ok(settings)
     }

@@ -8,7 +8,7 @@ use sqlx::Row;
 
 use super::{db, duration_ms, opt_u32, u32_col, JobRecord, JobState, Store, StoreError};
 use stepd_job::control::{ControlAction, LiveControl};
-use stepd_records::events::Event;
+use stepd_records::events::{Event, EventRecord};
 
 const JOB_COLUMNS: &str = "id, status, attempt, max_attempts, next_attempt_at, published_at, lease_owner, \
     lease_expires_at, payload, live_control, cancel_requested, resume_step, current_step_id, \
@@ -262,10 +262,15 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// End job `id` held by `owner` with `status` (a terminal state), if
-    /// nothing changed it since `version` (an operator's request that
+    /// End job `id` held by `owner` with `status` (a terminal state) and
+    /// append its last event, `ending`, in the same transaction — if
+    /// nothing changed the job since `version` (an operator's request that
     /// arrived meanwhile must be acted on, not dropped). False when `owner`
-    /// lost the lease or the job changed.
+    /// lost the lease or the job changed; then neither is written.
+    ///
+    /// One transaction because a store that fails between the two would
+    /// otherwise leave an ended job `running`: its lease expires, another
+    /// worker finds every step checkpointed and ends it a second time.
     pub async fn finish(
         &self,
         id: &str,
@@ -273,8 +278,10 @@ impl Store {
         status: JobState,
         error: Option<&str>,
         version: i64,
+        ending: &EventRecord,
     ) -> Result<bool, StoreError> {
         let now = self.clock().await?;
+        let mut tx = self.pool.begin().await.map_err(db("finish job"))?;
         let done = sqlx::query(
             "UPDATE jobs SET status = $1, lease_owner = NULL, lease_expires_at = NULL, finished_at = $2, \
              updated_at = $2, last_error = $3, resume_step = NULL, version = version + 1 \
@@ -286,10 +293,16 @@ impl Store {
         .bind(id)
         .bind(owner)
         .bind(version)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db("finish job"))?;
-        Ok(done.rows_affected() == 1)
+        if done.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let value = serde_json::to_value(ending).unwrap_or_default();
+        Self::append_value_in(&mut tx, id, &ending.at, &value).await?;
+        tx.commit().await.map_err(db("finish job"))?;
+        Ok(true)
     }
 
     /// Put job `id` back in the queue for job attempt `attempt`, claimable

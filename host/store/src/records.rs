@@ -132,7 +132,7 @@ impl Store {
         Self::append_value_in(tx, job_id, &at, &value).await
     }
 
-    async fn append_value_in(
+    pub(super) async fn append_value_in(
         tx: &mut Transaction<'static, Any>,
         job_id: &str,
         at: &str,

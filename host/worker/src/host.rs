@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use stepd_job::control::RecoveryRequest;
 use stepd_records::artifacts::{JobArtifacts, StepState};
-use stepd_records::events::{Event, EventSink};
+use stepd_records::events::{Event, EventRecord, EventSink};
 use stepd_runtime::CancellationToken;
 use stepd_selfheal::{
     blocking, Checkpoint, Ending, Interruption, JobHost, JobStart, JobStatus, LifecycleError, Requeued, RunHooks,
@@ -126,9 +126,9 @@ impl JobHost for ServiceHost {
     }
 
     /// Settle with the store first — a recovery request or a cancel that
-    /// arrived while the pass ended interrupts the ending — then record the
-    /// last event, flushed, then the status, written only if nothing
-    /// changed the job meanwhile.
+    /// arrived while the pass ended interrupts the ending — then write the
+    /// last event and the status together, only if nothing changed the job
+    /// meanwhile.
     async fn settle(
         &mut self,
         events: &EventSink,
@@ -141,7 +141,8 @@ impl JobHost for ServiceHost {
             JobStatus::DeadLetter => JobState::DeadLetter,
             JobStatus::Cancelled => JobState::Cancelled,
         };
-        let mut event = Some(ending.event);
+        // Recorded in the artifacts once, on the first try.
+        let mut record: Option<EventRecord> = None;
         loop {
             let Some(now) = self
                 .store
@@ -161,15 +162,27 @@ impl JobHost for ServiceHost {
             if interruptible && (recovery_waiting || cancel_waiting) {
                 return Ok(Settled::Interrupted);
             }
-            if let Some(event) = event.take() {
-                events.emit(event)?;
-                self.recorder.flush().await;
-            }
+            // The last event goes to the store with the status, in one
+            // transaction (see `Store::finish`); every event before it is
+            // flushed first so the order holds.
+            let ending_record = match record.take() {
+                Some(recorded) => recorded,
+                None => events.emit_unobserved(ending.event.clone())?,
+            };
+            self.recorder.flush().await;
             let finished = self
                 .store
-                .finish(&self.job_id, self.owner(), state, ending.error.as_deref(), now.version)
+                .finish(
+                    &self.job_id,
+                    self.owner(),
+                    state,
+                    ending.error.as_deref(),
+                    now.version,
+                    &ending_record,
+                )
                 .await
                 .map_err(store_error)?;
+            record = Some(ending_record);
             if finished {
                 return Ok(Settled::Left(Some(ending.status)));
             }

@@ -23,6 +23,12 @@
 //!   mounts), each `{"ok", "detail"}`; print the report and succeed;
 //! - `"fill"`: write `inputs.mb` MiB (default 64) of incompressible bytes to
 //!   one file, then succeed (a full disk fails it with the error's text).
+//! - `"http"`: send each of `inputs.requests` (`{"url", "method"?,
+//!   "bodyBytes"?, "follow"?}`; `follow` sends one more request to a 3xx
+//!   answer's `location`) through `wasi:http` and report each as `{"ok",
+//!   "status", "bytes", "ms", "detail"}` (`ok`: a response arrived; `ms`:
+//!   the first request's round trip, seen from the guest); print the
+//!   report and succeed.
 
 use std::io::Read;
 use std::net::{ToSocketAddrs, UdpSocket};
@@ -257,6 +263,33 @@ fn grant_probes(inputs: &Value) -> Value {
            "all_env": std::env::vars().map(|(k, _)| k).collect::<Vec<_>>()})
 }
 
+/// One request of the `http` probe, following one redirect when asked.
+fn http_probe(request: &Value) -> Value {
+    let url = request["url"].as_str().unwrap_or_default();
+    let method = request["method"].as_str().unwrap_or("GET");
+    let body = vec![b'x'; request["bodyBytes"].as_u64().unwrap_or(0) as usize];
+    let started = std::time::Instant::now();
+    let mut answer = stepd_sdk::http::send(method, url, &[], &body);
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if request["follow"] == json!(true) {
+        if let Ok(response) = &answer {
+            let location = response
+                .headers
+                .iter()
+                .find(|(name, _)| name == "location")
+                .map(|(_, value)| String::from_utf8_lossy(value).into_owned());
+            if let (300..=399, Some(location)) = (response.status, location) {
+                answer = stepd_sdk::http::send("GET", &location, &[], &[]);
+            }
+        }
+    }
+    match answer {
+        Ok(response) => json!({"ok": true, "status": response.status, "bytes": response.body.len(), "ms": ms,
+                               "detail": String::from_utf8_lossy(&response.body[..response.body.len().min(200)])}),
+        Err(e) => json!({"ok": false, "detail": e.to_string()}),
+    }
+}
+
 /// Recursion that lives on the wasm call stack, not in linear memory (no
 /// arrays, nothing borrowed), and that LLVM cannot turn into a loop.
 #[inline(never)]
@@ -326,6 +359,17 @@ impl Step for Hostile {
                 let report = grant_probes(&inputs);
                 stepd_sdk::log(&report.to_string());
                 Ok(StepOutput::with_data("tried its grants", &report))
+            }
+            "http" => {
+                let requests = inputs
+                    .get("requests")
+                    .and_then(|r| r.as_array())
+                    .cloned()
+                    .unwrap_or_default();
+                let report: Vec<Value> = requests.iter().map(http_probe).collect();
+                let report = Value::Array(report);
+                stepd_sdk::log(&report.to_string());
+                Ok(StepOutput::with_data("tried HTTP", &report))
             }
             "fill" => {
                 // Incompressible bytes, so the host's copy of them (its git

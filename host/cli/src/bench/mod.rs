@@ -8,6 +8,7 @@
 pub mod chaos;
 mod deploy;
 mod diskfull;
+mod http;
 pub mod queue;
 pub mod replay;
 mod restarts;

@@ -4,8 +4,9 @@
 //! Rows: instantiate+call+teardown latency; soft-reset latency (deadline hit
 //! → a fresh instance's call returned); deadline lateness for a CPU-bound
 //! and a sleeping guest, wall and idle; epoch-only and fuel+epoch overhead on
-//! a tight loop, as ratios to neither; and the process spawns a
-//! process-based worker pays instead.
+//! a tight loop, as ratios to neither; an HTTP round trip to loopback from
+//! a guest and from the host; and the process spawns a process-based
+//! worker pays instead.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -116,6 +117,8 @@ async fn measure(args: &RuntimeBenchArgs, workspace: &Path) -> anyhow::Result<St
             host: mounted.path().to_owned(),
             guest: "/specs".into(),
         }],
+        // Linked and granted, never called: what having HTTP costs.
+        http: Some(super::http::loopback_grant(([127, 0, 0, 1], 9).into())?),
     };
     let mut cycle = Vec::with_capacity(args.iterations);
     let mut cycle_granted = Vec::with_capacity(args.iterations);
@@ -259,13 +262,25 @@ async fn measure(args: &RuntimeBenchArgs, workspace: &Path) -> anyhow::Result<St
         .map(|(label, _, _, samples)| (label, Summary::of(samples).map_or(f64::NAN, |s| s.p50)))
         .collect();
 
-    // 5. what a process-based worker pays per restart.
+    // 5. an HTTP round trip to loopback, through a guest and by the host.
+    let hostile = load(&runtime, "hostile")?;
+    let (guest_http, host_http) = super::http::round_trips(
+        &runtime,
+        &hostile,
+        || bench.request(1, serde_json::Value::Null, LONG, LONG),
+        (args.iterations / 20).clamp(2, 20),
+    )
+    .await?;
+
+    // 6. what a process-based worker pays per restart.
     let true_spawn = spawn_samples("/bin/true", &[], args.iterations.min(100))?;
     let python_spawn = spawn_samples("python3", &["-c", "pass"], (args.iterations / 10).clamp(3, 20)).ok();
 
     Ok(render(RenderInput {
         cycle: Summary::of(cycle),
         cycle_granted: Summary::of(cycle_granted),
+        guest_http: Summary::of(guest_http),
+        host_http: Summary::of(host_http),
         soft_reset: Summary::of(soft_reset),
         soft_reset_from_deadline: Summary::of(soft_reset_from_deadline),
         lateness,
@@ -302,6 +317,8 @@ fn spawn_samples(program: &str, args: &[&str], n: usize) -> anyhow::Result<Vec<f
 struct RenderInput {
     cycle: Option<Summary>,
     cycle_granted: Option<Summary>,
+    guest_http: Option<Summary>,
+    host_http: Option<Summary>,
     soft_reset: Option<Summary>,
     soft_reset_from_deadline: Option<Summary>,
     lateness: Vec<(&'static str, Option<Summary>)>,
@@ -352,7 +369,13 @@ fn render(input: RenderInput) -> String {
     ));
     out.push_str(&format!("|{:-<46}|{:->13}|{:->13}|{:->6}|\n", "", "", "", ""));
     row(&mut out, "instantiate + call + teardown", input.cycle);
-    row(&mut out, "  the same with 4 variables and a mount", input.cycle_granted);
+    row(
+        &mut out,
+        "  the same with 4 variables, a mount and HTTP",
+        input.cycle_granted,
+    );
+    row(&mut out, "HTTP round trip to loopback, from a guest", input.guest_http);
+    row(&mut out, "HTTP round trip to loopback, from the host", input.host_http);
     row(
         &mut out,
         "soft reset (deadline hit -> fresh call done)",
@@ -376,9 +399,12 @@ fn render(input: RenderInput) -> String {
     if let (Some(plain), Some(granted)) = (input.cycle, input.cycle_granted) {
         let ratio = granted.p50 / plain.p50;
         out.push_str(&format!(
-            "- capabilities (4 variables + a read-only mount) <= 1.2x instantiate + call: {ratio:.2}x ({})\n",
+            "- capabilities (4 variables + a read-only mount + HTTP) <= 1.2x instantiate + call: {ratio:.2}x ({})\n",
             verdict(ratio <= 1.2)
         ));
+    }
+    if let Some(line) = super::http::verdict_line(input.guest_http, input.host_http) {
+        out.push_str(&line);
     }
     if let Some(soft) = input.soft_reset_from_deadline {
         out.push_str(&format!(
