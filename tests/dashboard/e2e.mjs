@@ -72,6 +72,16 @@ try {
     .some((chip) => chip.textContent.includes("fuel")));
   await page.screenshot({ path: `${shots}/03-succeeded.png`, fullPage: true });
 
+  step("the last step's attempt lists its HTTP requests, the refused one with its reason");
+  const origin = process.env.HTTP_ORIGIN;
+  await page.waitForFunction((origin) => {
+    const rows = [...document.querySelectorAll('#timeline li[data-step="call"] .http li')].map((li) => li.textContent);
+    return rows.some((r) => r.includes(`GET · ${origin}/ping · 200`))
+      && rows.some((r) => r.includes("GET · http://169.254.169.254/latest/meta-data/ · denied: http://169.254.169.254 is not a granted origin"));
+  }, origin, { timeout: 30000 });
+  const grantsLine = await page.evaluate(() => (document.querySelector('#timeline li[data-step="call"] .grants') || {}).textContent);
+  if (grantsLine !== `grants: http ${origin}`) throw new Error(`the call step's grants line: ${grantsLine}`);
+
   step("a refused action shows the API's message");
   await page.click('button[data-action="pause"]');
   await page.waitForFunction(() => document.querySelector("#control-message").textContent.includes("has ended"));

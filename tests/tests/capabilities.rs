@@ -9,7 +9,8 @@
 //!   the attempt's event names what it was granted, and a `fromHost`
 //!   variable the worker lacks fails the step naming it;
 //! - through `stepd serve`, a repository of `/etc` or `file:///etc` and a
-//!   grant beyond the ceiling are 400s naming the setting, and a granted
+//!   grant beyond the ceiling (a mount, an HTTP origin) are 400s naming the
+//!   setting, and a granted
 //!   secret reaches the guest but no file, database row or log line, on
 //!   both deployments.
 
@@ -250,6 +251,15 @@ async fn a_server_refuses_system_baselines_and_grants_beyond_its_ceiling() {
             .as_str()
             .unwrap_or_default()
             .contains("STEPD_MOUNT_ROOTS"),
+        "{body}"
+    );
+    let mut caller = step.clone();
+    caller["capabilities"] = json!({"http": {"origins": ["https://api.example.com"]}});
+    let (status, body) = submit(json!({"type": "task", "task": {"repository": repo_dir(), "steps": [caller]}})).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("https://api.example.com") && message.contains("STEPD_GRANT_HTTP_ORIGINS"),
         "{body}"
     );
     let mut unknown = step.clone();

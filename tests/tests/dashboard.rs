@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use stepd_tests::cluster::{Cluster, Mode, OPERATOR_TOKEN};
+use stepd_tests::http_server::{Behaviour, TestServer};
 
 fn samples() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples")
@@ -25,7 +26,19 @@ async fn an_operator_watches_pauses_resumes_and_reruns_the_hang_sample_in_the_br
         "{chromium} is missing: install Debian's chromium package (.ci/run does)"
     );
 
-    let cluster = Cluster::start_with(Mode::Embedded, 1, 0, &[("STEPD_GRANT_ENV", "LANG")]).await;
+    // A loopback server the last step calls, granted as an origin.
+    let server = TestServer::http(Behaviour::Chat { answer: "pong".into() }).await;
+    let origin = server.origin(false);
+    let cluster = Cluster::start_with(
+        Mode::Embedded,
+        1,
+        0,
+        &[
+            ("STEPD_GRANT_ENV", "LANG"),
+            ("STEPD_GRANT_HTTP_ORIGINS", origin.as_str()),
+        ],
+    )
+    .await;
     // The hang sample, with a longer idle deadline: the page has time to
     // press Pause while the first step is silent.
     let text = std::fs::read_to_string(samples().join("self-heal-hang.json")).expect("sample");
@@ -34,10 +47,21 @@ async fn an_operator_watches_pauses_resumes_and_reruns_the_hang_sample_in_the_br
     payload["task"]["selfHeal"]["stepIdleTimeoutSeconds"] = 8.into();
     // A declared capability, which the timeline shows by name.
     payload["task"]["steps"][0]["capabilities"] = serde_json::json!({"env": {"LANG": "C.UTF-8"}});
+    // A last step that calls the server once and an origin it was not
+    // granted once: its attempt's HTTP log shows both.
+    let call = serde_json::json!({"id": "call", "title": "Call the service", "plugin": "hostile",
+        "inputs": {"probe": "http", "requests": [{"url": format!("{origin}/ping")},
+                                                  {"url": "http://169.254.169.254/latest/meta-data/"}]},
+        "capabilities": {"http": {"origins": [origin]}}});
+    payload["task"]["steps"]
+        .as_array_mut()
+        .expect("the sample's steps")
+        .push(call);
     let id = cluster.submit(&payload).await;
 
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/dashboard");
     let url = cluster.url.clone();
+    let origin = origin.clone();
     let output = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg("e2e.mjs")
@@ -45,6 +69,7 @@ async fn an_operator_watches_pauses_resumes_and_reruns_the_hang_sample_in_the_br
             .env("STEPD_URL", &url)
             .env("STEPD_TOKEN", OPERATOR_TOKEN)
             .env("JOB_ID", &id)
+            .env("HTTP_ORIGIN", &origin)
             .env("SCREENSHOT_DIR", &shots)
             .env("CHROMIUM", &chromium)
             .output()

@@ -48,7 +48,7 @@ async fn twenty_jobs_claimed_by_four_racing_workers_are_each_claimed_once() {
         let store = db.open().await;
         // Opening again is a no-op migration.
         let again = db.open().await;
-        assert_eq!(again.schema_versions().await.expect("versions"), vec![1, 2, 3]);
+        assert_eq!(again.schema_versions().await.expect("versions"), vec![1, 2, 3, 4]);
         for i in 0..20 {
             submit(&store, &format!("job-{i:02}"), 1).await;
         }
@@ -343,6 +343,17 @@ async fn events_checkpoints_and_attempts_round_trip() {
             fuel_consumed: Some(123_456),
             worker: "w1".into(),
             finished_at: "2026-01-01T00:00:00Z".into(),
+            http: vec![stepd_records::events::HttpRequestRecord {
+                method: "POST".into(),
+                origin: "https://api.example.com".into(),
+                path: "/v1/chat/completions".into(),
+                status: Some(200),
+                request_bytes: 120,
+                response_bytes: 2048,
+                ms: 41.5,
+                denied: None,
+                error: None,
+            }],
         };
         store.record_attempt("c", &row).await.expect("attempt");
         store.record_attempt("c", &row).await.expect("same attempt again");

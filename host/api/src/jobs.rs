@@ -104,7 +104,9 @@ pub fn job_view(job: &JobRecord, first_unfinished: u32) -> Value {
 }
 
 /// What a step declared it needs, by name: variable names (never their
-/// values), secret names and mounts. Empty lists when it declared nothing.
+/// values), secret names, mounts and its HTTP grant (origins, methods,
+/// prefixes, limits; `null` without one). Empty lists when it declared
+/// nothing.
 fn capabilities_view(declared: &Value) -> Value {
     let names = |v: &Value| -> Vec<String> { v.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default() };
     let list = |v: &Value| -> Vec<Value> { v.as_array().cloned().unwrap_or_default() };
@@ -115,6 +117,7 @@ fn capabilities_view(declared: &Value) -> Value {
             .iter()
             .map(|m| json!({"guest": m["guest"], "host": m["host"], "readOnly": true}))
             .collect::<Vec<_>>(),
+        "http": declared["http"],
     })
 }
 

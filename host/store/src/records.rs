@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::{db, now_ms, u32_col, Store, StoreError};
-use stepd_records::events::Event;
+use stepd_records::events::{Event, HttpRequestRecord};
 
 /// One event as the store keeps it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -70,6 +70,10 @@ pub struct AttemptRow {
     pub worker: String,
     /// RFC 3339.
     pub finished_at: String,
+    /// The HTTP requests it made, allowed and denied (never a query,
+    /// header or body).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub http: Vec<HttpRequestRecord>,
 }
 
 /// A finished step's checkpoint: enough to rebuild the workspace after it
@@ -211,11 +215,12 @@ impl Store {
     pub async fn record_attempt(&self, job_id: &str, attempt: &AttemptRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO step_attempts (job_id, step_index, attempt, step_id, outcome, failure_class, strategy, \
-             wall_clock_seconds, worker, finished_at, fuel_consumed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+             wall_clock_seconds, worker, finished_at, fuel_consumed, http) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (job_id, step_index, attempt) DO UPDATE SET outcome = excluded.outcome, \
              failure_class = excluded.failure_class, strategy = excluded.strategy, \
              wall_clock_seconds = excluded.wall_clock_seconds, worker = excluded.worker, finished_at = excluded.finished_at, \
-             fuel_consumed = excluded.fuel_consumed",
+             fuel_consumed = excluded.fuel_consumed, http = excluded.http",
         )
         .bind(job_id)
         .bind(i64::from(attempt.step_index))
@@ -228,6 +233,7 @@ impl Store {
         .bind(&attempt.worker)
         .bind(&attempt.finished_at)
         .bind(attempt.fuel_consumed)
+        .bind((!attempt.http.is_empty()).then(|| serde_json::to_string(&attempt.http).unwrap_or_default()))
         .execute(&self.pool)
         .await
         .map_err(db("record attempt"))?;
@@ -238,7 +244,7 @@ impl Store {
     pub async fn attempts(&self, job_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT step_index, attempt, step_id, outcome, failure_class, strategy, wall_clock_seconds, worker, \
-             finished_at, fuel_consumed FROM step_attempts WHERE job_id = $1 ORDER BY step_index, attempt",
+             finished_at, fuel_consumed, http FROM step_attempts WHERE job_id = $1 ORDER BY step_index, attempt",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
@@ -257,6 +263,10 @@ impl Store {
                     worker: r.try_get("worker")?,
                     finished_at: r.try_get("finished_at")?,
                     fuel_consumed: r.try_get("fuel_consumed")?,
+                    http: r
+                        .try_get::<Option<String>, _>("http")?
+                        .and_then(|text| serde_json::from_str(&text).ok())
+                        .unwrap_or_default(),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -96,6 +96,11 @@ CREATE TABLE step_checkpoints (
         name: "the job as resolved at submit (absolute paths, plugin hashes)",
         sql: "ALTER TABLE jobs ADD COLUMN resolved TEXT",
     },
+    Migration {
+        version: 4,
+        name: "the HTTP requests of each step attempt (JSON)",
+        sql: "ALTER TABLE step_attempts ADD COLUMN http TEXT",
+    },
 ];
 
 /// The backend a store talks to.

@@ -84,6 +84,7 @@ async fn write(store: &Store, job_id: &str, worker: &str, workspace: &str, recor
             step,
             wall_clock_seconds,
             fuel_consumed,
+            granted,
             ..
         } => Some(AttemptRow {
             step_index: step.step_index,
@@ -96,6 +97,7 @@ async fn write(store: &Store, job_id: &str, worker: &str, workspace: &str, recor
             fuel_consumed: fuel_consumed.map(|f| i64::try_from(f).unwrap_or(i64::MAX)),
             worker: worker.to_owned(),
             finished_at: record.at.clone(),
+            http: granted.http.clone(),
         }),
         Event::AttemptFailed(failure) => Some(AttemptRow {
             step_index: failure.step.step_index,
@@ -108,6 +110,7 @@ async fn write(store: &Store, job_id: &str, worker: &str, workspace: &str, recor
             fuel_consumed: failure.fuel_consumed.map(|f| i64::try_from(f).unwrap_or(i64::MAX)),
             worker: worker.to_owned(),
             finished_at: record.at.clone(),
+            http: failure.granted.http.clone(),
         }),
         _ => None,
     };

@@ -179,6 +179,7 @@ function renderTimeline(job) {
       ...(caps.env || []).map((name) => `env ${name}`),
       ...(caps.secrets || []).map((name) => `secret ${name}`),
       ...(caps.mounts || []).map((m) => `mount ${m.guest} (read-only)`),
+      ...((caps.http || {}).origins || []).map((origin) => `http ${origin}`),
     ];
     if (grants.length) li.append(text("div", `grants: ${grants.join(" · ")}`, "grants"));
     const chips = text("div", undefined, "attempts");
@@ -194,6 +195,22 @@ function renderTimeline(job) {
       chips.append(chip);
     }
     li.append(chips);
+    // Each attempt's HTTP requests: what was called, what came back, what
+    // the grant refused (never a query, a header or a body).
+    const calls = text("ul", undefined, "http");
+    for (const a of byStep.get(step.index) || []) {
+      for (const r of a.http || []) {
+        const parts = [`#${a.attempt}`, r.method, `${r.origin}${r.path}`];
+        if (r.denied) parts.push(`denied: ${r.denied}`);
+        else {
+          if (r.status !== null && r.status !== undefined) parts.push(String(r.status));
+          parts.push(`${r.responseBytes} B`, `${r.ms.toFixed(1)} ms`);
+          if (r.error) parts.push(`error: ${r.error}`);
+        }
+        calls.append(text("li", parts.join(" · "), r.denied ? "denied" : r.error ? "fail" : "ok"));
+      }
+    }
+    if (calls.children.length) li.append(calls);
     list.append(li);
   }
 }
