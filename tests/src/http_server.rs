@@ -41,6 +41,14 @@ pub enum Behaviour {
         /// Body bytes.
         bytes: usize,
     },
+    /// `200` with a body of `bytes` bytes sent one at a time, `every_ms`
+    /// apart: a model streaming tokens slowly.
+    Trickle {
+        /// Body bytes.
+        bytes: usize,
+        /// Milliseconds between two bytes.
+        every_ms: u64,
+    },
 }
 
 /// One request as the server read it.
@@ -159,6 +167,18 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Behaviour::Redirect { location } => ("302 Found", vec![("location", location.clone())], Vec::new()),
         Behaviour::Big { bytes } => ("200 OK", Vec::new(), vec![b'y'; *bytes]),
+        Behaviour::Trickle { bytes, every_ms } => {
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {bytes}\r\nconnection: close\r\n\r\n");
+            let _ = stream.write_all(head.as_bytes()).await;
+            for _ in 0..*bytes {
+                tokio::time::sleep(std::time::Duration::from_millis(*every_ms)).await;
+                if stream.write_all(b"t").await.is_err() || stream.flush().await.is_err() {
+                    return;
+                }
+            }
+            let _ = stream.shutdown().await;
+            return;
+        }
     };
     let mut head = format!(
         "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n",

@@ -52,6 +52,7 @@ impl InProcessWorker {
                 plugin_dir: plugin_dir(),
                 concurrency: 1,
                 name: "worker-1".into(),
+                prometheus: None,
             },
             Arc::new(Redactor::new()),
         );

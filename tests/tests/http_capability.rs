@@ -12,7 +12,10 @@
 //!   event and metrics record the request; an origin beyond the host's
 //!   ceiling is exit 2 naming the setting;
 //! - a server that accepts and never answers: the idle deadline stops the
-//!   step, self-heal soft-resets it, and the retry succeeds.
+//!   step, self-heal soft-resets it, and the retry succeeds;
+//! - a server that trickles its answer slower than the idle deadline keeps
+//!   the step alive (response bytes are activity), unless
+//!   `STEPD_HTTP_BYTES_ARE_ACTIVITY` is off.
 
 use std::path::Path;
 use std::process::Command;
@@ -414,4 +417,61 @@ fn the_model_call_sample_without_its_grants_is_refused_naming_them() {
         text.contains("https://api.openai.com") && text.contains("STEPD_GRANT_HTTP_ORIGINS"),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_bytes_keep_a_step_alive_unless_the_setting_says_they_are_not_activity() {
+    // Eight bytes 250 ms apart: two seconds of answer, never silent for
+    // the 700 ms idle deadline.
+    let server = TestServer::http(Behaviour::Trickle {
+        bytes: 8,
+        every_ms: 250,
+    })
+    .await;
+    for bytes_are_activity in [true, false] {
+        let rt = stepd_runtime::Runtime::new(stepd_runtime_settings(bytes_are_activity)).expect("runtime");
+        let hostile = load(&rt, "hostile");
+        let scratch = Scratch::new();
+        let request = stepd_runtime::AttemptRequest {
+            workspace: scratch.workspace(),
+            context: stepd_tests::context(
+                1,
+                json!({"probe": "http", "requests": [{"url": format!("{}/stream", server.origin(false))}]}),
+            ),
+            limits: stepd_runtime::AttemptLimits::new(
+                std::time::Duration::from_secs(30),
+                std::time::Duration::from_millis(700),
+            ),
+            cancel: stepd_runtime::CancellationToken::new(),
+            grants: AttemptGrants {
+                http: Some(HttpGrant {
+                    origins: vec![origin(&server.origin(false))],
+                    methods: Vec::new(),
+                    path_prefixes: Vec::new(),
+                    max_requests: 1,
+                    max_request_bytes: 1024,
+                    max_response_bytes: 1024,
+                }),
+                ..AttemptGrants::default()
+            },
+        };
+        let report = rt.run_attempt(&hostile, request).await.expect("the attempt runs");
+        if bytes_are_activity {
+            assert!(
+                report.outcome.is_success(),
+                "a streaming answer is work: {}",
+                report.outcome
+            );
+            assert_eq!(report.http.exchanges[0].response_bytes, 8, "{:?}", report.http);
+        } else {
+            assert_eq!(report.outcome, AttemptOutcome::IdleTimeout, "bytes are not activity");
+        }
+    }
+}
+
+fn stepd_runtime_settings(http_bytes_are_activity: bool) -> stepd_settings::RuntimeSettings {
+    stepd_settings::RuntimeSettings {
+        http_bytes_are_activity,
+        ..stepd_tests::test_settings()
+    }
 }

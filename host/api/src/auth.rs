@@ -143,7 +143,9 @@ impl FromRequestParts<ApiState> for Operator {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        state.tokens.check(&parts.headers, Scope::Operator).map(Operator)
+        let caller = state.tokens.check(&parts.headers, Scope::Operator)?;
+        tracing::Span::current().record("caller", caller.label.as_str());
+        Ok(Operator(caller))
     }
 }
 
@@ -154,7 +156,9 @@ impl FromRequestParts<ApiState> for WorkerCaller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        state.tokens.check(&parts.headers, Scope::Worker).map(WorkerCaller)
+        let caller = state.tokens.check(&parts.headers, Scope::Worker)?;
+        tracing::Span::current().record("caller", caller.label.as_str());
+        Ok(WorkerCaller(caller))
     }
 }
 

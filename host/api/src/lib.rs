@@ -1,6 +1,7 @@
 //! The HTTP API (docs/OPERATIONS.md#http-api): submit, list, read, events (polling and
 //! server-sent events), the worker heartbeat, operator control, artifacts,
-//! `/healthz`, the OpenAPI document and the dashboard at `/`. Bearer
+//! `/healthz`, `/readyz`, `/metrics`, the OpenAPI document and the
+//! dashboard at `/`. Bearer
 //! tokens with operator and worker scopes; every error is JSON `{code,
 //! message}`. The API writes to the store and pokes the dispatcher; it
 //! never runs a step.
@@ -10,6 +11,7 @@ mod auth;
 pub mod control;
 mod dashboard;
 mod error;
+mod health;
 mod jobs;
 mod openapi;
 
@@ -22,6 +24,7 @@ use axum::Router;
 
 pub use auth::{load_or_generate_token, token_file, Caller, Operator, Scope, Tokens, WorkerCaller};
 pub use error::ApiError;
+pub use health::{metrics_text, probe_router, readiness};
 pub use openapi::openapi_document;
 
 use stepd_queue::Dispatcher;
@@ -49,6 +52,8 @@ pub struct ApiState {
     pub lease: std::time::Duration,
     /// What a submitted job may be granted (capabilities, local baselines).
     pub grants: Arc<stepd_job::payload::HostGrants>,
+    /// The process's Prometheus registry, served at `/metrics`.
+    pub prometheus: Arc<stepd_records::prometheus::Prometheus>,
 }
 
 /// Who may call a route.
@@ -87,6 +92,8 @@ fn routes() -> Vec<(Route, MethodRouter<ApiState>)> {
             get(dashboard::app_css),
         ),
         (route(Method::GET, "/healthz", Public), get(jobs::healthz)),
+        (route(Method::GET, "/readyz", Public), get(health::readyz)),
+        (route(Method::GET, "/metrics", Public), get(health::metrics)),
         (route(Method::GET, "/api/openapi.json", Public), get(openapi::serve)),
         (
             route(Method::POST, "/api/queue/jobs", Needs(Operator)),
@@ -132,6 +139,11 @@ pub fn router(state: ApiState) -> Router {
         .fold(Router::new(), |router, (route, handler)| {
             router.route(route.path, handler)
         })
+        .route_layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(log_response),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint; see /api/openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -140,6 +152,38 @@ pub fn router(state: ApiState) -> Router {
             )
         })
         .with_state(state)
+}
+
+/// The span of one request: method, route (the template, so ids stay out
+/// of the route field) and, once the token was checked, the caller's label
+/// (never the token).
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("-", axum::extract::MatchedPath::as_str)
+        .to_owned();
+    tracing::info_span!("request", method = %request.method(), route, caller = tracing::field::Empty)
+}
+
+/// One log line per answered request, in its span: status and latency.
+fn log_response(response: &axum::http::Response<axum::body::Body>, latency: std::time::Duration, _: &tracing::Span) {
+    tracing::info!(
+        status = response.status().as_u16(),
+        latency_ms = latency.as_secs_f64() * 1e3,
+        "answered"
+    );
+}
+
+/// Serve a worker's probe listener ([`probe_router`]) until `stop`.
+pub async fn serve_probes(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
 }
 
 /// Serve `router` on `listener` until `stop`.

@@ -109,6 +109,10 @@ pub fn openapi_document() -> Value {
                 "responses": {"200": {"description": "CSS", "content": {"text/css": {}}}}}},
             "/healthz": {"get": {"summary": "The server and its store answer", "security": [],
                 "responses": {"200": {"description": "healthy"}, "503": {"description": "store unavailable"}}}},
+            "/readyz": {"get": {"summary": "The store and the broker (when there is one) answer", "security": [],
+                "responses": {"200": {"description": "ready"}, "503": {"description": "the store or the broker is unavailable (the message names which)"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (OpenMetrics text): stepd's counters and histogram, jobs by status, queue depth, the oldest lease's age, running attempts", "security": [],
+                "responses": {"200": {"description": "the metrics", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}}}},
             "/api/openapi.json": {"get": {"summary": "This document", "security": [],
                 "responses": {"200": {"description": "the OpenAPI document"}}}},
             "/api/queue/jobs": {

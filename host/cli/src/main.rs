@@ -8,6 +8,7 @@ mod bench;
 mod client;
 mod live;
 mod local;
+mod logging;
 mod service;
 
 use std::path::PathBuf;
@@ -149,17 +150,21 @@ fn control_actions() -> clap::builder::PossibleValuesParser {
 /// Parse the command line, run the command, and turn the result into an
 /// exit code (errors are printed with their context chain).
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STEPD_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    let cli = Cli::parse();
+    let format = match logging::LogFormat::from_env() {
+        Ok(format) => format,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID_INPUT);
+        }
+    };
+    logging::init(format, matches!(cli.command, Command::Serve(_) | Command::Worker(_)));
     // Attempts share the process's descriptors with the API, the store and
     // the broker connection (host/runtime/src/descriptors.rs): make the
     // budget as large as the operator allows before anything opens files.
     if let Err(e) = stepd_runtime::raise_descriptor_limit() {
         tracing::warn!("could not raise the descriptor limit to its hard limit: {e}");
     }
-    let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

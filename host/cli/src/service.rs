@@ -11,6 +11,7 @@ use clap::Args;
 use super::client::{self, ClientArgs};
 use stepd_api::{ApiState, Tokens};
 use stepd_queue::{run_sweeper, Dispatcher};
+use stepd_records::prometheus::Prometheus;
 use stepd_records::redact::Redactor;
 use stepd_runtime::{CancellationToken, Runtime};
 use stepd_settings::Settings;
@@ -56,6 +57,10 @@ pub struct WorkerArgs {
     /// Jobs this process runs at once.
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
+    /// Serve `/metrics`, `/healthz` and `/readyz` here (`host:port`; port
+    /// 0 picks one, which the start-up line names). Unset: no listener.
+    #[arg(long, env = "STEPD_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -65,6 +70,7 @@ struct Process {
     store: Store,
     dispatcher: Dispatcher,
     stop: CancellationToken,
+    prometheus: Arc<Prometheus>,
 }
 
 async fn start(data: &DataArgs) -> anyhow::Result<Process> {
@@ -92,14 +98,19 @@ async fn start(data: &DataArgs) -> anyhow::Result<Process> {
             _ = tokio::signal::ctrl_c() => {}
             Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => None } } => {}
         }
-        eprintln!("stopping: handing running jobs back to the queue");
+        tracing::info!("stopping: handing running jobs back to the queue");
         on_signal.cancel();
     });
+    let prometheus = Prometheus::new();
+    if settings.runtime.pooling {
+        prometheus.set_pool_slots(settings.runtime.pool_slots);
+    }
     Ok(Process {
         settings: Arc::new(settings),
         store,
         dispatcher,
         stop,
+        prometheus,
     })
 }
 
@@ -127,6 +138,7 @@ fn spawn_workers(
                 plugin_dir: data.plugins.clone(),
                 concurrency,
                 name: worker_name(i),
+                prometheus: Some(p.prometheus.clone()),
             },
             redactor.clone(),
         );
@@ -144,9 +156,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let (token, made) = stepd_api::load_or_generate_token(&args.data.data_dir).context("operator token")?;
         let path = stepd_api::token_file(&args.data.data_dir);
         if made {
-            eprintln!("generated an operator token in {}", path.display());
+            tracing::info!("generated an operator token in {}", path.display());
         } else {
-            eprintln!("operator token: {}", path.display());
+            tracing::info!("operator token: {}", path.display());
         }
         operator.push(token);
     }
@@ -155,7 +167,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let address = listener.local_addr()?;
-    eprintln!(
+    tracing::info!(
         "stepd serving http://{address} (store: {:?}, dispatch: {}, workers: {})",
         p.store.backend(),
         p.dispatcher.kind(),
@@ -177,6 +189,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         base_dir,
         lease: p.settings.service.lease,
         grants: Arc::new(grants),
+        prometheus: p.prometheus.clone(),
     };
     let sweeper = tokio::spawn(run_sweeper(
         p.store.clone(),
@@ -195,7 +208,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             data_dir: args.data.data_dir.clone(),
         };
         code = client::submit_and_follow(&client_args, job).await.unwrap_or_else(|e| {
-            eprintln!("error: {e:#}");
+            tracing::error!("{e:#}");
             ExitCode::from(super::EXIT_INVALID_INPUT)
         });
         p.stop.cancel();
@@ -206,7 +219,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let _ = sweeper.await;
     if let Ok(Err(e)) = server.await {
-        eprintln!("error: serving: {e}");
+        tracing::error!("serving: {e}");
     }
     p.store.close().await;
     Ok(code)
@@ -215,7 +228,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// Run `stepd worker`.
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     let p = start(&args.data).await?;
-    eprintln!(
+    tracing::info!(
         "stepd worker (store: {:?}, dispatch: {}, concurrency: {})",
         p.store.backend(),
         p.dispatcher.kind(),
@@ -227,11 +240,32 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         p.settings.service.sweep,
         p.stop.clone(),
     ));
+    let probes = match &args.metrics_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listening on {address} (--metrics-listen)"))?;
+            tracing::info!("stepd worker metrics on http://{}", listener.local_addr()?);
+            let router = stepd_api::probe_router(
+                p.store.clone(),
+                p.dispatcher.clone(),
+                p.settings.service.lease,
+                p.prometheus.clone(),
+            );
+            Some(tokio::spawn(stepd_api::serve_probes(listener, router, p.stop.clone())))
+        }
+        None => None,
+    };
     let workers = spawn_workers(&p, &args.data, 1, args.concurrency.max(1))?;
     for w in workers {
         let _ = w.await;
     }
     let _ = sweeper.await;
+    if let Some(probes) = probes {
+        if let Ok(Err(e)) = probes.await {
+            tracing::error!("serving probes: {e}");
+        }
+    }
     p.store.close().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -25,7 +25,7 @@ use stepd_settings::strip_password;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Link {
-    _connection: Connection,
+    connection: Connection,
     publish: Channel,
     consume: Option<(Channel, Consumer)>,
 }
@@ -123,10 +123,21 @@ impl AmqpDispatcher {
             .await
             .map_err(|e| self.error("declare queue", e))?;
         Ok(Link {
-            _connection: connection,
+            connection,
             publish,
             consume: None,
         })
+    }
+
+    /// Whether the broker is reachable: the open connection is up, or a
+    /// new one opens (readiness probes).
+    pub async fn check(&self) -> Result<(), QueueError> {
+        let mut guard = self.link.lock().await;
+        if guard.as_ref().is_some_and(|link| link.connection.status().connected()) {
+            return Ok(());
+        }
+        *guard = Some(self.open().await?);
+        Ok(())
     }
 
     /// Publish "job `id` is ready" and wait for the broker's confirm.
@@ -200,7 +211,7 @@ impl AmqpDispatcher {
             let Some(link) = guard.as_mut() else { return Ok(None) };
             if link.consume.is_none() {
                 let channel = link
-                    ._connection
+                    .connection
                     .create_channel()
                     .await
                     .map_err(|e| self.error("open channel", e))?;

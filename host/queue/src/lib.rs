@@ -99,6 +99,15 @@ impl Dispatcher {
         }
     }
 
+    /// Whether the broker (if any) is reachable: `Ok` for the embedded
+    /// dispatcher, which has none.
+    pub async fn check_broker(&self) -> Result<(), QueueError> {
+        match self {
+            Dispatcher::Embedded(_) => Ok(()),
+            Dispatcher::Amqp(amqp, _) => amqp.check().await,
+        }
+    }
+
     /// Tell workers job `id` is ready.
     pub async fn announce(&self, id: &str) -> Result<(), QueueError> {
         self.local().ready.notify_one();

@@ -370,7 +370,7 @@ impl EventSink {
         let value = self.redactor.redact_json(&value);
         let record: EventRecord = serde_json::from_value(value.clone()).map_err(ArtifactError::Serialize)?;
         self.artifacts.append_event_line(&value.to_string())?;
-        tracing::info!(job = %record.job_id, seq = record.seq, event = %value["event"], payload = %value["payload"], "event");
+        tracing::info!(job = %record.job_id, seq = record.seq, event = value["event"].as_str().unwrap_or_default(), payload = %value["payload"], "event");
         Ok(record)
     }
 }

@@ -6,4 +6,5 @@
 pub mod artifacts;
 pub mod events;
 pub mod metrics;
+pub mod prometheus;
 pub mod redact;

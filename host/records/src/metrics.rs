@@ -12,6 +12,7 @@ use std::time::Duration;
 use cadence::prelude::*;
 use cadence::{NopMetricSink, StatsdClient, UdpMetricSink};
 
+use crate::prometheus::Prometheus;
 use crate::redact::Redactor;
 use stepd_settings::StatsdTarget;
 
@@ -51,6 +52,7 @@ pub struct MetricScope<'a> {
 pub struct Metrics {
     client: Arc<StatsdClient>,
     redactor: Arc<Redactor>,
+    prometheus: Option<Arc<Prometheus>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -74,7 +76,22 @@ impl Metrics {
         Metrics {
             client: Arc::new(client),
             redactor,
+            prometheus: None,
         }
+    }
+
+    /// The same metrics, also counted in the process's Prometheus registry.
+    pub fn with_prometheus(self, prometheus: Option<Arc<Prometheus>>) -> Self {
+        Metrics { prometheus, ..self }
+    }
+
+    /// Note an attempt running until the guard is dropped (the running
+    /// attempts gauge).
+    pub fn attempt_running(&self) -> RunningAttempt {
+        if let Some(p) = &self.prometheus {
+            p.running_attempts(1);
+        }
+        RunningAttempt(self.prometheus.clone())
     }
 
     fn count(&self, name: &str, scope: MetricScope<'_>, tags: &[(&str, &str)]) {
@@ -90,6 +107,11 @@ impl Metrics {
         }
         // Errors (an unreachable host) are the error handler's, never ours.
         builder.send();
+        if let Some(p) = &self.prometheus {
+            let mut labels = vec![("step".to_owned(), step.clone())];
+            labels.extend(tags.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+            p.count(name, labels);
+        }
     }
 
     /// A failed attempt and what self-heal did about it.
@@ -151,6 +173,21 @@ impl Metrics {
             .with_tag("step", &step)
             .with_tag("attempt", &attempt)
             .send();
+        if let Some(p) = &self.prometheus {
+            p.observe_duration(vec![("step".to_owned(), step)], duration.as_secs_f64());
+        }
+    }
+}
+
+/// Held while an attempt runs; counts it out of the gauge when dropped.
+#[derive(Debug)]
+pub struct RunningAttempt(Option<Arc<Prometheus>>);
+
+impl Drop for RunningAttempt {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            p.running_attempts(-1);
+        }
     }
 }
 

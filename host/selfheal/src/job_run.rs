@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use sha2::{Digest, Sha256};
 
@@ -269,7 +270,9 @@ impl<'a> JobRun<'a> {
             if self.cancel.is_cancelled() {
                 return Ok(PassOutcome::Cancelled);
             }
-            match self.run_step(step).await? {
+            // Every line logged while the step runs carries its id.
+            let span = tracing::info_span!("step", step = %step.id, index = step.index);
+            match self.run_step(step).instrument(span).await? {
                 PassOutcome::Succeeded => {}
                 other => return Ok(other),
             }

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 use stepd_job::control::{ControlAction, RecoveryRequest};
 use stepd_job::payload::ValidatedJob;
@@ -270,6 +271,12 @@ pub trait JobHost: Send {
 /// Run a job on `host` until it ends or leaves: `None` when it left
 /// without an ending of this host's (requeued, handed back, lost).
 pub async fn run_job<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<Option<JobStatus>, LifecycleError> {
+    // Every line logged while the job runs carries its id.
+    let span = tracing::info_span!("job", job = %spec.job_id);
+    run_job_in_span(spec, host).instrument(span).await
+}
+
+async fn run_job_in_span<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<Option<JobStatus>, LifecycleError> {
     let redactor = spec.redactor.clone();
     let artifacts = blocking(|| JobArtifacts::open(&spec.artifact_root, &spec.job_id, redactor.clone()))?;
     let mut events = blocking(|| EventSink::new(&spec.job_id, artifacts.clone(), redactor.clone()))?;

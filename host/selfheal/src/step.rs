@@ -178,9 +178,11 @@ impl JobRun<'_> {
             step_index: step.index,
             attempt,
         }))?;
+        let running = self.metrics.attempt_running();
         let mut report = self
             .run_attempt(step, plugin, attempt, state.retry_context.take())
             .await?;
+        drop(running);
         let scope = MetricScope {
             step: &step.id,
             attempt,

@@ -7,6 +7,17 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{db, duration_ms, opt_u32, u32_col, JobRecord, JobState, Store, StoreError};
+
+/// The store's part of a metrics scrape ([`Store::gauges`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreGauges {
+    /// Jobs by status.
+    pub by_status: Vec<(String, i64)>,
+    /// Queued jobs that are due (not held, not waiting out a backoff).
+    pub due: i64,
+    /// Seconds since the least recently renewed lease was renewed.
+    pub oldest_lease_age: f64,
+}
 use stepd_job::control::{ControlAction, LiveControl};
 use stepd_records::events::{Event, EventRecord};
 
@@ -169,6 +180,44 @@ impl Store {
         .await
         .map_err(db("list jobs"))?;
         rows.iter().map(decode_job).collect()
+    }
+
+    /// What a metrics scrape shows of the store: jobs by status, queued
+    /// jobs that are due, and seconds since the least recently renewed
+    /// lease of a running job was renewed (0 with none running), for
+    /// leases of length `lease`.
+    pub async fn gauges(&self, lease: Duration) -> Result<StoreGauges, StoreError> {
+        let now = self.clock().await?;
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("count jobs"))?;
+        let by_status = rows
+            .iter()
+            .map(|r| Ok((r.try_get::<String, _>("status")?, r.try_get::<i64, _>("n")?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(db("count jobs"))?;
+        let due: i64 =
+            sqlx::query("SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND held = 0 AND next_attempt_at <= $1")
+                .bind(now)
+                .fetch_one(&self.pool)
+                .await
+                .and_then(|r| r.try_get(0))
+                .map_err(db("count due jobs"))?;
+        let soonest: Option<i64> = sqlx::query("SELECT MIN(lease_expires_at) FROM jobs WHERE status = 'running'")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(db("oldest lease"))?;
+        let oldest_lease_age = soonest.map_or(0.0, |expires| {
+            let renewed = expires - duration_ms(lease);
+            (now - renewed).max(0) as f64 / 1e3
+        });
+        Ok(StoreGauges {
+            by_status,
+            due,
+            oldest_lease_age,
+        })
     }
 
     /// Claim the oldest claimable job: queued, due, not held by a pause.

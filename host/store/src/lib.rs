@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-pub use jobs::{ClaimedBy, ControlWrite, NewJob};
+pub use jobs::{ClaimedBy, ControlWrite, NewJob, StoreGauges};
 pub use records::{AttemptRow, CheckpointRow, ControlEventRow, StoredEvent};
 pub use schema::{Backend, MIGRATIONS};
 

@@ -17,6 +17,7 @@ use super::recorder::EventRecorder;
 use stepd_job::payload::{HostGrants, JobPayload, ValidatedJob};
 use stepd_queue::{Dispatcher, Hint};
 use stepd_records::metrics::Metrics;
+use stepd_records::prometheus::Prometheus;
 use stepd_records::redact::Redactor;
 use stepd_runtime::{CancellationToken, Runtime};
 use stepd_selfheal::{run_job, JobSpec, JobStatus, LifecycleError};
@@ -37,6 +38,8 @@ pub struct WorkerOptions {
     pub concurrency: usize,
     /// This worker's id in leases (`host:pid:n`).
     pub name: String,
+    /// The process's Prometheus registry, when it serves `/metrics`.
+    pub prometheus: Option<Arc<Prometheus>>,
 }
 
 /// A worker: everything a claimed job needs. Cheap to clone.
@@ -247,7 +250,8 @@ impl Worker {
             artifact_root: self.options.artifact_root.clone(),
             work_root: self.options.work_root.clone(),
             redactor: self.redactor.clone(),
-            metrics: Metrics::new(self.settings.statsd.as_ref(), self.redactor.clone()),
+            metrics: Metrics::new(self.settings.statsd.as_ref(), self.redactor.clone())
+                .with_prometheus(self.options.prometheus.clone()),
             observer: Some(recorder.observer()),
         };
         let mut host = ServiceHost::new(self.store.clone(), self.claimed_by(), &job, link.clone(), recorder);

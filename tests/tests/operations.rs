@@ -1,0 +1,145 @@
+//! Operating stepd as a service: given a `stepd serve` with no workers of
+//! its own and a separate `stepd worker` with a probe listener,
+//! - when a job's first attempt goes idle and self-heal soft-resets it,
+//!   then the worker's `/metrics` counts the failed attempt, the idle
+//!   timeout, the recovery and two step durations, and both processes'
+//!   `/metrics` show the job succeeded and nothing queued; `/readyz` and
+//!   `/healthz` answer on both;
+//! - with `STEPD_LOG_FORMAT=json`, every log line is one JSON object, the
+//!   lines inside a job carry its job id and step id, a request line names
+//!   the route, the status and the caller's label, and a granted secret
+//!   the step printed appears in no line.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use stepd_tests::cluster::{repo_dir, task, Cluster, Mode};
+
+const LONG: Duration = Duration::from_secs(90);
+
+async fn get_text(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.expect("the listener answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.expect("a body"))
+}
+
+/// The value of the sample line that starts with `series` (name and
+/// labels, exactly as encoded).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l[series.len()..].trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_probes_on_serve_and_on_a_separate_worker_count_a_soft_reset() {
+    let mut cluster = Cluster::start_with(Mode::Embedded, 0, 0, &[("STEPD_METRICS_LISTEN", "127.0.0.1:0")]).await;
+    let worker = cluster.spawn_worker();
+    let line = cluster.workers[worker].wait_for_log("stepd worker metrics on http://", LONG);
+    let probes = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("the probe address")
+        .to_owned();
+    let step = json!({"id": "warm", "title": "silent once", "plugin": "idle", "inputs": {"attempts": [1]}});
+    let id = cluster
+        .submit(&task(
+            1,
+            vec![step],
+            json!({"stepIdleTimeoutSeconds": 1, "stepMaxAttempts": 3}),
+        ))
+        .await;
+    cluster.wait_status(&id, "succeeded", LONG).await;
+
+    let (status, worker_metrics) = get_text(&format!("{probes}/metrics")).await;
+    assert_eq!(status, 200, "{worker_metrics}");
+    for (series, value) in [
+        (
+            r#"task_self_heal_attempts_total{step="warm",class="transient_runtime",strategy="soft_reset",outcome="idle_timeout"}"#,
+            1.0,
+        ),
+        (r#"task_step_idle_timeout_total{step="warm"}"#, 1.0),
+        (
+            r#"task_self_heal_recovered_total{step="warm",class="transient_runtime",strategy="soft_reset"}"#,
+            1.0,
+        ),
+        (r#"task_step_duration_seconds_count{step="warm"}"#, 2.0),
+        (r#"stepd_jobs{status="succeeded"}"#, 1.0),
+        ("stepd_queue_depth", 0.0),
+        ("stepd_running_attempts", 0.0),
+    ] {
+        assert_eq!(
+            sample(&worker_metrics, series),
+            Some(value),
+            "{series}:\n{worker_metrics}"
+        );
+    }
+    let (status, served) = get_text(&format!("{}/metrics", cluster.url)).await;
+    assert_eq!(status, 200, "{served}");
+    assert_eq!(
+        sample(&served, r#"stepd_jobs{status="succeeded"}"#),
+        Some(1.0),
+        "{served}"
+    );
+    assert_eq!(sample(&served, "stepd_queue_depth"), Some(0.0), "{served}");
+
+    for url in [
+        format!("{probes}/healthz"),
+        format!("{probes}/readyz"),
+        format!("{}/readyz", cluster.url),
+    ] {
+        let (status, body) = get_text(&url).await;
+        assert_eq!(status, 200, "{url}: {body}");
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_job_and_step_ids_and_never_a_secret() {
+    let secret = "sk-logged-never-5e6f7a8b9c0d";
+    let cluster = Cluster::start_with(
+        Mode::Embedded,
+        1,
+        0,
+        &[
+            ("STEPD_LOG_FORMAT", "json"),
+            ("STEPD_LOG", "info"),
+            ("STEPD_GRANT_SECRETS", "STEPD_TEST_LOGGED_KEY"),
+            ("STEPD_TEST_LOGGED_KEY", secret),
+        ],
+    )
+    .await;
+    let step = json!({"id": "probe", "plugin": "hostile",
+        "inputs": {"probe": "grants", "env": ["STEPD_TEST_LOGGED_KEY"]},
+        "capabilities": {"secrets": ["STEPD_TEST_LOGGED_KEY"]}});
+    let id = cluster
+        .submit(&json!({"type": "task", "task": {"repository": repo_dir(), "steps": [step]}}))
+        .await;
+    cluster.wait_status(&id, "succeeded", LONG).await;
+    let log = cluster.server.log();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object ({e}): {l}")))
+        .collect();
+    assert!(!log.contains(secret), "a log line holds the secret");
+    let in_step = lines
+        .iter()
+        .find(|l| {
+            let spans = l["spans"].as_array().cloned().unwrap_or_default();
+            spans.iter().any(|s| s["job"] == json!(id)) && spans.iter().any(|s| s["step"] == "probe")
+        })
+        .unwrap_or_else(|| panic!("no line inside the step carries the job and step ids:\n{log}"));
+    assert_eq!(in_step["level"], "INFO", "{in_step}");
+    let request = lines
+        .iter()
+        .find(|l| l["message"] == "answered" && l["span"]["route"] == "/api/queue/jobs")
+        .unwrap_or_else(|| panic!("no request line for the submit:\n{log}"));
+    assert_eq!(request["span"]["caller"], "operator-1", "{request}");
+    assert!(
+        request["status"].as_u64().is_some() && request["latency_ms"].as_f64().is_some(),
+        "{request}"
+    );
+    cluster.shutdown().await;
+}
