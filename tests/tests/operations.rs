@@ -143,3 +143,58 @@ async fn json_logs_carry_job_and_step_ids_and_never_a_secret() {
     );
     cluster.shutdown().await;
 }
+
+#[test]
+fn the_example_settings_file_loads_and_stepd_config_names_sources_without_passwords() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../stepd.example.toml");
+    let text = std::fs::read_to_string(&example).expect("stepd.example.toml");
+    // Every setting is in the example, set or commented out.
+    for key in stepd_settings::SETTING_KEYS {
+        assert!(
+            text.contains(&format!("\n{} = ", key.key)) || text.contains(&format!("\n# {} = ", key.key)),
+            "{}.{} is missing from the example",
+            key.section,
+            key.key
+        );
+    }
+    let mut command = std::process::Command::new(stepd_tests::stepd_bin());
+    command
+        .args(["config", "--json", "--config"])
+        .arg(&example)
+        .env(
+            "DATABASE_URL",
+            "postgres://u:hunter2@db.internal/stepd?password=hunter3&sslmode=require",
+        )
+        .env("STEPD_OPERATOR_TOKENS", "op-secret-token")
+        .env("STEPD_LEASE_SECONDS", "60");
+    for (name, _) in std::env::vars() {
+        if name.starts_with("STEP") && name != "STEPD_LEASE_SECONDS" && name != "STEPD_OPERATOR_TOKENS" {
+            command.env_remove(name);
+        }
+    }
+    let out = command.output().expect("stepd config");
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for secret in ["hunter2", "hunter3", "op-secret-token"] {
+        assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
+    }
+    let all: Vec<Value> = serde_json::from_str(&printed).expect("JSON");
+    let find = |variable: &str| {
+        all.iter()
+            .find(|e| e["variable"] == variable)
+            .unwrap_or_else(|| panic!("{variable} not listed"))
+            .clone()
+    };
+    assert_eq!(find("STEPD_LEASE_SECONDS")["source"], "environment");
+    assert_eq!(find("STEPD_LEASE_SECONDS")["value"], "60");
+    assert_eq!(find("STEPD_MEMORY_MB")["source"], "file");
+    assert_eq!(find("STEPD_LOG_FORMAT")["source"], "file");
+    assert_eq!(find("STEPD_GRANT_ENV")["source"], "unset");
+    let url = find("DATABASE_URL")["value"].as_str().unwrap_or_default().to_owned();
+    assert!(url.contains("sslmode=require") && url.contains("db.internal"), "{url}");
+    assert_eq!(find("STEPD_OPERATOR_TOKENS")["value"], "1 token(s)");
+}

@@ -58,11 +58,15 @@ enum Command {
     /// with its status: 0 succeeded, 1 failed, 2 invalid input, 3 retryable
     /// failures exhausted, 4 cancelled, 5 the host failed mid-job.
     Run(RunArgs),
-    /// Print the effective settings (defaults, config file, environment).
+    /// Print every setting's effective value and where it came from
+    /// (environment, config file, default); never a password or a token.
     Config {
         /// A TOML config file (default: `STEPD_CONFIG`, if set).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Print JSON (`[{setting, variable, value, source}]`).
+        #[arg(long)]
+        json: bool,
     },
     /// Run or check a single step plugin.
     #[command(subcommand)]
@@ -150,6 +154,18 @@ fn control_actions() -> clap::builder::PossibleValuesParser {
 /// Parse the command line, run the command, and turn the result into an
 /// exit code (errors are printed with their context chain).
 fn main() -> ExitCode {
+    // The config file feeds the environment before anything reads it, so
+    // flags' fallbacks, settings and logs share one precedence.
+    let from_file = match config_file_from_args() {
+        Some(path) => match stepd_settings::apply_file_to_env(&path) {
+            Ok(applied) => applied,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(EXIT_INVALID_INPUT);
+            }
+        },
+        None => Vec::new(),
+    };
     let cli = Cli::parse();
     let format = match logging::LogFormat::from_env() {
         Ok(format) => format,
@@ -172,7 +188,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_INVALID_INPUT);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, from_file)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -195,12 +211,44 @@ fn exit_code_of(error: &anyhow::Error) -> u8 {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// `--config FILE` (or `--config=FILE`) anywhere on the command line, else
+/// `STEPD_CONFIG`.
+fn config_file_from_args() -> Option<PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--config" {
+            return args.next().map(PathBuf::from);
+        }
+        if let Some(path) = arg.to_str().and_then(|a| a.strip_prefix("--config=")) {
+            return Some(PathBuf::from(path));
+        }
+    }
+    std::env::var_os("STEPD_CONFIG").map(PathBuf::from)
+}
+
+async fn run(cli: Cli, from_file: Vec<String>) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => run_job(args).await,
-        Command::Config { config } => {
-            let settings = Settings::load(config.as_deref())?;
-            println!("{}", serde_json::to_string_pretty(&settings)?);
+        Command::Config { config, json } => {
+            // Validates everything, as a start-up would.
+            Settings::load(config.as_deref())?;
+            let all = stepd_settings::effective(&from_file, |name| std::env::var(name).ok());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                println!("# precedence: flag > environment > file > default; passwords and tokens are never shown");
+                println!("{:<40} {:<32} {:<12} value", "setting", "variable", "source");
+                for e in &all {
+                    let source = serde_json::to_value(e.source)?;
+                    println!(
+                        "{:<40} {:<32} {:<12} {}",
+                        e.setting,
+                        e.variable,
+                        source.as_str().unwrap_or_default(),
+                        e.value.as_deref().unwrap_or("-")
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Plugin(PluginCommand::Run(args)) => plugin_run(args).await,

@@ -9,6 +9,7 @@ mod origin;
 mod runtime;
 mod selfheal;
 mod service;
+mod sources;
 mod workspace;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ pub use runtime::{RuntimeSettings, DEFAULT_FUEL_PER_ATTEMPT};
 pub const DEFAULT_PLUGIN_DIR: &str = "target/plugins/dist";
 pub use selfheal::{RetryBackoff, SelfHealConfig, SelfHealOverrides, MAX_STEP_TIMEOUT_SECONDS};
 pub use service::{strip_password, ServiceSettings, DEFAULT_AMQP_QUEUE};
+pub use sources::{apply_file_to_env, effective, Effective, Source};
 pub use workspace::WorkspaceQuota;
 
 /// Why a setting could not be used. Always names the variable and the value,
@@ -78,44 +80,230 @@ pub struct Settings {
     pub grants: GrantCeiling,
 }
 
-/// Keys a config file may hold, by section, and the variable each stands
-/// for. The environment variable wins over the file.
-const FILE_KEYS: &[(&str, &str, &str)] = &[
-    ("self_heal", "step_max_attempts", "STEP_MAX_ATTEMPTS"),
-    ("self_heal", "step_timeout_seconds", "STEP_TIMEOUT_SECONDS"),
-    ("self_heal", "step_idle_timeout_seconds", "STEP_IDLE_TIMEOUT_SECONDS"),
-    ("self_heal", "step_no_progress_limit", "STEP_NO_PROGRESS_LIMIT"),
-    ("self_heal", "job_self_heal_max_resets", "JOB_SELF_HEAL_MAX_RESETS"),
-    ("retry", "backoff_seconds", "STEPD_RETRY_BACKOFF_SECONDS"),
-    ("retry", "backoff_max_seconds", "STEPD_RETRY_BACKOFF_MAX_SECONDS"),
-    ("runtime", "fuel_per_attempt", "STEPD_FUEL_PER_ATTEMPT"),
-    ("runtime", "memory_mb", "STEPD_MEMORY_MB"),
-    ("runtime", "handle_limit", "STEPD_HANDLE_LIMIT"),
-    ("runtime", "epoch_tick_ms", "STEPD_EPOCH_TICK_MS"),
-    ("runtime", "output_limit_kb", "STEPD_OUTPUT_LIMIT_KB"),
-    ("runtime", "cache_dir", "STEPD_CACHE_DIR"),
-    ("runtime", "pooling", "STEPD_POOLING"),
-    ("runtime", "pool_slots", "STEPD_POOL_SLOTS"),
-    ("runtime", "http_extra_ca", "STEPD_HTTP_EXTRA_CA"),
-    ("runtime", "http_bytes_are_activity", "STEPD_HTTP_BYTES_ARE_ACTIVITY"),
-    ("metrics", "statsd_host", "STATSD_HOST"),
-    ("metrics", "statsd_port", "STATSD_PORT"),
-    ("service", "database_url", "DATABASE_URL"),
-    ("service", "amqp_url", "AMQP_URL"),
-    ("service", "amqp_queue", "STEPD_AMQP_QUEUE"),
-    ("service", "lease_seconds", "STEPD_LEASE_SECONDS"),
-    ("service", "heartbeat_ms", "STEPD_HEARTBEAT_MS"),
-    ("service", "sweep_ms", "STEPD_SWEEP_MS"),
-    ("service", "operator_tokens", "STEPD_OPERATOR_TOKENS"),
-    ("service", "worker_tokens", "STEPD_WORKER_TOKENS"),
-    ("workspace", "limit_mb", "STEPD_WORKSPACE_LIMIT_MB"),
-    ("workspace", "limit_files", "STEPD_WORKSPACE_LIMIT_FILES"),
-    ("grants", "env", "STEPD_GRANT_ENV"),
-    ("grants", "secrets", "STEPD_GRANT_SECRETS"),
-    ("grants", "secrets_dir", "STEPD_SECRETS_DIR"),
-    ("grants", "mount_roots", "STEPD_MOUNT_ROOTS"),
-    ("grants", "baseline_roots", "STEPD_BASELINE_ROOTS"),
-    ("grants", "http_origins", "STEPD_GRANT_HTTP_ORIGINS"),
+/// How a setting's value may be shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// As it is.
+    Plain,
+    /// A URL: with any password (user info or query) replaced by `***`.
+    Url,
+    /// A list of tokens: only how many.
+    Tokens,
+}
+
+/// One setting: its place in the config file, the variable that stands
+/// for it, its default as text (`None`: unset) and how it may be shown.
+#[derive(Debug, Clone, Copy)]
+pub struct SettingKey {
+    /// The file's section.
+    pub section: &'static str,
+    /// The key in the section.
+    pub key: &'static str,
+    /// The environment variable.
+    pub variable: &'static str,
+    /// The default, as the variable would hold it.
+    pub default: Option<&'static str>,
+    /// How `stepd config` may print it.
+    pub shown: Shown,
+}
+
+const fn key(
+    section: &'static str,
+    key: &'static str,
+    variable: &'static str,
+    default: Option<&'static str>,
+    shown: Shown,
+) -> SettingKey {
+    SettingKey {
+        section,
+        key,
+        variable,
+        default,
+        shown,
+    }
+}
+
+/// Every setting a config file may hold, by section, and the variable each
+/// stands for. Precedence: a command-line flag (where there is one), then
+/// the environment, then the file, then the default. The defaults here are
+/// held to the code's by a test (`defaults_listed_are_the_defaults`).
+pub const SETTING_KEYS: &[SettingKey] = &[
+    key(
+        "self_heal",
+        "step_max_attempts",
+        "STEP_MAX_ATTEMPTS",
+        Some("3"),
+        Shown::Plain,
+    ),
+    key(
+        "self_heal",
+        "step_timeout_seconds",
+        "STEP_TIMEOUT_SECONDS",
+        Some("900"),
+        Shown::Plain,
+    ),
+    key(
+        "self_heal",
+        "step_idle_timeout_seconds",
+        "STEP_IDLE_TIMEOUT_SECONDS",
+        Some("300"),
+        Shown::Plain,
+    ),
+    key(
+        "self_heal",
+        "step_no_progress_limit",
+        "STEP_NO_PROGRESS_LIMIT",
+        Some("2"),
+        Shown::Plain,
+    ),
+    key(
+        "self_heal",
+        "job_self_heal_max_resets",
+        "JOB_SELF_HEAL_MAX_RESETS",
+        Some("1"),
+        Shown::Plain,
+    ),
+    key(
+        "retry",
+        "backoff_seconds",
+        "STEPD_RETRY_BACKOFF_SECONDS",
+        Some("15"),
+        Shown::Plain,
+    ),
+    key(
+        "retry",
+        "backoff_max_seconds",
+        "STEPD_RETRY_BACKOFF_MAX_SECONDS",
+        Some("600"),
+        Shown::Plain,
+    ),
+    key(
+        "runtime",
+        "fuel_per_attempt",
+        "STEPD_FUEL_PER_ATTEMPT",
+        Some("100000000000"),
+        Shown::Plain,
+    ),
+    key("runtime", "memory_mb", "STEPD_MEMORY_MB", Some("512"), Shown::Plain),
+    key(
+        "runtime",
+        "handle_limit",
+        "STEPD_HANDLE_LIMIT",
+        Some("1024"),
+        Shown::Plain,
+    ),
+    key(
+        "runtime",
+        "epoch_tick_ms",
+        "STEPD_EPOCH_TICK_MS",
+        Some("1"),
+        Shown::Plain,
+    ),
+    key(
+        "runtime",
+        "output_limit_kb",
+        "STEPD_OUTPUT_LIMIT_KB",
+        Some("1024"),
+        Shown::Plain,
+    ),
+    key("runtime", "cache_dir", "STEPD_CACHE_DIR", None, Shown::Plain),
+    key("runtime", "pooling", "STEPD_POOLING", Some("on"), Shown::Plain),
+    key("runtime", "pool_slots", "STEPD_POOL_SLOTS", Some("64"), Shown::Plain),
+    key("runtime", "http_extra_ca", "STEPD_HTTP_EXTRA_CA", None, Shown::Plain),
+    key(
+        "runtime",
+        "http_bytes_are_activity",
+        "STEPD_HTTP_BYTES_ARE_ACTIVITY",
+        Some("on"),
+        Shown::Plain,
+    ),
+    key("metrics", "statsd_host", "STATSD_HOST", None, Shown::Plain),
+    key("metrics", "statsd_port", "STATSD_PORT", Some("8125"), Shown::Plain),
+    key("service", "database_url", "DATABASE_URL", None, Shown::Url),
+    key("service", "amqp_url", "AMQP_URL", None, Shown::Url),
+    key(
+        "service",
+        "amqp_queue",
+        "STEPD_AMQP_QUEUE",
+        Some(DEFAULT_AMQP_QUEUE),
+        Shown::Plain,
+    ),
+    key(
+        "service",
+        "lease_seconds",
+        "STEPD_LEASE_SECONDS",
+        Some("30"),
+        Shown::Plain,
+    ),
+    key(
+        "service",
+        "heartbeat_ms",
+        "STEPD_HEARTBEAT_MS",
+        Some("1000"),
+        Shown::Plain,
+    ),
+    key("service", "sweep_ms", "STEPD_SWEEP_MS", Some("1000"), Shown::Plain),
+    key(
+        "service",
+        "operator_tokens",
+        "STEPD_OPERATOR_TOKENS",
+        None,
+        Shown::Tokens,
+    ),
+    key("service", "worker_tokens", "STEPD_WORKER_TOKENS", None, Shown::Tokens),
+    key(
+        "service",
+        "listen",
+        "STEPD_LISTEN",
+        Some("127.0.0.1:8080"),
+        Shown::Plain,
+    ),
+    key("service", "metrics_listen", "STEPD_METRICS_LISTEN", None, Shown::Plain),
+    key(
+        "service",
+        "server",
+        "STEPD_SERVER",
+        Some("http://127.0.0.1:8080"),
+        Shown::Url,
+    ),
+    key("paths", "data_dir", "STEPD_DATA_DIR", Some("var/stepd"), Shown::Plain),
+    key(
+        "paths",
+        "plugin_dir",
+        "STEPD_PLUGIN_DIR",
+        Some(DEFAULT_PLUGIN_DIR),
+        Shown::Plain,
+    ),
+    key(
+        "paths",
+        "artifact_dir",
+        "STEPD_ARTIFACT_DIR",
+        Some("var/artifacts"),
+        Shown::Plain,
+    ),
+    key("paths", "work_dir", "STEPD_WORK_DIR", Some("var/work"), Shown::Plain),
+    key("logging", "filter", "STEPD_LOG", None, Shown::Plain),
+    key("logging", "format", "STEPD_LOG_FORMAT", Some("text"), Shown::Plain),
+    key(
+        "workspace",
+        "limit_mb",
+        "STEPD_WORKSPACE_LIMIT_MB",
+        Some("1024"),
+        Shown::Plain,
+    ),
+    key(
+        "workspace",
+        "limit_files",
+        "STEPD_WORKSPACE_LIMIT_FILES",
+        Some("100000"),
+        Shown::Plain,
+    ),
+    key("grants", "env", "STEPD_GRANT_ENV", None, Shown::Plain),
+    key("grants", "secrets", "STEPD_GRANT_SECRETS", None, Shown::Plain),
+    key("grants", "secrets_dir", "STEPD_SECRETS_DIR", None, Shown::Plain),
+    key("grants", "mount_roots", "STEPD_MOUNT_ROOTS", None, Shown::Plain),
+    key("grants", "baseline_roots", "STEPD_BASELINE_ROOTS", None, Shown::Plain),
+    key("grants", "http_origins", "STEPD_GRANT_HTTP_ORIGINS", None, Shown::Plain),
 ];
 
 impl Settings {
@@ -187,9 +375,10 @@ fn read_config_file(path: &Path) -> Result<HashMap<String, String>, ConfigError>
             .as_table()
             .ok_or_else(|| file_error(format!("[{section}] must be a table of settings")))?;
         for (key, value) in entries {
-            let (_, _, var) = FILE_KEYS
+            let var = SETTING_KEYS
                 .iter()
-                .find(|(s, k, _)| s == section && k == key)
+                .find(|k| k.section == section && k.key == key)
+                .map(|k| k.variable)
                 .ok_or_else(|| file_error(format!("unknown setting {section}.{key}")))?;
             let text = match value {
                 toml::Value::String(s) => s.clone(),
@@ -251,6 +440,23 @@ fn invalid(variable: &str, value: &str, reason: &str) -> ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_listed_are_the_defaults() {
+        let listed = |name: &str| {
+            SETTING_KEYS
+                .iter()
+                .find(|k| k.variable == name)
+                .and_then(|k| k.default)
+                .map(str::to_owned)
+        };
+        let mut from_list = Settings::from_lookup(listed).expect("the listed defaults are valid");
+        let mut defaults = Settings::from_lookup(|_| None).expect("defaults");
+        // The cache directory's default depends on $HOME; it is listed unset.
+        from_list.runtime.cache_dir = None;
+        defaults.runtime.cache_dir = None;
+        assert_eq!(from_list, defaults);
+    }
 
     #[test]
     fn a_config_file_sets_values_and_the_environment_wins() {

@@ -15,6 +15,7 @@ pub const DEFAULT_AMQP_QUEUE: &str = "stepd.jobs.ready";
 pub struct ServiceSettings {
     /// `DATABASE_URL`: `postgres://…` or `sqlite://…`; `None` means the
     /// SQLite file in the data directory.
+    #[serde(serialize_with = "serialize_url_without_password")]
     pub database_url: Option<String>,
     /// `AMQP_URL`: RabbitMQ carries "job ready" messages when set; without
     /// it, workers are woken in-process and by polling the store.
@@ -116,18 +117,38 @@ fn tokens(value: Option<String>) -> Vec<String> {
         .collect()
 }
 
-/// `amqp://user:secret@host` → `amqp://user:***@host`, for messages.
+/// A URL fit for a message or `stepd config`: the password of its user
+/// info and every query parameter that looks like one (`password`,
+/// `sslpassword`, `token`, `secret`, …) become `***`, through the `url`
+/// crate's own parsing (`postgres://u:p@h/db?password=q` →
+/// `postgres://u:***@h/db?password=***`). A text that does not parse as a
+/// URL is not echoed at all: it might be a password in the wrong place.
 pub fn strip_password(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &userinfo[..colon], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+    let Ok(mut parsed) = url::Url::parse(url.trim()) else {
+        return "<not a URL>".to_owned();
+    };
+    if parsed.password().is_some() {
+        let _ = parsed.set_password(Some("***"));
     }
+    let secret_key = |k: &str| {
+        let k = k.to_ascii_lowercase();
+        k.contains("pass") || k.contains("secret") || k.contains("token") || k == "pwd" || k == "key"
+    };
+    if parsed.query_pairs().any(|(k, _)| secret_key(&k)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret_key(&k) {
+                    "***".to_owned()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 fn serialize_url_without_password<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -144,6 +165,25 @@ fn serialize_token_count<S: serde::Serializer>(tokens: &[String], s: S) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_leave_urls_from_the_user_info_and_the_query() {
+        let shown = strip_password("postgres://u:hunter2@db.internal:5432/stepd?password=hunter3&sslmode=require");
+        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+        assert!(
+            shown.contains("sslmode=require") && shown.starts_with("postgres://u:"),
+            "{shown}"
+        );
+        assert_eq!(
+            strip_password("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            strip_password("sqlite://var/stepd/stepd.db?mode=rwc"),
+            "sqlite://var/stepd/stepd.db?mode=rwc"
+        );
+        assert_eq!(strip_password("hunter2"), "<not a URL>");
+    }
 
     #[test]
     fn a_heartbeat_longer_than_a_third_of_the_lease_is_refused() {
