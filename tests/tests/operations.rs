@@ -198,3 +198,43 @@ fn the_example_settings_file_loads_and_stepd_config_names_sources_without_passwo
     assert!(url.contains("sslmode=require") && url.contains("db.internal"), "{url}");
     assert_eq!(find("STEPD_OPERATOR_TOKENS")["value"], "1 token(s)");
 }
+
+#[test]
+fn the_systemd_units_pass_systemd_analyze_verify() {
+    let analyze = std::path::Path::new("/usr/bin/systemd-analyze");
+    assert!(
+        analyze.is_file(),
+        "systemd-analyze is missing: install Debian's systemd package (scripts/test does)"
+    );
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut units = Vec::new();
+    for name in ["stepd-serve.service", "stepd-worker.service"] {
+        let text = std::fs::read_to_string(deploy.join(name)).expect("a unit");
+        for hardening in [
+            "DynamicUser=yes",
+            "ProtectSystem=strict",
+            "ReadWritePaths=",
+            "LimitNOFILE=",
+        ] {
+            assert!(text.contains(hardening), "{name} lacks {hardening}");
+        }
+        // The unit names the installed binary; verify checks that it
+        // exists, so point it at this build's.
+        let unit = dir.path().join(name);
+        let bin = stepd_tests::stepd_bin();
+        std::fs::write(&unit, text.replace("/usr/local/bin/stepd", &bin.display().to_string())).expect("write");
+        units.push(unit);
+    }
+    let out = std::process::Command::new(analyze)
+        .arg("verify")
+        .args(&units)
+        .output()
+        .expect("systemd-analyze runs");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && printed.trim().is_empty(), "{printed}");
+}

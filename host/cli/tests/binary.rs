@@ -24,16 +24,44 @@ fn help_lists_every_command() {
 #[test]
 fn config_prints_the_effective_settings_with_env_overrides() {
     let out = stepd()
-        .arg("config")
+        .args(["config", "--json"])
         .env("STEP_MAX_ATTEMPTS", "5")
-        .env_remove("STATSD_HOST")
+        .env_remove("STEP_TIMEOUT_SECONDS")
+        .env_remove("STEPD_RETRY_BACKOFF_SECONDS")
         .output()
         .expect("runs");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let settings: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
-    assert_eq!(settings["self_heal"]["step_max_attempts"], 5);
-    assert_eq!(settings["self_heal"]["step_timeout_seconds"], 900);
-    assert_eq!(settings["retry"]["base_seconds"], 15);
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+    let find = |variable: &str| {
+        all.iter()
+            .find(|e| e["variable"] == variable)
+            .cloned()
+            .unwrap_or_else(|| panic!("{variable} not listed"))
+    };
+    assert_eq!(
+        (
+            find("STEP_MAX_ATTEMPTS")["value"].clone(),
+            find("STEP_MAX_ATTEMPTS")["source"].clone()
+        ),
+        ("5".into(), "environment".into())
+    );
+    assert_eq!(find("STEP_TIMEOUT_SECONDS")["value"], "900");
+    assert_eq!(find("STEPD_RETRY_BACKOFF_SECONDS")["source"], "default");
+    // The human form says the same.
+    let out = stepd()
+        .arg("config")
+        .env("STEP_MAX_ATTEMPTS", "5")
+        .output()
+        .expect("runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("self_heal.step_max_attempts"))
+        .unwrap_or_else(|| panic!("no line for the setting:\n{text}"));
+    assert!(
+        line.contains("environment") && line.trim_end().ends_with(" 5"),
+        "{line}"
+    );
 }
 
 #[test]
