@@ -391,7 +391,9 @@ pub async fn control(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let id = path_param(id)?;
-    let request: ControlRequest = json_body(body).await?;
+    let mut request: ControlRequest = json_body(body).await?;
+    // A reason is free text an operator typed: it may hold a secret.
+    request.reason = request.reason.map(|r| state.redactor.redact(&r));
     for _ in 0..10 {
         let job = load_job(&state, &id).await?;
         let first = state.store.first_unfinished_step(&id).await?;

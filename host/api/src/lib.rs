@@ -54,6 +54,9 @@ pub struct ApiState {
     pub grants: Arc<stepd_job::payload::HostGrants>,
     /// The process's Prometheus registry, served at `/metrics`.
     pub prometheus: Arc<stepd_records::prometheus::Prometheus>,
+    /// Scrubs the process's secrets from what operators send (a control
+    /// reason) before the store or an event keeps it.
+    pub redactor: Arc<stepd_records::redact::Redactor>,
 }
 
 /// Who may call a route.

@@ -71,6 +71,7 @@ struct Process {
     dispatcher: Dispatcher,
     stop: CancellationToken,
     prometheus: Arc<Prometheus>,
+    redactor: Arc<Redactor>,
 }
 
 async fn start(data: &DataArgs) -> anyhow::Result<Process> {
@@ -105,13 +106,28 @@ async fn start(data: &DataArgs) -> anyhow::Result<Process> {
     if settings.runtime.pooling {
         prometheus.set_pool_slots(settings.runtime.pool_slots);
     }
+    let redactor = Arc::new(process_redactor(&settings));
     Ok(Process {
+        redactor,
         settings: Arc::new(settings),
         store,
         dispatcher,
         stop,
         prometheus,
     })
+}
+
+/// The process's redactor: every secret-looking variable of its
+/// environment, and the value of every secret it may grant that the
+/// environment holds (whatever its name looks like).
+fn process_redactor(settings: &Settings) -> Redactor {
+    let redactor = Redactor::from_env();
+    for name in &settings.grants.secrets {
+        if let Ok(value) = std::env::var(name) {
+            redactor.register(&value);
+        }
+    }
+    redactor
 }
 
 fn spawn_workers(
@@ -124,7 +140,7 @@ fn spawn_workers(
         return Ok(Vec::new());
     }
     let runtime = Arc::new(Runtime::new(p.settings.runtime.clone()).context("starting the wasm runtime")?);
-    let redactor = Arc::new(Redactor::from_env());
+    let redactor = p.redactor.clone();
     let mut handles = Vec::new();
     for i in 0..count {
         let worker = Worker::new(
@@ -190,6 +206,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         lease: p.settings.service.lease,
         grants: Arc::new(grants),
         prometheus: p.prometheus.clone(),
+        redactor: p.redactor.clone(),
     };
     let sweeper = tokio::spawn(run_sweeper(
         p.store.clone(),

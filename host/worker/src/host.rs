@@ -10,6 +10,7 @@ use std::time::Duration;
 use stepd_job::control::RecoveryRequest;
 use stepd_records::artifacts::{JobArtifacts, StepState};
 use stepd_records::events::{Event, EventRecord, EventSink};
+use stepd_records::redact::Redactor;
 use stepd_runtime::CancellationToken;
 use stepd_selfheal::{
     blocking, Checkpoint, Ending, Interruption, JobHost, JobStart, JobStatus, LifecycleError, Requeued, RunHooks,
@@ -31,6 +32,8 @@ pub struct ServiceHost {
     resume_step: Option<u32>,
     link: Arc<JobLink>,
     recorder: EventRecorder,
+    /// Scrubs the job's ending message before the store keeps it.
+    redactor: Arc<Redactor>,
 }
 
 fn store_error(e: stepd_store::StoreError) -> LifecycleError {
@@ -39,8 +42,16 @@ fn store_error(e: stepd_store::StoreError) -> LifecycleError {
 
 impl ServiceHost {
     /// The host of `job`, claimed by `by`.
-    pub fn new(store: Store, by: ClaimedBy, job: &JobRecord, link: Arc<JobLink>, recorder: EventRecorder) -> Self {
+    pub fn new(
+        store: Store,
+        by: ClaimedBy,
+        job: &JobRecord,
+        link: Arc<JobLink>,
+        recorder: EventRecorder,
+        redactor: Arc<Redactor>,
+    ) -> Self {
         ServiceHost {
+            redactor,
             store,
             by,
             job_id: job.id.clone(),
@@ -141,6 +152,7 @@ impl JobHost for ServiceHost {
             JobStatus::DeadLetter => JobState::DeadLetter,
             JobStatus::Cancelled => JobState::Cancelled,
         };
+        let error = ending.error.as_deref().map(|e| self.redactor.redact(e));
         // Recorded in the artifacts once, on the first try.
         let mut record: Option<EventRecord> = None;
         loop {
@@ -176,7 +188,7 @@ impl JobHost for ServiceHost {
                     &self.job_id,
                     self.owner(),
                     state,
-                    ending.error.as_deref(),
+                    error.as_deref(),
                     now.version,
                     &ending_record,
                 )

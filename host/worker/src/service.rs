@@ -254,7 +254,14 @@ impl Worker {
                 .with_prometheus(self.options.prometheus.clone()),
             observer: Some(recorder.observer()),
         };
-        let mut host = ServiceHost::new(self.store.clone(), self.claimed_by(), &job, link.clone(), recorder);
+        let mut host = ServiceHost::new(
+            self.store.clone(),
+            self.claimed_by(),
+            &job,
+            link.clone(),
+            recorder,
+            self.redactor.clone(),
+        );
         run_job(spec, &mut host).await
     }
 }

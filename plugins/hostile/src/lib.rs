@@ -23,6 +23,8 @@
 //!   mounts), each `{"ok", "detail"}`; print the report and succeed;
 //! - `"fill"`: write `inputs.mb` MiB (default 64) of incompressible bytes to
 //!   one file, then succeed (a full disk fails it with the error's text).
+//! - `"leak"`: fail with a contract error that quotes the value of the
+//!   variable `inputs.env` (a secret it was granted, leaked into its error);
 //! - `"http"`: send each of `inputs.requests` (`{"url", "method"?,
 //!   "bodyBytes"?, "follow"?}`; `follow` sends one more request to a 3xx
 //!   answer's `location`) through `wasi:http` and report each as `{"ok",
@@ -359,6 +361,11 @@ impl Step for Hostile {
                 let report = grant_probes(&inputs);
                 stepd_sdk::log(&report.to_string());
                 Ok(StepOutput::with_data("tried its grants", &report))
+            }
+            "leak" => {
+                let name = inputs.get("env").and_then(|v| v.as_str()).unwrap_or_default();
+                let value = stepd_sdk::env(name).unwrap_or_default();
+                Err(StepError::Contract(format!("gave up holding {value}")))
             }
             "http" => {
                 let requests = inputs
