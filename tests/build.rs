@@ -19,7 +19,7 @@ fn main() {
     let plugin_target = target_dir.join("plugins");
     let dist = plugin_target.join("dist");
 
-    for watched in ["plugins", "guest-sdk", "wit", "Cargo.lock"] {
+    for watched in ["plugins", "guest-sdk", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 

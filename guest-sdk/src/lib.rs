@@ -38,7 +38,7 @@ use std::path::{Path, PathBuf};
 pub mod bindings {
     wit_bindgen::generate!({
         world: "step",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_step_world",
         default_bindings_module: "stepd_sdk::bindings",
@@ -46,6 +46,11 @@ pub mod bindings {
 }
 
 pub use bindings::stepd::plugin::types::{RetryContext, StepContext, StepError, StepOutput};
+/// serde, for typed inputs: `#[derive(stepd_sdk::serde::Deserialize)]`
+/// with `#[serde(crate = "stepd_sdk::serde")]`, or a plugin's own serde.
+pub use serde;
+/// serde_json, for inputs and output data.
+pub use serde_json;
 
 /// Where the host mounts the step's workspace inside the sandbox.
 pub const WORKSPACE: &str = "/workspace";
@@ -62,6 +67,27 @@ pub trait Step {
 }
 
 impl StepContext {
+    /// The step's `inputs` as `T` (any `serde::Deserialize` type). A field
+    /// that is missing or of the wrong type is the job's fault: a
+    /// `Contract` error naming it (`inputs.files.a.txt: invalid type …`).
+    pub fn inputs<T: serde::de::DeserializeOwned>(&self) -> Result<T, StepError> {
+        let text = if self.inputs.trim().is_empty() {
+            "{}"
+        } else {
+            &self.inputs
+        };
+        let mut json = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut json).map_err(|e| {
+            let path = e.path().to_string();
+            let at = if path == "." {
+                "inputs".to_owned()
+            } else {
+                format!("inputs.{path}")
+            };
+            StepError::Contract(format!("{at}: {}", e.inner()))
+        })
+    }
+
     /// The step's `inputs` object, parsed. Malformed inputs are the job's
     /// fault, so they come back as a `Contract` error the step can return.
     pub fn inputs_json(&self) -> Result<serde_json::Value, StepError> {
@@ -165,6 +191,38 @@ pub fn secret(name: &str) -> Result<String, StepError> {
 
 pub mod http;
 
+/// An I/O error of the step's own work (a file it reads or writes): the
+/// host classifies the message (`Other`), so `?` works on `std::fs` calls.
+impl From<std::io::Error> for StepError {
+    fn from(e: std::io::Error) -> Self {
+        StepError::Other(e.to_string())
+    }
+}
+
+/// Malformed JSON the step itself handles (its inputs, an answer it
+/// parsed) is a contract error.
+impl From<serde_json::Error> for StepError {
+    fn from(e: serde_json::Error) -> Self {
+        StepError::Contract(e.to_string())
+    }
+}
+
+/// `log!("wrote {path}")`: a formatted line to the step log (stdout).
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => {
+        $crate::log(&::std::format!($($arg)*))
+    };
+}
+
+/// `progress!("{done}/{total}")`: a formatted liveness signal.
+#[macro_export]
+macro_rules! progress {
+    ($($arg:tt)*) => {
+        $crate::progress(&::std::format!($($arg)*))
+    };
+}
+
 /// Export a type implementing [`Step`] as the plugin's `run` function.
 /// Invoke it once per plugin crate.
 #[macro_export]
@@ -185,9 +243,72 @@ macro_rules! export_step {
     };
 }
 
+/// Export a plain function `fn(StepContext) -> Result<StepOutput,
+/// StepError>` as the plugin's `run`: [`export_step!`] without a type.
+///
+/// ```ignore
+/// fn run(ctx: stepd_sdk::StepContext) -> Result<stepd_sdk::StepOutput, stepd_sdk::StepError> {
+///     Ok(stepd_sdk::StepOutput::summary(format!("hello from {}", ctx.step_id)))
+/// }
+/// stepd_sdk::export_fn!(run);
+/// ```
+#[macro_export]
+macro_rules! export_fn {
+    ($run:path) => {
+        const _: () = {
+            struct __StepdFn;
+
+            impl $crate::Step for __StepdFn {
+                fn run(ctx: $crate::StepContext) -> ::core::result::Result<$crate::StepOutput, $crate::StepError> {
+                    $run(ctx)
+                }
+            }
+
+            $crate::export_step!(__StepdFn);
+        };
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ctx(inputs: &str) -> StepContext {
+        StepContext {
+            job_id: "j".into(),
+            step_id: "s".into(),
+            step_index: 0,
+            attempt: 1,
+            objective: String::new(),
+            title: String::new(),
+            instructions: String::new(),
+            inputs: inputs.into(),
+            retry_context: None,
+        }
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Files {
+        files: std::collections::BTreeMap<String, String>,
+        #[serde(default)]
+        sleep_ms: u64,
+    }
+
+    #[test]
+    fn typed_inputs_name_the_field_that_is_wrong() {
+        let ok: Files = ctx(r#"{"files": {"a.txt": "x"}}"#).inputs().expect("valid");
+        assert_eq!((ok.files.len(), ok.sleep_ms), (1, 0));
+        match ctx(r#"{"files": {"a.txt": 3}}"#).inputs::<Files>() {
+            Err(StepError::Contract(m)) => assert!(m.starts_with("inputs.files.a.txt: invalid type"), "{m}"),
+            other => panic!("expected a contract error, got {other:?}"),
+        }
+        match ctx("").inputs::<Files>() {
+            Err(StepError::Contract(m)) => assert!(m.contains("missing field `files`"), "{m}"),
+            other => panic!("expected a contract error, got {other:?}"),
+        }
+        let io: StepError = std::io::Error::other("disk on fire").into();
+        assert!(matches!(io, StepError::Other(m) if m == "disk on fire"));
+    }
 
     #[test]
     fn a_secret_not_granted_is_a_contract_error_naming_it() {

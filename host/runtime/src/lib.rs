@@ -43,7 +43,8 @@ use stepd_settings::RuntimeSettings;
 #[allow(missing_docs)]
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../../wit",
+        // The contract lives with the SDK that plugin authors depend on.
+        path: "../../guest-sdk/wit",
         world: "step",
         exports: { default: async },
         additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
