@@ -11,8 +11,11 @@ use stepd_tests::{attempt, load, runtime, Scratch};
 
 #[test]
 fn a_step_that_writes_a_file_from_a_typed_input_is_at_most_15_lines() {
-    let source = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/typed-write/src/lib.rs"))
-        .expect("the plugin's source");
+    let source = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../plugins/typed-write/src/lib.rs"
+    ))
+    .expect("the plugin's source");
     let code: Vec<&str> = source
         .lines()
         .map(str::trim)
@@ -42,7 +45,11 @@ async fn typed_inputs_write_the_file_and_a_bad_field_is_a_contract_error_naming_
         std::fs::read_to_string(scratch.workspace().join("hello.txt")).expect("written"),
         "hi\n"
     );
-    assert!(report.output.text().contains("wrote hello.txt (3 bytes)"), "{:?}", report.output);
+    assert!(
+        report.output.text().contains("wrote hello.txt (3 bytes)"),
+        "{:?}",
+        report.output
+    );
 
     let report = attempt(
         &rt,
@@ -58,7 +65,10 @@ async fn typed_inputs_write_the_file_and_a_bad_field_is_a_contract_error_naming_
         AttemptOutcome::GuestError {
             kind: GuestErrorKind::Contract,
             message,
-        } => assert!(message.starts_with("inputs.text: invalid type: integer `42`"), "{message}"),
+        } => assert!(
+            message.starts_with("inputs.text: invalid type: integer `42`"),
+            "{message}"
+        ),
         other => panic!("expected a contract error, got {other}"),
     }
 }

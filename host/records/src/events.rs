@@ -285,6 +285,10 @@ impl Event {
     }
 }
 
+/// The wire name of [`Event::SelfHealEscalated`]: a store counts a job's
+/// hard resets by it.
+pub const SELF_HEAL_ESCALATED: &str = "task.self_heal.escalated";
+
 /// One event as persisted: its place in the job's order, when, and what.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]

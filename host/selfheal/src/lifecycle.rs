@@ -118,6 +118,9 @@ pub struct JobStart {
     /// store: the one source of truth, written before a step counts as
     /// done); `None` when the artifacts are their record (`stepd run`).
     pub checkpoints: Option<Vec<Checkpoint>>,
+    /// Hard resets self-heal already spent on this job (by earlier job
+    /// attempts, on any worker): `JOB_SELF_HEAL_MAX_RESETS` is per job.
+    pub resets_used: u32,
 }
 
 impl JobStart {
@@ -129,6 +132,7 @@ impl JobStart {
             job_attempt: 1,
             last_attempts: Vec::new(),
             checkpoints: None,
+            resets_used: 0,
         }
     }
 }
@@ -327,6 +331,7 @@ async fn run_job_in_span<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<
         run = run.with_hooks(hooks);
     }
     run.continue_attempt_numbers(start.last_attempts);
+    run.resets_used = start.resets_used;
     if let Some(checkpoints) = start.checkpoints {
         run.keep_checkpoints(checkpoints);
     }

@@ -98,7 +98,14 @@ impl JobHost for ServiceHost {
             .map(|row| (row.step_index, row.attempt))
             .collect();
         let step = self.resume_step.map_or(prefix, |k| k.min(prefix));
+        // Every hard reset self-heal spent is an event in the store.
+        let resets_used = self
+            .store
+            .count_events(&self.job_id, stepd_records::events::SELF_HEAL_ESCALATED)
+            .await
+            .map_err(store_error)?;
         Ok(JobStart {
+            resets_used,
             step,
             rebuild: step > 0 || self.resume_step.is_some() || any_stored,
             job_attempt: self.job_attempt,
