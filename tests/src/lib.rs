@@ -248,3 +248,55 @@ pub fn files_under(dir: &Path, skip: &[&str]) -> std::collections::BTreeMap<Stri
     }
     files
 }
+
+/// Every file under `dir` that holds `needle` (a secret that must be
+/// nowhere), by relative path.
+pub fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
+    files_under(dir, &[])
+        .into_iter()
+        .filter(|(_, bytes)| String::from_utf8_lossy(bytes).contains(needle))
+        .map(|(path, _)| path)
+        .collect()
+}
+
+/// `stepd run JOB` with its data under `data`, this build's plugins, none
+/// of the test process's grant, HTTP or metrics settings, and `env` on
+/// top: the exit code and everything it printed.
+pub fn stepd_run(job: &Path, data: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = std::process::Command::new(stepd_bin());
+    command
+        .arg("run")
+        .arg(job)
+        .arg("--plugins")
+        .arg(plugin_dir())
+        .arg("--artifacts")
+        .arg(data.join("artifacts"))
+        .arg("--work-dir")
+        .arg(data.join("work"))
+        .env(
+            "STEPD_CACHE_DIR",
+            std::env::temp_dir().join("stepd-test-component-cache"),
+        )
+        .env_remove("STEPD_CONFIG");
+    for variable in [
+        "STEPD_GRANT_ENV",
+        "STEPD_GRANT_SECRETS",
+        "STEPD_MOUNT_ROOTS",
+        "STEPD_GRANT_HTTP_ORIGINS",
+        "STEPD_HTTP_EXTRA_CA",
+        "STATSD_HOST",
+        "STATSD_PORT",
+    ] {
+        command.env_remove(variable);
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("stepd run");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}

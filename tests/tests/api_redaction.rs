@@ -9,21 +9,13 @@
 //!   `lastError` shows it redacted;
 //! - and no file, database row or log line holds it.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use stepd_tests::cluster::{task, write_step, Cluster, Mode};
+use stepd_tests::files_holding;
 
 const LONG: Duration = Duration::from_secs(90);
-
-fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
-    stepd_tests::files_under(dir, &[])
-        .into_iter()
-        .filter(|(_, bytes)| String::from_utf8_lossy(bytes).contains(needle))
-        .map(|(path, _)| path)
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operators_reason_and_a_steps_error_reach_no_record_with_a_secret_in_them() {

@@ -15,12 +15,11 @@
 //!   both deployments.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::{json, Value};
 use stepd_runtime::{AttemptGrants, AttemptOutcome, ReadOnlyMount};
 use stepd_tests::cluster::{repo_dir, Cluster, Mode};
-use stepd_tests::{attempt_with, load, plugin_dir, runtime, stepd_bin, Scratch};
+use stepd_tests::{attempt_with, files_holding, load, runtime, stepd_run, Scratch};
 
 /// The probe's report for `inputs` under `grants`.
 async fn probe(grants: AttemptGrants, inputs: Value) -> Value {
@@ -109,45 +108,6 @@ fn job_file(dir: &Path, capabilities: Value, inputs: Value) -> std::path::PathBu
     let file = dir.join("job.json");
     std::fs::write(&file, payload.to_string()).expect("job file");
     file
-}
-
-fn stepd_run(job: &Path, data: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut command = Command::new(stepd_bin());
-    command
-        .arg("run")
-        .arg(job)
-        .arg("--plugins")
-        .arg(plugin_dir())
-        .arg("--artifacts")
-        .arg(data.join("artifacts"))
-        .arg("--work-dir")
-        .arg(data.join("work"))
-        .env(
-            "STEPD_CACHE_DIR",
-            std::env::temp_dir().join("stepd-test-component-cache"),
-        )
-        .env_remove("STEPD_GRANT_ENV")
-        .env_remove("STEPD_GRANT_SECRETS")
-        .env_remove("STEPD_MOUNT_ROOTS");
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let out = command.output().expect("stepd run");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
-
-/// Every file under `dir` that holds `needle`.
-fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
-    stepd_tests::files_under(dir, &[])
-        .into_iter()
-        .filter(|(_, bytes)| String::from_utf8_lossy(bytes).contains(needle))
-        .map(|(path, _)| path)
-        .collect()
 }
 
 #[test]

@@ -18,14 +18,13 @@
 //!   `STEPD_HTTP_BYTES_ARE_ACTIVITY` is off.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::{json, Value};
 use stepd_runtime::{AttemptGrants, AttemptOutcome, HttpGrant};
 use stepd_settings::HttpOrigin;
 use stepd_tests::cluster::repo_dir;
 use stepd_tests::http_server::{Behaviour, TestCa, TestServer};
-use stepd_tests::{attempt_with, load, plugin_dir, runtime, stepd_bin, Scratch, StatsdListener};
+use stepd_tests::{attempt_with, files_holding, load, runtime, stepd_run, Scratch, StatsdListener};
 
 /// The hostile plugin's `http` probe of `requests` under `grants`: its
 /// report and the attempt's HTTP log.
@@ -186,52 +185,6 @@ fn model_call_job(dir: &Path, origin: &str) -> std::path::PathBuf {
     let file = dir.join("job.json");
     std::fs::write(&file, payload.to_string()).expect("job file");
     file
-}
-
-fn stepd_run(job: &Path, data: &Path, env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let mut command = Command::new(stepd_bin());
-    command
-        .arg("run")
-        .arg(job)
-        .arg("--plugins")
-        .arg(plugin_dir())
-        .arg("--artifacts")
-        .arg(data.join("artifacts"))
-        .arg("--work-dir")
-        .arg(data.join("work"))
-        .env(
-            "STEPD_CACHE_DIR",
-            std::env::temp_dir().join("stepd-test-component-cache"),
-        );
-    for variable in [
-        "STEPD_GRANT_ENV",
-        "STEPD_GRANT_SECRETS",
-        "STEPD_GRANT_HTTP_ORIGINS",
-        "STEPD_HTTP_EXTRA_CA",
-        "STATSD_HOST",
-        "STATSD_PORT",
-    ] {
-        command.env_remove(variable);
-    }
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let out = command.output().expect("stepd run");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code(), text)
-}
-
-/// Every file under `dir` that holds `needle`.
-fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
-    stepd_tests::files_under(dir, &[])
-        .into_iter()
-        .filter(|(_, bytes)| String::from_utf8_lossy(bytes).contains(needle))
-        .map(|(path, _)| path)
-        .collect()
 }
 
 /// The step logs `stepd run` wrote under `data`, for failure messages.

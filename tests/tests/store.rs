@@ -48,7 +48,7 @@ async fn twenty_jobs_claimed_by_four_racing_workers_are_each_claimed_once() {
         let store = db.open().await;
         // Opening again is a no-op migration.
         let again = db.open().await;
-        assert_eq!(again.schema_versions().await.expect("versions"), vec![1, 2, 3, 4]);
+        assert_eq!(again.schema_versions().await.expect("versions"), vec![1, 2, 3, 4, 5]);
         for i in 0..20 {
             submit(&store, &format!("job-{i:02}"), 1).await;
         }
@@ -354,6 +354,7 @@ async fn events_checkpoints_and_attempts_round_trip() {
                 denied: None,
                 error: None,
             }],
+            retry_context: Some(serde_json::json!({"failureClass": "transient_runtime", "failureSummary": "idle"})),
         };
         store.record_attempt("c", &row).await.expect("attempt");
         store.record_attempt("c", &row).await.expect("same attempt again");

@@ -113,6 +113,10 @@ pub struct AttemptFailure {
     /// What it was granted.
     #[serde(default, skip_serializing_if = "GrantsUsed::is_empty")]
     pub granted: GrantsUsed,
+    /// What the step's next attempt is told (none when there is no next
+    /// attempt): kept with the failure so another worker can tell it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_context: Option<serde_json::Value>,
 }
 
 /// What self-heal decided after a failed attempt.

@@ -16,7 +16,7 @@ use stepd_records::artifacts::{JobArtifacts, StepState};
 use stepd_records::events::{Event, EventSink, StepAttemptRef};
 use stepd_records::metrics::Metrics;
 use stepd_records::redact::Redactor;
-use stepd_runtime::{AttemptGrants, CancellationToken, Plugin, Runtime};
+use stepd_runtime::{AttemptGrants, CancellationToken, Plugin, RetryContext, Runtime};
 use stepd_settings::SelfHealConfig;
 use stepd_workspace::{Quota, TreeId, Workspace};
 
@@ -46,6 +46,9 @@ pub struct JobRun<'a> {
     pub(crate) current_tree: Option<TreeId>,
     /// The last attempt number of each step, across job attempts.
     pub(crate) attempts_used: HashMap<u32, u32>,
+    /// What the next attempt of a step is told when an earlier job attempt
+    /// ended on its failure (a queue retry, here or on another worker).
+    pub(crate) carried_contexts: HashMap<u32, RetryContext>,
     pub(crate) plugins: HashMap<u32, Plugin>,
     pub(crate) hooks: Option<Arc<dyn RunHooks>>,
     /// The checkpoints when the host keeps them (the service's store);
@@ -125,6 +128,7 @@ impl<'a> JobRun<'a> {
             resets_used: 0,
             current_tree: None,
             attempts_used: HashMap::new(),
+            carried_contexts: HashMap::new(),
             plugins: HashMap::new(),
             hooks: None,
             ledger: None,
@@ -141,6 +145,16 @@ impl<'a> JobRun<'a> {
     /// the last one down for an operator's recovery request).
     pub fn set_cancel(&mut self, cancel: CancellationToken) {
         self.cancel = cancel;
+    }
+
+    /// Tell each step's next attempt what an earlier job attempt (maybe on
+    /// another worker) left for it: (step index, the context's JSON).
+    pub fn carry_retry_contexts(&mut self, contexts: impl IntoIterator<Item = (u32, serde_json::Value)>) {
+        for (step, value) in contexts {
+            if let Some(context) = super::step::retry_context_from_json(&value) {
+                self.carried_contexts.insert(step, context);
+            }
+        }
     }
 
     /// Continue attempt numbering after `last` (step index → last attempt

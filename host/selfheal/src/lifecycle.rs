@@ -121,6 +121,9 @@ pub struct JobStart {
     /// Hard resets self-heal already spent on this job (by earlier job
     /// attempts, on any worker): `JOB_SELF_HEAL_MAX_RESETS` is per job.
     pub resets_used: u32,
+    /// The retry context an earlier job attempt left for a step (step
+    /// index, its JSON as events carry it): the step's next attempt is told.
+    pub retry_contexts: Vec<(u32, serde_json::Value)>,
 }
 
 impl JobStart {
@@ -133,6 +136,7 @@ impl JobStart {
             last_attempts: Vec::new(),
             checkpoints: None,
             resets_used: 0,
+            retry_contexts: Vec::new(),
         }
     }
 }
@@ -332,6 +336,7 @@ async fn run_job_in_span<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<
     }
     run.continue_attempt_numbers(start.last_attempts);
     run.resets_used = start.resets_used;
+    run.carry_retry_contexts(start.retry_contexts);
     if let Some(checkpoints) = start.checkpoints {
         run.keep_checkpoints(checkpoints);
     }

@@ -119,7 +119,8 @@ impl JobRun<'_> {
             attempt: first_attempt,
             start_tree: self.start_tree()?,
             tracker: NoProgressTracker::default(),
-            retry_context: None,
+            // An earlier job attempt's last failure of this step, if any.
+            retry_context: self.carried_contexts.remove(&step.index),
             healed_by: None,
         };
         loop {
@@ -303,8 +304,14 @@ impl JobRun<'_> {
             step_max_attempts: self.config.step_max_attempts,
             resets_left: self.config.job_self_heal_max_resets.saturating_sub(self.resets_used),
         });
-        let next_context = matches!(strategy, Strategy::SoftReset | Strategy::HardReset)
-            .then(|| self.retry_context(&failure, tried.patch.as_ref(), strategy));
+        // What the next attempt is told — in this pass (a soft or hard
+        // reset) or the job's next attempt (a queue retry, on any worker:
+        // the failure's event carries it to the store).
+        let next_context = matches!(
+            strategy,
+            Strategy::SoftReset | Strategy::HardReset | Strategy::QueueRetry
+        )
+        .then(|| self.retry_context(&failure, tried.patch.as_ref(), strategy));
         let judged = Judged {
             step,
             attempt,
@@ -326,6 +333,9 @@ impl JobRun<'_> {
             retryable: None,
         };
         if let Some(outcome) = give_up(strategy, step, failure.class, &failure.summary) {
+            if let Some(context) = next_context {
+                self.carried_contexts.insert(step.index, context);
+            }
             if matches!(strategy, Strategy::QueueRetry | Strategy::Fail) {
                 // Self-heal gives up: the queue may retry the job, or the
                 // failure is deterministic and the job fails.
@@ -488,6 +498,7 @@ impl JobRun<'_> {
             wall_clock_seconds: report.wall_clock_seconds,
             fuel_consumed: report.fuel_consumed,
             granted: grants::used(&step.capabilities, &report.http),
+            retry_context: next_context.map(retry_context_json),
         }))?;
         Ok(())
     }
@@ -501,9 +512,31 @@ pub(crate) struct AssessedFailure {
     summary: String,
 }
 
+/// A retry context read back from its JSON (an event or a stored attempt
+/// row), `None` when it is not one.
+pub(crate) fn retry_context_from_json(value: &serde_json::Value) -> Option<RetryContext> {
+    let text = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_owned);
+    let list = |field: &str| -> Vec<String> {
+        value
+            .get(field)
+            .and_then(|v| v.as_array())
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    Some(RetryContext {
+        failure_summary: text("failureSummary")?,
+        failure_class: text("failureClass")?,
+        failure_signature: text("failureSignature")?,
+        changed_files: list("changedFiles"),
+        diff_hash: text("diffHash"),
+        strategy: text("strategy")?,
+        constraints: list("constraints"),
+    })
+}
+
 /// The retry context as the attempt artifact records it (camelCase, like
 /// every artifact).
-fn retry_context_json(context: &RetryContext) -> serde_json::Value {
+pub(crate) fn retry_context_json(context: &RetryContext) -> serde_json::Value {
     serde_json::json!({
         "failureSummary": context.failure_summary,
         "failureClass": context.failure_class,

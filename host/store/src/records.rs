@@ -74,6 +74,9 @@ pub struct AttemptRow {
     /// header or body).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub http: Vec<HttpRequestRecord>,
+    /// What the step's next attempt is told, for a failure that has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_context: Option<serde_json::Value>,
 }
 
 /// A finished step's checkpoint: enough to rebuild the workspace after it
@@ -229,12 +232,12 @@ impl Store {
     pub async fn record_attempt(&self, job_id: &str, attempt: &AttemptRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO step_attempts (job_id, step_index, attempt, step_id, outcome, failure_class, strategy, \
-             wall_clock_seconds, worker, finished_at, fuel_consumed, http) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             wall_clock_seconds, worker, finished_at, fuel_consumed, http, retry_context) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
              ON CONFLICT (job_id, step_index, attempt) DO UPDATE SET outcome = excluded.outcome, \
              failure_class = excluded.failure_class, strategy = excluded.strategy, \
              wall_clock_seconds = excluded.wall_clock_seconds, worker = excluded.worker, finished_at = excluded.finished_at, \
-             fuel_consumed = excluded.fuel_consumed, http = excluded.http",
+             fuel_consumed = excluded.fuel_consumed, http = excluded.http, retry_context = excluded.retry_context",
         )
         .bind(job_id)
         .bind(i64::from(attempt.step_index))
@@ -248,6 +251,7 @@ impl Store {
         .bind(&attempt.finished_at)
         .bind(attempt.fuel_consumed)
         .bind((!attempt.http.is_empty()).then(|| serde_json::to_string(&attempt.http).unwrap_or_default()))
+        .bind(attempt.retry_context.as_ref().map(ToString::to_string))
         .execute(&self.pool)
         .await
         .map_err(db("record attempt"))?;
@@ -258,7 +262,7 @@ impl Store {
     pub async fn attempts(&self, job_id: &str) -> Result<Vec<AttemptRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT step_index, attempt, step_id, outcome, failure_class, strategy, wall_clock_seconds, worker, \
-             finished_at, fuel_consumed, http FROM step_attempts WHERE job_id = $1 ORDER BY step_index, attempt",
+             finished_at, fuel_consumed, http, retry_context FROM step_attempts WHERE job_id = $1 ORDER BY step_index, attempt",
         )
         .bind(job_id)
         .fetch_all(&self.pool)
@@ -281,6 +285,9 @@ impl Store {
                         .try_get::<Option<String>, _>("http")?
                         .and_then(|text| serde_json::from_str(&text).ok())
                         .unwrap_or_default(),
+                    retry_context: r
+                        .try_get::<Option<String>, _>("retry_context")?
+                        .and_then(|text| serde_json::from_str(&text).ok()),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -101,6 +101,11 @@ CREATE TABLE step_checkpoints (
         name: "the HTTP requests of each step attempt (JSON)",
         sql: "ALTER TABLE step_attempts ADD COLUMN http TEXT",
     },
+    Migration {
+        version: 5,
+        name: "what a failed step attempt's successor is told (JSON)",
+        sql: "ALTER TABLE step_attempts ADD COLUMN retry_context TEXT",
+    },
 ];
 
 /// The backend a store talks to.

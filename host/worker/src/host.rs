@@ -89,13 +89,17 @@ impl JobHost for ServiceHost {
             });
         }
         let prefix = u32::try_from(checkpoints.len()).unwrap_or(u32::MAX);
-        let last_attempts = self
-            .store
-            .attempts(&self.job_id)
-            .await
-            .map_err(store_error)?
+        let attempts = self.store.attempts(&self.job_id).await.map_err(store_error)?;
+        let last_attempts = attempts.iter().map(|row| (row.step_index, row.attempt)).collect();
+        // Each step's last recorded attempt (rows come by step, then
+        // attempt): when it failed with a successor to tell, tell it.
+        let mut last_rows = std::collections::BTreeMap::new();
+        for row in &attempts {
+            last_rows.insert(row.step_index, row);
+        }
+        let retry_contexts = last_rows
             .into_iter()
-            .map(|row| (row.step_index, row.attempt))
+            .filter_map(|(step, row)| row.retry_context.clone().map(|context| (step, context)))
             .collect();
         let step = self.resume_step.map_or(prefix, |k| k.min(prefix));
         // Every hard reset self-heal spent is an event in the store.
@@ -106,6 +110,7 @@ impl JobHost for ServiceHost {
             .map_err(store_error)?;
         Ok(JobStart {
             resets_used,
+            retry_contexts,
             step,
             rebuild: step > 0 || self.resume_step.is_some() || any_stored,
             job_attempt: self.job_attempt,

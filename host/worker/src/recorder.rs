@@ -98,6 +98,7 @@ async fn write(store: &Store, job_id: &str, worker: &str, workspace: &str, recor
             worker: worker.to_owned(),
             finished_at: record.at.clone(),
             http: granted.http.clone(),
+            retry_context: None,
         }),
         Event::AttemptFailed(failure) => Some(AttemptRow {
             step_index: failure.step.step_index,
@@ -111,6 +112,7 @@ async fn write(store: &Store, job_id: &str, worker: &str, workspace: &str, recor
             worker: worker.to_owned(),
             finished_at: record.at.clone(),
             http: failure.granted.http.clone(),
+            retry_context: failure.retry_context.clone(),
         }),
         _ => None,
     };

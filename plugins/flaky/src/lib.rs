@@ -1,5 +1,7 @@
 //! flaky: fails with `retry(...)` on the first `inputs.failAttempts` attempts
 //! (default 1), then succeeds and writes `inputs.path` (default `flaky.txt`).
+//! Every attempt told a retry context logs it (`retry context: <class>
+//! after "<summary>" (<strategy>)`).
 
 use stepd_sdk::{Step, StepContext, StepError, StepOutput};
 
@@ -9,6 +11,15 @@ impl Step for Flaky {
     fn run(ctx: StepContext) -> Result<StepOutput, StepError> {
         let inputs = ctx.inputs_json()?;
         let fail_attempts = inputs.get("failAttempts").and_then(|v| v.as_u64()).unwrap_or(1);
+        // What the host told this attempt about the last failure.
+        if let Some(told) = &ctx.retry_context {
+            stepd_sdk::log!(
+                "retry context: {} after {:?} ({})",
+                told.failure_class,
+                told.failure_summary,
+                told.strategy
+            );
+        }
         if u64::from(ctx.attempt) <= fail_attempts {
             return Err(StepError::Retry(format!(
                 "temporary failure on attempt {} (connection reset by upstream)",
