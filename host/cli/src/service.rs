@@ -139,7 +139,18 @@ fn spawn_workers(
     if count == 0 {
         return Ok(Vec::new());
     }
-    let runtime = Arc::new(Runtime::new(p.settings.runtime.clone()).context("starting the wasm runtime")?);
+    // Every job this process may run at once gets an instance slot.
+    let mut runtime_settings = p.settings.runtime.clone();
+    let wanted = u32::try_from(count.saturating_mul(concurrency)).unwrap_or(u32::MAX);
+    if runtime_settings.pooling && wanted > runtime_settings.pool_slots {
+        tracing::info!(
+            "raising the instance pool from {} to {wanted} slots to match the workers' concurrency",
+            runtime_settings.pool_slots
+        );
+        runtime_settings.pool_slots = wanted;
+        p.prometheus.set_pool_slots(wanted);
+    }
+    let runtime = Arc::new(Runtime::new(runtime_settings).context("starting the wasm runtime")?);
     let redactor = p.redactor.clone();
     let mut handles = Vec::new();
     for i in 0..count {

@@ -214,6 +214,10 @@ pub struct Runtime {
     plugins: plugin::PluginCache,
     settings: RuntimeSettings,
     descriptors: descriptors::DescriptorBudget,
+    /// One permit per instance slot of the pooling allocator: an attempt
+    /// waits for a slot instead of failing to instantiate (a host's
+    /// capacity is never a step's failure). `None` without pooling.
+    slots: Option<Arc<tokio::sync::Semaphore>>,
     ticker: EpochTicker,
     /// Built on the first attempt that may call HTTPS (reading the
     /// platform's roots costs milliseconds most runtimes never need).
@@ -251,12 +255,16 @@ impl Runtime {
                 ))
             })?;
         let ticker = EpochTicker::start(&engine, settings.epoch_tick).map_err(RuntimeError::Ticker)?;
+        let slots = settings
+            .pooling
+            .then(|| Arc::new(tokio::sync::Semaphore::new(settings.pool_slots.max(1) as usize)));
         Ok(Runtime {
             engine,
             linker,
             plugins: plugin::PluginCache::default(),
             settings,
             descriptors,
+            slots,
             ticker,
             tls: std::sync::OnceLock::new(),
         })
@@ -293,7 +301,16 @@ impl Runtime {
     /// the attempt up.
     pub async fn run_attempt(&self, plugin: &Plugin, request: AttemptRequest) -> Result<AttemptReport, RuntimeError> {
         let (memory_limit, fuel) = self.budget(&request.limits)?;
-        // Held until the store (and every descriptor of the guest) is gone.
+        // Held until the store is gone: an instance slot (waited for before
+        // the attempt's clock starts; a cancel while waiting ends it) and
+        // the guest's share of the descriptors.
+        let slot = match &self.slots {
+            Some(slots) => tokio::select! {
+                permit = slots.clone().acquire_owned() => permit.ok(),
+                () = request.cancel.cancelled() => return Ok(AttemptReport::cancelled_before_start()),
+            },
+            None => None,
+        };
         let descriptors = self.descriptors.claim().await;
         let started = Instant::now();
         let activity = Arc::new(ActivityClock::new(started));
@@ -328,6 +345,7 @@ impl Runtime {
         // Teardown: nothing of the guest survives its store.
         drop(store);
         drop(descriptors);
+        drop(slot);
 
         let outcome = match result {
             Err(reason) => stop_outcome(reason),

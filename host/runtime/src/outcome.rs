@@ -187,3 +187,19 @@ pub struct AttemptReport {
     /// The HTTP requests it made, allowed and denied.
     pub http: crate::HttpLog,
 }
+
+impl AttemptReport {
+    /// An attempt cancelled while it waited for an instance slot: it never
+    /// started.
+    pub fn cancelled_before_start() -> Self {
+        AttemptReport {
+            outcome: AttemptOutcome::Cancelled,
+            wall_clock_seconds: 0.0,
+            idle_seconds: 0.0,
+            fuel_consumed: None,
+            deadline_overrun_seconds: None,
+            output: crate::CapturedOutput::default(),
+            http: crate::HttpLog::default(),
+        }
+    }
+}
