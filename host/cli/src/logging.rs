@@ -9,9 +9,9 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// The default filter of `stepd serve` and `stepd worker`.
-const SERVICE_FILTER: &str = "warn,stepd=info,stepd_api=info,stepd_worker=info,stepd_queue=info,\
-                              stepd_store=info,stepd_selfheal=info,stepd_records=info";
+/// The default filter of `stepd serve` and `stepd worker`: `info` for
+/// every stepd crate (a target prefix: `stepd` covers `stepd_api`, …).
+const SERVICE_FILTER: &str = "warn,stepd=info";
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,10 +33,26 @@ impl LogFormat {
     }
 }
 
-/// Install the subscriber; `service` picks the default filter.
-pub fn init(format: LogFormat, service: bool) {
-    let filter = EnvFilter::try_from_env("STEPD_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(if service { SERVICE_FILTER } else { "warn" }));
+/// What the process is, for its default filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// `stepd serve` or `stepd worker`: lifecycle, requests and events.
+    Service,
+    /// `stepd serve --run`: its lifecycle lines only; the job's events are
+    /// its output.
+    OneShotServer,
+    /// Any other command: warnings only.
+    Command,
+}
+
+/// Install the subscriber; `role` picks the default filter.
+pub fn init(format: LogFormat, role: Role) {
+    let default = match role {
+        Role::Service => SERVICE_FILTER,
+        Role::OneShotServer => "warn,stepd::service=info",
+        Role::Command => "warn",
+    };
+    let filter = EnvFilter::try_from_env("STEPD_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     // Colour only for a person at a terminal who has not asked for none.
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()

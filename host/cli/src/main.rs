@@ -174,7 +174,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_INVALID_INPUT);
         }
     };
-    logging::init(format, matches!(cli.command, Command::Serve(_) | Command::Worker(_)));
+    let role = match &cli.command {
+        // `serve --run` is a one-shot demo: its output is the job's events.
+        Command::Serve(args) if args.run.is_some() => logging::Role::OneShotServer,
+        Command::Serve(_) | Command::Worker(_) => logging::Role::Service,
+        _ => logging::Role::Command,
+    };
+    logging::init(format, role);
     // Attempts share the process's descriptors with the API, the store and
     // the broker connection (host/runtime/src/descriptors.rs): make the
     // budget as large as the operator allows before anything opens files.
