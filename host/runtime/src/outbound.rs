@@ -203,24 +203,20 @@ fn request_origin(request: &http::Request<WasiBody>) -> Result<HttpOrigin, Strin
     HttpOrigin::parse(&format!("{scheme}://{authority}"))
 }
 
-type SendFuture = Box<
-    dyn std::future::Future<
-            Output = Result<
-                (
-                    http::Response<WasiBody>,
-                    Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send>,
-                ),
-                HttpError,
-            >,
-        > + Send,
->;
+/// What drives a response's connection after the response arrived.
+type IoFuture = Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send>;
+
+/// A response and its connection's driver, or why there is none.
+type Exchanged = Result<(http::Response<WasiBody>, IoFuture), HttpError>;
+
+type SendFuture = Box<dyn std::future::Future<Output = Exchanged> + Send>;
 
 impl WasiHttpHooks for OutboundHttp {
     fn send_request(
         &mut self,
         request: http::Request<WasiBody>,
         _options: Option<RequestOptions>,
-        _fut: Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send>,
+        _fut: IoFuture,
     ) -> SendFuture {
         let origin = request_origin(&request);
         let mut exchange = HttpExchange {
@@ -284,58 +280,64 @@ impl Trip {
         error
     }
 
-    async fn send(
-        self,
-        request: http::Request<WasiBody>,
-    ) -> Result<
-        (
-            http::Response<WasiBody>,
-            Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send>,
-        ),
-        HttpError,
-    > {
+    async fn send(self, request: http::Request<WasiBody>) -> Exchanged {
         match self.exchange(request).await {
             Ok(done) => Ok(done),
             Err(error) => Err(self.fail(error)),
         }
     }
 
-    async fn exchange(
-        &self,
-        mut request: http::Request<WasiBody>,
-    ) -> Result<
-        (
-            http::Response<WasiBody>,
-            Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send>,
-        ),
-        HttpError,
-    > {
+    /// A connection to the checked address, over TLS for `https`.
+    async fn connect(&self) -> Result<Box<dyn Stream>, HttpError> {
         let address = checked_address(&self.origin).await?;
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address))
             .await
             .map_err(|_| HttpError::ConnectionTimeout)?
             .map_err(HttpError::Connect)?;
         let _ = tcp.set_nodelay(true);
-        let stream: Box<dyn Stream> = match self.origin.scheme {
-            HttpScheme::Http => Box::new(tcp),
-            HttpScheme::Https => {
-                let name = match self.origin.literal_ip() {
-                    Some(ip) => rustls::pki_types::ServerName::from(ip),
-                    None => rustls::pki_types::ServerName::try_from(self.origin.host.clone()).map_err(|_| {
-                        HttpError::DnsError {
-                            rcode: Some("invalid dns name".into()),
-                            info_code: None,
-                        }
-                    })?,
-                };
-                let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
-                let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
-                    .await
-                    .map_err(|_| HttpError::ConnectionTimeout)?
-                    .map_err(HttpError::Tls)?;
-                Box::new(tls)
+        if self.origin.scheme == HttpScheme::Http {
+            return Ok(Box::new(tcp));
+        }
+        // Verified against the origin's name (or its literal address).
+        let name = match self.origin.literal_ip() {
+            Some(ip) => rustls::pki_types::ServerName::from(ip),
+            None => {
+                rustls::pki_types::ServerName::try_from(self.origin.host.clone()).map_err(|_| HttpError::DnsError {
+                    rcode: Some("invalid dns name".into()),
+                    info_code: None,
+                })?
             }
         };
+        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let tls = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
+            .await
+            .map_err(|_| HttpError::ConnectionTimeout)?
+            .map_err(HttpError::Tls)?;
+        Ok(Box::new(tls))
+    }
+
+    /// `body` held to `limit` bytes, counted in this request's log entry.
+    fn limited(&self, body: WasiBody, limit: u64, direction: Direction) -> WasiBody {
+        LimitedBody {
+            inner: body,
+            limit,
+            seen: 0,
+            direction,
+            log: self.log.clone(),
+            index: self.index,
+            started: self.started,
+            // Response bytes are the guest's work arriving; its own
+            // upload is not.
+            activity: match direction {
+                Direction::Response => self.activity.clone(),
+                Direction::Request => None,
+            },
+        }
+        .boxed_unsync()
+    }
+
+    async fn exchange(&self, mut request: http::Request<WasiBody>) -> Exchanged {
+        let stream = self.connect().await?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         // On the wire the request line carries the path only.
         let path = request
@@ -345,19 +347,7 @@ impl Trip {
             .parse::<http::Uri>()
             .map_err(|_| HttpError::HttpRequestUriInvalid)?;
         *request.uri_mut() = path;
-        let request = request.map(|body| {
-            LimitedBody {
-                inner: body,
-                limit: self.grant.max_request_bytes,
-                seen: 0,
-                direction: Direction::Request,
-                log: self.log.clone(),
-                index: self.index,
-                started: self.started,
-                activity: None,
-            }
-            .boxed_unsync()
-        });
+        let request = request.map(|body| self.limited(body, self.grant.max_request_bytes, Direction::Request));
         // Drive the connection while waiting for the response; a server
         // that answers and closes may finish the connection first, and the
         // response is then already there.
@@ -378,19 +368,13 @@ impl Trip {
         let status = response.status().as_u16();
         with_entry(&self.log, self.index, |e| e.status = Some(status));
         let response = response.map(|body: Incoming| {
-            LimitedBody {
-                inner: body.map_err(HttpError::from).boxed_unsync(),
-                limit: self.grant.max_response_bytes,
-                seen: 0,
-                direction: Direction::Response,
-                log: self.log.clone(),
-                index: self.index,
-                started: self.started,
-                activity: self.activity.clone(),
-            }
-            .boxed_unsync()
+            self.limited(
+                body.map_err(HttpError::from).boxed_unsync(),
+                self.grant.max_response_bytes,
+                Direction::Response,
+            )
         });
-        let io: Box<dyn std::future::Future<Output = Result<(), HttpError>> + Send> = Box::new(async move {
+        let io: IoFuture = Box::new(async move {
             match connection {
                 Some(running) => running.await.map_err(HttpError::from),
                 None => Ok(()),
