@@ -287,6 +287,34 @@ impl Cluster {
             .expect("a scale-out cluster has a PostgreSQL URL")
     }
 
+    /// The tables of a scale-out cluster's database with a row holding
+    /// `needle`, and how many tables were read (an embedded cluster's
+    /// SQLite file is a file under [`Cluster::dir`]: none read here).
+    pub async fn tables_holding(&self, needle: &str) -> (Vec<String>, usize) {
+        if self.mode != Mode::Scale {
+            return (Vec::new(), 0);
+        }
+        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&self.database_url())
+            .await
+            .expect("connect");
+        let tables: Vec<(String,)> =
+            sqlx::query_as("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'")
+                .fetch_all(&mut db)
+                .await
+                .expect("the tables");
+        let mut holding = Vec::new();
+        for (table,) in &tables {
+            let rows: Vec<(String,)> = sqlx::query_as(&format!("SELECT row_to_json(t)::text FROM \"{table}\" t"))
+                .fetch_all(&mut db)
+                .await
+                .expect("dump a table");
+            if rows.iter().any(|(row,)| row.contains(needle)) {
+                holding.push(table.clone());
+            }
+        }
+        (holding, tables.len())
+    }
+
     /// The text of one of a job's artifacts (`logs/steps/step-0000.log`).
     pub async fn artifact_text(&self, id: &str, path: &str) -> String {
         self.request(reqwest::Method::GET, &format!("/api/queue/jobs/{id}/artifacts/{path}"))

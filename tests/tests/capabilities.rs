@@ -264,27 +264,10 @@ async fn a_granted_secret_reaches_the_guest_on_a_server_and_no_row_file_or_log_l
         let leaked = files_holding(cluster.dir(), secret);
         assert!(leaked.is_empty(), "{mode:?}: the secret is in {leaked:?}");
         assert!(!cluster.server.log().contains(secret), "{mode:?}: the server logged it");
+        let (holding, read) = cluster.tables_holding(secret).await;
+        assert!(holding.is_empty(), "{mode:?}: rows of {holding:?} hold it");
         if mode == Mode::Scale {
-            let url = cluster.database_url();
-            let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-                .await
-                .expect("connect");
-            let tables: Vec<(String,)> =
-                sqlx::query_as("SELECT table_name::text FROM information_schema.tables WHERE table_schema = 'public'")
-                    .fetch_all(&mut db)
-                    .await
-                    .expect("the tables");
-            assert!(tables.len() >= 5, "{tables:?}");
-            for (table,) in tables {
-                let rows: Vec<(String,)> = sqlx::query_as(&format!("SELECT row_to_json(t)::text FROM \"{table}\" t"))
-                    .fetch_all(&mut db)
-                    .await
-                    .expect("dump a table");
-                assert!(
-                    rows.iter().all(|(row,)| !row.contains(secret)),
-                    "{mode:?}: a row of {table} holds it"
-                );
-            }
+            assert!(read >= 5, "{mode:?}: only {read} tables read");
         }
         cluster.shutdown().await;
     }

@@ -428,3 +428,28 @@ fn stepd_runtime_settings(http_bytes_are_activity: bool) -> stepd_settings::Runt
         ..stepd_tests::test_settings()
     }
 }
+
+#[test]
+fn a_bad_extra_ca_file_is_refused_before_any_step_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate\n").expect("write");
+    let job = model_call_job(dir.path(), "http://127.0.0.1:9");
+    let ca = not_pem.display().to_string();
+    let (code, text) = stepd_run(
+        &job,
+        &dir.path().join("data"),
+        &[
+            ("STEPD_GRANT_SECRETS", "STEPD_TEST_MODEL_KEY"),
+            ("STEPD_GRANT_HTTP_ORIGINS", "http://127.0.0.1:9"),
+            ("STEPD_TEST_MODEL_KEY", "sk-unused"),
+            ("STEPD_HTTP_EXTRA_CA", ca.as_str()),
+        ],
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("STEPD_HTTP_EXTRA_CA") && text.contains("no certificate"),
+        "{text}"
+    );
+    assert!(!text.contains("attempt 1 started"), "a step ran: {text}");
+}

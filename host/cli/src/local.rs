@@ -198,6 +198,10 @@ pub async fn run_job(args: RunArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| format!("job-{}", uuid::Uuid::new_v4().simple()));
     let redactor = Arc::new(Redactor::from_env());
     let runtime = Runtime::new(settings.runtime.clone())?;
+    if settings.runtime.http_extra_ca.is_some() {
+        // A bad CA file is the operator's input: refused before any step.
+        runtime.http_tls().context("STEPD_HTTP_EXTRA_CA")?;
+    }
     let cancel = cancel_on_ctrl_c();
     let options = LocalRunOptions {
         artifact_root: args.artifacts,

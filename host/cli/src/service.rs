@@ -151,6 +151,10 @@ fn spawn_workers(
         p.prometheus.set_pool_slots(wanted);
     }
     let runtime = Arc::new(Runtime::new(runtime_settings).context("starting the wasm runtime")?);
+    if p.settings.runtime.http_extra_ca.is_some() {
+        // A bad CA file stops the process here, not a step later.
+        runtime.http_tls().context("STEPD_HTTP_EXTRA_CA")?;
+    }
     let redactor = p.redactor.clone();
     let mut handles = Vec::new();
     for i in 0..count {

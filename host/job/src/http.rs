@@ -99,6 +99,13 @@ impl HttpCapability {
                     format!("{method:?} is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
                 ));
             }
+            if methods.contains(&upper) {
+                // Each name once: at most seven, however long the list.
+                return Err(payload_error(
+                    format!("{field}.methods[{i}]"),
+                    format!("{upper} is named twice"),
+                ));
+            }
             methods.push(upper);
         }
         if self.path_prefixes.len() > MAX_PATH_PREFIXES {
@@ -188,6 +195,10 @@ mod tests {
             (
                 serde_json::json!({"origins": ["https://api.example.com"], "methods": ["CONNECT"]}),
                 "methods[0]",
+            ),
+            (
+                serde_json::json!({"origins": ["https://api.example.com"], "methods": ["get", "GET"]}),
+                "methods[1]",
             ),
             (
                 serde_json::json!({"origins": ["https://api.example.com"], "pathPrefixes": ["/v1/../admin"]}),

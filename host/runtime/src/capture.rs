@@ -13,6 +13,20 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
+/// `text` cut to at most `max_bytes` (on a character boundary, marked with
+/// `…`): for guest-controlled text that goes into records — an event, a
+/// database row — where a whole megabyte would cost every reader.
+pub fn clip_text(text: &str, max_bytes: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max_bytes {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max_bytes.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}…", &text[..end]))
+}
+
 /// Where a chunk of output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -246,6 +260,14 @@ impl tokio::io::AsyncWrite for CaptureStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipped_text_keeps_whole_characters_and_says_it_was_cut() {
+        assert_eq!(clip_text("short", 10), "short");
+        let clipped = clip_text("ééééé", 7);
+        assert!(clipped.len() <= 7 && clipped.ends_with('…'), "{clipped}");
+        assert_eq!(clipped, "éé…");
+    }
 
     #[test]
     fn output_past_the_limit_is_counted_not_kept() {

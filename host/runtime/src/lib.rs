@@ -27,7 +27,7 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-pub use capture::{ActivityClock, CapturedOutput, OutputCapture, OutputChunk, OutputStreamKind};
+pub use capture::{clip_text, ActivityClock, CapturedOutput, OutputCapture, OutputChunk, OutputStreamKind};
 pub use deadline::{AttemptClock, StopReason};
 pub use descriptors::{descriptor_limit, raise_descriptor_limit, DESCRIPTOR_RESERVE, MIN_HANDLES_PER_ATTEMPT};
 pub use engine::{engine_config, EpochTicker};
@@ -282,8 +282,9 @@ impl Runtime {
     }
 
     /// The TLS client configuration for outbound HTTPS: the platform's
-    /// roots plus `STEPD_HTTP_EXTRA_CA`. A server calls it at start so a
-    /// bad CA file fails there, not in a job.
+    /// roots plus `STEPD_HTTP_EXTRA_CA`. `stepd serve`, `worker` and `run`
+    /// call it at start when an extra CA is set, so a bad file fails there,
+    /// not in a step.
     pub fn http_tls(&self) -> Result<Arc<rustls::ClientConfig>, RuntimeError> {
         self.tls
             .get_or_init(|| outbound::tls_config(self.settings.http_extra_ca.as_deref()).map(Arc::new))

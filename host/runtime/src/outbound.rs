@@ -31,7 +31,7 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 
 use stepd_settings::{HttpOrigin, HttpScheme};
 
-use super::capture::ActivityClock;
+use super::capture::{clip_text, ActivityClock};
 
 /// How long a connection (TCP and TLS) may take; the attempt's deadlines
 /// stop anything slower sooner.
@@ -40,6 +40,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most requests one attempt's log keeps (denied ones included); the rest
 /// are counted in [`HttpLog::unlogged`].
 pub const MAX_LOGGED_REQUESTS: usize = 1024;
+
+/// Longest method, origin, path or reason a log entry keeps: the guest
+/// writes them (a URI may be 64 KiB), and 1024 entries of that would be
+/// the host's memory. Records keep less (`stepd-selfheal` shortens each
+/// again after redacting it).
+pub const MAX_LOGGED_TEXT: usize = 8192;
 
 /// What one attempt may call, resolved by the host from the step's
 /// `capabilities.http`.
@@ -219,17 +225,19 @@ impl WasiHttpHooks for OutboundHttp {
         _fut: IoFuture,
     ) -> SendFuture {
         let origin = request_origin(&request);
+        let named = match &origin {
+            Ok(origin) => origin.to_string(),
+            Err(_) => request.uri().authority().map(|a| a.to_string()).unwrap_or_default(),
+        };
         let mut exchange = HttpExchange {
-            method: request.method().as_str().to_owned(),
-            origin: match &origin {
-                Ok(origin) => origin.to_string(),
-                Err(_) => request.uri().authority().map(|a| a.to_string()).unwrap_or_default(),
-            },
-            path: request.uri().path().to_owned(),
+            method: clip_text(request.method().as_str(), MAX_LOGGED_TEXT).into_owned(),
+            origin: clip_text(&named, MAX_LOGGED_TEXT).into_owned(),
+            path: clip_text(request.uri().path(), MAX_LOGGED_TEXT).into_owned(),
             ..HttpExchange::default()
         };
         match self.check(&request, origin) {
             Err(reason) => {
+                let reason = clip_text(&reason, MAX_LOGGED_TEXT).into_owned();
                 tracing::debug!(method = %exchange.method, origin = %exchange.origin, %reason, "HTTP request denied");
                 exchange.denied = Some(reason);
                 self.record(exchange);

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use stepd_job::capabilities::{Capabilities, EnvGrant, FromHost};
 use stepd_records::events::{GrantsUsed, HttpRequestRecord};
 use stepd_records::redact::Redactor;
-use stepd_runtime::{AttemptGrants, HttpGrant, HttpLog, ReadOnlyMount};
+use stepd_runtime::{clip_text, AttemptGrants, HttpGrant, HttpLog, ReadOnlyMount};
 
 /// The largest secret file read: a key or a token, not a document.
 const MAX_SECRET_BYTES: u64 = 64 << 10;
@@ -66,9 +66,15 @@ pub(crate) fn resolve(
     Ok(AttemptGrants { env, mounts, http })
 }
 
+/// Longest path, origin or reason of an HTTP request its records keep.
+const MAX_RECORDED_HTTP_TEXT: usize = 512;
+
 /// What an attempt was granted, by name, and the HTTP requests it made,
-/// for its records.
-pub(crate) fn used(capabilities: &Capabilities, http: &HttpLog) -> GrantsUsed {
+/// for its records. The guest chose each request's text: it is redacted
+/// whole, then shortened (a cut through a secret would leave a prefix the
+/// redactor no longer knows).
+pub(crate) fn used(capabilities: &Capabilities, http: &HttpLog, redactor: &Redactor) -> GrantsUsed {
+    let recorded = |text: &str| clip_text(&redactor.redact(text), MAX_RECORDED_HTTP_TEXT).into_owned();
     GrantsUsed {
         env: capabilities.env.keys().cloned().collect(),
         secrets: capabilities.secrets.clone(),
@@ -82,15 +88,15 @@ pub(crate) fn used(capabilities: &Capabilities, http: &HttpLog) -> GrantsUsed {
             .exchanges
             .iter()
             .map(|e| HttpRequestRecord {
-                method: e.method.clone(),
-                origin: e.origin.clone(),
-                path: e.path.clone(),
+                method: recorded(&e.method),
+                origin: recorded(&e.origin),
+                path: recorded(&e.path),
                 status: e.status,
                 request_bytes: e.request_bytes,
                 response_bytes: e.response_bytes,
                 ms: e.ms,
-                denied: e.denied.clone(),
-                error: e.error.clone(),
+                denied: e.denied.as_deref().map(recorded),
+                error: e.error.as_deref().map(recorded),
             })
             .collect(),
         http_unlogged: http.unlogged,
@@ -150,6 +156,30 @@ mod tests {
 
     fn caps(json: serde_json::Value) -> Capabilities {
         serde_json::from_value(json).expect("capabilities")
+    }
+
+    #[test]
+    fn a_requests_recorded_text_is_redacted_whole_then_shortened() {
+        let redactor = Redactor::new();
+        let secret = "tok-0123456789abcdef0123456789";
+        redactor.register(secret);
+        // The secret straddles the recorded length: cut first, its prefix
+        // would be left behind.
+        let path = format!("/{}{secret}/send", "a".repeat(MAX_RECORDED_HTTP_TEXT - 10));
+        let log = HttpLog {
+            exchanges: vec![stepd_runtime::HttpExchange {
+                method: "GET".into(),
+                origin: "https://api.example.com".into(),
+                path,
+                ..Default::default()
+            }],
+            unlogged: 0,
+        };
+        let used = used(&Capabilities::default(), &log, &redactor);
+        let recorded = &used.http[0].path;
+        assert!(recorded.len() <= MAX_RECORDED_HTTP_TEXT, "{}", recorded.len());
+        assert!(!recorded.contains("tok-0123"), "{recorded}");
+        assert_eq!(used.http[0].origin, "https://api.example.com");
     }
 
     #[test]

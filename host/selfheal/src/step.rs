@@ -166,6 +166,30 @@ impl JobRun<'_> {
         Ok(tree)
     }
 
+    /// The attempt's HTTP requests in the metrics. Origins label them only
+    /// when the step was granted them: the guest names any origin it likes,
+    /// and each label value is a series a metrics store keeps for good.
+    fn count_http(&self, scope: MetricScope<'_>, step: &ResolvedStep, report: &AttemptReport) {
+        let granted = |origin: &str| {
+            step.capabilities
+                .http
+                .as_ref()
+                .is_some_and(|h| h.origins.iter().any(|o| o.to_string() == origin))
+        };
+        for exchange in &report.http.exchanges {
+            let origin = if granted(&exchange.origin) {
+                exchange.origin.as_str()
+            } else {
+                "other"
+            };
+            match (&exchange.denied, exchange.status) {
+                (Some(_), _) => self.metrics.http_denied(scope, origin),
+                (None, Some(status)) => self.metrics.http_request(scope, origin, status),
+                (None, None) => {}
+            }
+        }
+    }
+
     /// Run one attempt, then log it and take the workspace's changes.
     async fn try_once(
         &mut self,
@@ -190,13 +214,7 @@ impl JobRun<'_> {
         };
         self.metrics
             .step_duration(scope, Duration::from_secs_f64(report.wall_clock_seconds));
-        for exchange in &report.http.exchanges {
-            match (&exchange.denied, exchange.status) {
-                (Some(_), _) => self.metrics.http_denied(scope, &exchange.origin),
-                (None, Some(status)) => self.metrics.http_request(scope, &exchange.origin, status),
-                (None, None) => {}
-            }
-        }
+        self.count_http(scope, step, &report);
         let start_tree = state.start_tree;
         let (after, patch) = blocking(|| -> Result<_, SelfHealError> {
             let changes = match self.workspace.snapshot_within(self.quota) {
@@ -269,7 +287,7 @@ impl JobRun<'_> {
             diff_hash: checkpoint.diff_hash.clone(),
             wall_clock_seconds: tried.report.wall_clock_seconds,
             fuel_consumed: tried.report.fuel_consumed,
-            granted: grants::used(&step.capabilities, &tried.report.http),
+            granted: grants::used(&step.capabilities, &tried.report.http, &self.redactor),
         })?;
         if let Some((class, strategy)) = state.healed_by {
             let scope = MetricScope {
@@ -481,7 +499,7 @@ impl JobRun<'_> {
             changed_files: patch.map(|p| p.changed_files.clone()).unwrap_or_default(),
             retry_context: next_context.map(retry_context_json),
             timestamp: now_rfc3339(),
-            granted: grants::used(&step.capabilities, &report.http),
+            granted: grants::used(&step.capabilities, &report.http, &self.redactor),
         };
         blocking(|| self.artifacts.write_attempt_record(&record))?;
         self.events.emit(Event::AttemptFailed(AttemptFailure {
@@ -497,7 +515,7 @@ impl JobRun<'_> {
             diff_hash: failure.diff_hash.clone(),
             wall_clock_seconds: report.wall_clock_seconds,
             fuel_consumed: report.fuel_consumed,
-            granted: grants::used(&step.capabilities, &report.http),
+            granted: grants::used(&step.capabilities, &report.http, &self.redactor),
             retry_context: next_context.map(retry_context_json),
         }))?;
         Ok(())
