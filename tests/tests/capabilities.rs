@@ -9,7 +9,7 @@
 //!   the attempt's event names what it was granted, and a `fromHost`
 //!   variable the worker lacks fails the step naming it;
 //! - through `stepd serve`, a repository of `/etc` or `file:///etc` and a
-//!   grant beyond the ceiling (a mount, an HTTP origin) are 400s naming the
+//!   grant beyond the ceiling (a mount, an HTTP origin) are 422s naming the
 //!   setting, and a granted
 //!   secret reaches the guest but no file, database row or log line, on
 //!   both deployments.
@@ -193,7 +193,7 @@ async fn a_server_refuses_system_baselines_and_grants_beyond_its_ceiling() {
     let step = json!({"id": "one", "plugin": "write-file", "inputs": {"path": "a", "text": "b"}});
     for repository in ["/etc", "file:///etc", "/root"] {
         let (status, body) = submit(json!({"type": "task", "task": {"repository": repository, "steps": [step]}})).await;
-        assert_eq!(status, 400, "{repository}: {body}");
+        assert_eq!(status, 422, "{repository}: {body}");
         assert!(
             body["message"]
                 .as_str()
@@ -205,7 +205,7 @@ async fn a_server_refuses_system_baselines_and_grants_beyond_its_ceiling() {
     let mut greedy = step.clone();
     greedy["capabilities"] = json!({"mounts": [{"host": "/etc", "guest": "/etc"}]});
     let (status, body) = submit(json!({"type": "task", "task": {"repository": repo_dir(), "steps": [greedy]}})).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
     assert!(
         body["message"]
             .as_str()
@@ -216,7 +216,7 @@ async fn a_server_refuses_system_baselines_and_grants_beyond_its_ceiling() {
     let mut caller = step.clone();
     caller["capabilities"] = json!({"http": {"origins": ["https://api.example.com"]}});
     let (status, body) = submit(json!({"type": "task", "task": {"repository": repo_dir(), "steps": [caller]}})).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(status, 422, "{body}");
     let message = body["message"].as_str().unwrap_or_default();
     assert!(
         message.contains("https://api.example.com") && message.contains("STEPD_GRANT_HTTP_ORIGINS"),

@@ -238,3 +238,88 @@ fn the_systemd_units_pass_systemd_analyze_verify() {
     );
     assert!(out.status.success() && printed.trim().is_empty(), "{printed}");
 }
+
+/// A tokens file with `alice` (operator) and `host-b` (worker), mode `mode`.
+fn tokens_file(dir: &std::path::Path, mode: u32) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("tokens.toml");
+    std::fs::write(
+        &path,
+        "[[operator]]\nname = \"alice\"\ntoken = \"alice-token-0123456789\"\n\n\
+         [[worker]]\nname = \"host-b\"\ntoken = \"host-b-token-0123456789\"\n",
+    )
+    .expect("write the tokens file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tokens_file_names_who_acted_and_a_readable_one_stops_the_server() {
+    // Given a private tokens file next to the environment's tokens,
+    let dir = tempfile::tempdir().expect("dir");
+    let file = tokens_file(dir.path(), 0o600);
+    let file_text = file.display().to_string();
+    let cluster = Cluster::start_with(Mode::Embedded, 1, 0, &[("STEPD_TOKENS_FILE", &file_text)]).await;
+    let id = cluster
+        .submit(&task(
+            1,
+            vec![json!({"id": "slow", "plugin": "write-file",
+                        "inputs": {"path": "a.txt", "text": "a", "sleepMs": 1500}})],
+            json!({}),
+        ))
+        .await;
+    cluster.wait_status(&id, "running", LONG).await;
+    // when alice pauses and resumes the job with her token,
+    let http = reqwest::Client::new();
+    for action in ["pause", "resume"] {
+        let response = http
+            .post(format!("{}/api/task-runs/{id}/control", cluster.url))
+            .bearer_auth("alice-token-0123456789")
+            .json(&json!({"action": action}))
+            .send()
+            .await
+            .expect("control");
+        assert_eq!(response.status().as_u16(), 200, "{action}");
+    }
+    // then the control events name her, not a token; the worker's token
+    // of the file is a worker's (403 on an operator route).
+    let job = cluster.job(&id).await;
+    let by: Vec<&str> = job["controlEvents"]
+        .as_array()
+        .expect("control events")
+        .iter()
+        .map(|e| e["requestedBy"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(by, ["alice", "alice"], "{job}");
+    let worker = http
+        .get(format!("{}/api/queue/jobs", cluster.url))
+        .bearer_auth("host-b-token-0123456789")
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(worker.status().as_u16(), 403);
+    cluster.wait_status(&id, "succeeded", LONG).await;
+    cluster.shutdown().await;
+
+    // Given the same file readable by others, `stepd serve` refuses to
+    // start, naming the file and the fix, never a token.
+    let readable = tokens_file(dir.path(), 0o644);
+    let output = std::process::Command::new(stepd_tests::stepd_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--tokens-file")
+        .arg(&readable)
+        .env_remove("STEPD_OPERATOR_TOKENS")
+        .output()
+        .expect("run stepd serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("chmod 600") && stderr.contains("tokens.toml"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("alice-token") && !stderr.contains("host-b-token"),
+        "{stderr}"
+    );
+}

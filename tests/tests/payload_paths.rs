@@ -1,7 +1,7 @@
 //! A payload can name any path as a plugin. Given a running `stepd serve`,
 //! when payloads name a FIFO nobody writes to, `/dev/zero`, a directory, a
 //! text file holding a secret and a core module, then each is refused at
-//! once with a 400 that names the path and the problem — never a digest of
+//! once with a 422 that names the path and the problem — never a digest of
 //! a file that is not a component — and the server keeps answering.
 
 use std::time::{Duration, Instant};
@@ -60,7 +60,7 @@ async fn plugin_paths_that_are_not_component_files_are_refused_at_once_without_a
         let asked = Instant::now();
         let (status, body) = submit_plugin_path(&cluster, &path).await;
         let message = body["message"].as_str().unwrap_or_default();
-        assert_eq!(status, 400, "{path}: {body}");
+        assert_eq!(status, 422, "{path}: {body}");
         assert!(
             message.contains(&path) && message.contains(expected),
             "{path}: {message}"

@@ -131,6 +131,7 @@ async fn every_route_answers_each_credential_as_it_declares() {
 fn the_openapi_document_names_exactly_the_routes_the_router_serves() {
     let document = stepd_api::openapi_document();
     let paths = document["paths"].as_object().expect("paths");
+    let global = document.get("security");
     let documented: BTreeSet<(String, String, String)> = paths
         .iter()
         .flat_map(|(path, operations)| {
@@ -139,14 +140,18 @@ fn the_openapi_document_names_exactly_the_routes_the_router_serves() {
                 .into_iter()
                 .flatten()
                 .map(move |(method, operation)| {
-                    let security = match operation["security"].as_array() {
-                        Some(list) if list.is_empty() => "public".to_owned(),
-                        Some(list) => list
-                            .iter()
-                            .flat_map(|s| s.as_object().into_iter().flat_map(|o| o.keys().cloned()))
-                            .collect::<Vec<_>>()
-                            .join("+"),
+                    // An operation's own requirement, else the document's;
+                    // `[{}]` (or `[]`) means no token.
+                    let requirement = operation.get("security").or(global).and_then(Value::as_array);
+                    let schemes: Vec<String> = requirement
+                        .into_iter()
+                        .flatten()
+                        .flat_map(|s| s.as_object().into_iter().flat_map(|o| o.keys().cloned()))
+                        .collect();
+                    let security = match requirement {
                         None => "undeclared".to_owned(),
+                        Some(_) if schemes.is_empty() => "public".to_owned(),
+                        Some(_) => schemes.join("+"),
                     };
                     (path.clone(), method.to_uppercase(), security)
                 })

@@ -426,7 +426,7 @@ async fn bad_requests_get_their_status_and_message_and_change_nothing() {
                 cluster
                     .request(reqwest::Method::POST, &control)
                     .json(&json!({"action": "resume_from_step", "stepId": "nine"})),
-                400,
+                409,
                 "unknown stepId",
             ),
             (
@@ -494,7 +494,7 @@ async fn bad_requests_get_their_status_and_message_and_change_nothing() {
                     reqwest::Method::GET,
                     &format!("/api/queue/jobs/{id}/artifacts/..%2F..%2Fstepd.db"),
                 ),
-                400,
+                404,
                 "without '..'",
             ),
             (

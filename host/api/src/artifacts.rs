@@ -13,11 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
-use serde_json::{json, Value};
 
 use super::auth::Operator;
 use super::error::{off_thread, path_param, ApiError};
 use super::jobs::load_job;
+use super::views::{ArtifactEntry, ArtifactList, ErrorBody};
 use super::ApiState;
 
 fn job_dir(artifact_root: &FsPath, id: &str) -> Result<Dir, ApiError> {
@@ -26,7 +26,7 @@ fn job_dir(artifact_root: &FsPath, id: &str) -> Result<Dir, ApiError> {
         .map_err(|_| ApiError::not_found(format!("job {id} has no artifacts on this server")))
 }
 
-fn walk(dir: &Dir, prefix: &str, out: &mut Vec<Value>) -> std::io::Result<()> {
+fn walk(dir: &Dir, prefix: &str, out: &mut Vec<ArtifactEntry>) -> std::io::Result<()> {
     let mut entries: Vec<_> = dir.entries()?.collect::<Result<_, _>>()?;
     entries.sort_by_key(cap_std::fs::DirEntry::file_name);
     for entry in entries {
@@ -43,18 +43,25 @@ fn walk(dir: &Dir, prefix: &str, out: &mut Vec<Value>) -> std::io::Result<()> {
         if kind.is_dir() {
             walk(&entry.open_dir()?, &rel, out)?;
         } else if kind.is_file() {
-            out.push(json!({"path": rel, "size": entry.metadata()?.len()}));
+            out.push(ArtifactEntry {
+                path: rel,
+                size: entry.metadata()?.len(),
+            });
         }
     }
     Ok(())
 }
 
 /// `GET /api/queue/jobs/<id>/artifacts`: every artifact file of the job.
+#[utoipa::path(get, path = "/api/queue/jobs/{id}/artifacts", tag = "artifacts", operation_id = "job_artifacts",
+    params(("id" = String, Path, description = "the job's id")),
+    responses((status = 200, description = "every artifact file of the job", body = ArtifactList),
+              (status = 404, description = "no such job", body = ErrorBody)))]
 pub async fn list(
     State(state): State<ApiState>,
     _operator: Operator,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ArtifactList>, ApiError> {
     let id = path_param(id)?;
     load_job(&state, &id).await?;
     let root = state.artifact_root.clone();
@@ -68,29 +75,44 @@ pub async fn list(
         Ok(files)
     })
     .await?;
-    Ok(Json(json!({ "jobId": id, "artifacts": files })))
+    Ok(Json(ArtifactList {
+        job_id: id,
+        artifacts: files,
+    }))
 }
 
-/// Refuse any path that is not a plain relative path of visible names.
+/// Only a plain relative path of visible names can name an artifact: any
+/// other (absolute, `..`, `.`, hidden, a backslash or NUL) names none, so
+/// it is a 404 before any file is touched.
 pub fn check_artifact_path(path: &str) -> Result<&FsPath, ApiError> {
     let p = FsPath::new(path);
+    let no_such = || {
+        ApiError::not_found(format!(
+            "no artifact {path:?}: artifact paths are relative, without '..', '.' or hidden names"
+        ))
+    };
     if path.is_empty() || path.contains('\\') || path.contains('\0') {
-        return Err(ApiError::bad_request(format!("artifact path {path:?} is invalid")));
+        return Err(no_such());
     }
     for component in p.components() {
         match component {
             Component::Normal(name) if !name.to_string_lossy().starts_with('.') => {}
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "artifact path {path:?} must be relative, without '..', '.' or hidden names"
-                )))
-            }
+            _ => return Err(no_such()),
         }
     }
     Ok(p)
 }
 
 /// `GET /api/queue/jobs/<id>/artifacts/<path>`: one artifact's bytes.
+#[utoipa::path(get, path = "/api/queue/jobs/{id}/artifacts/{path}", tag = "artifacts", operation_id = "job_artifact",
+    params(("id" = String, Path, description = "the job's id"),
+           ("path" = String, Path, pattern = r"^[^./\\\x00][^/\\\x00]*(/[^./\\\x00][^/\\\x00]*)*$",
+            description = "a path from the job's artifact list: relative, no hidden or '..' component")),
+    responses((status = 200, description = "the file's bytes, typed by its extension",
+                content((String = "application/json"), (String = "application/x-ndjson"),
+                        (String = "text/plain"), (Vec<u8> = "application/octet-stream"))),
+              (status = 400, description = "a path that is not UTF-8", body = ErrorBody),
+              (status = 404, description = "no such job or artifact (a path that is absolute, hidden or has '..' names none)", body = ErrorBody)))]
 pub async fn download(
     State(state): State<ApiState>,
     _operator: Operator,

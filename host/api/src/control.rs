@@ -1,6 +1,6 @@
 //! Operator-control rules: what each action does to a job in each state —
 //! or why it cannot (400 for a malformed request, 409 for one the job's
-//! state does not allow). Pure: the API asks, the store writes, the worker
+//! state does not allow, or a step it does not have). Pure: the API asks, the store writes, the worker
 //! acts on `liveControl`.
 
 use stepd_job::control::{ControlAction, LiveControl, RecoveryRequest};
@@ -20,6 +20,47 @@ pub struct ControlRequest {
     #[serde(default)]
     pub reason: Option<String>,
 }
+
+/// Written out rather than derived: a step action (`retry_step`,
+/// `hard_reset_step`, `resume_from_step`) requires `stepId`, which a
+/// derived schema cannot say.
+impl utoipa::PartialSchema for ControlRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let (step, other): (Vec<ControlAction>, Vec<ControlAction>) =
+            ControlAction::ALL.into_iter().partition(|a| a.needs_step());
+        let names = |actions: Vec<ControlAction>| actions.into_iter().map(ControlAction::as_str).collect::<Vec<_>>();
+        // Two closed object shapes, told apart by the action.
+        let shape = |actions: Vec<&str>, step_required: bool| {
+            let step = if step_required {
+                serde_json::json!({"type": "string", "description": "one of the job's step ids"})
+            } else {
+                serde_json::json!({"type": ["string", "null"], "description": "when given, one of the job's step ids"})
+            };
+            let required: &[&str] = if step_required {
+                &["action", "stepId"]
+            } else {
+                &["action"]
+            };
+            serde_json::json!({
+                "type": "object",
+                "additionalProperties": false,
+                "required": required,
+                "properties": {
+                    "action": {"type": "string", "enum": actions},
+                    "stepId": step,
+                    "reason": {"type": ["string", "null"], "description": "why, for the audit trail (secrets are redacted)"}
+                }
+            })
+        };
+        let schema = serde_json::json!({
+            "description": "An operator's action on a job; the step actions name a step.",
+            "oneOf": [shape(names(other), false), shape(names(step), true)]
+        });
+        utoipa::openapi::RefOr::T(serde_json::from_value(schema).unwrap_or_default())
+    }
+}
+
+impl utoipa::ToSchema for ControlRequest {}
 
 /// Why an action was refused. `BadRequest` is the caller's mistake (400),
 /// `Conflict` an action the job's state does not allow (409).
@@ -232,8 +273,10 @@ fn named_step(
             .iter()
             .position(|s| s == id)
             .map(|i| Some(u32::try_from(i).unwrap_or(u32::MAX)))
+            // Well formed, but this job has no such step: a conflict with
+            // the job as it is (the request itself is not malformed).
             .ok_or_else(|| {
-                ControlError::BadRequest(format!(
+                ControlError::Conflict(format!(
                     "unknown stepId {id:?}: job {} has steps {}",
                     job.id,
                     step_ids.join(", ")
@@ -317,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_actions_and_steps_are_bad_requests_that_name_the_choices() {
+    fn unknown_actions_and_missing_steps_are_bad_requests_unknown_steps_conflicts_all_naming_the_choices() {
         let running = job(JobState::Running);
         let err = plan(&running, &ask("explode", None), "op", "now", 1).expect_err("unknown");
         assert!(
@@ -330,7 +373,7 @@ mod tests {
             "{err}"
         );
         let err = plan(&running, &ask("pause", Some("zz")), "op", "now", 1).expect_err("unknown step");
-        assert!(matches!(err, ControlError::BadRequest(_)));
+        assert!(matches!(err, ControlError::Conflict(_)), "{err}");
     }
 
     #[test]

@@ -14,6 +14,8 @@ const APP_CSS: &str = include_str!("dashboard/app.css");
 const CSP: &str = "default-src 'self'; connect-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'";
 
 /// `GET /`: the page.
+#[utoipa::path(get, path = "/", tag = "dashboard", operation_id = "dashboard", security(()),
+    responses((status = 200, description = "the dashboard page", content((String = "text/html")))))]
 pub async fn index() -> impl IntoResponse {
     (
         [
@@ -26,6 +28,8 @@ pub async fn index() -> impl IntoResponse {
 }
 
 /// `GET /dashboard/app.js`.
+#[utoipa::path(get, path = "/dashboard/app.js", tag = "dashboard", operation_id = "dashboard_script", security(()),
+    responses((status = 200, description = "the dashboard's script", content((String = "text/javascript")))))]
 pub async fn app_js() -> impl IntoResponse {
     (
         [
@@ -37,6 +41,8 @@ pub async fn app_js() -> impl IntoResponse {
 }
 
 /// `GET /dashboard/app.css`.
+#[utoipa::path(get, path = "/dashboard/app.css", tag = "dashboard", operation_id = "dashboard_style", security(()),
+    responses((status = 200, description = "the dashboard's style sheet", content((String = "text/css")))))]
 pub async fn app_css() -> impl IntoResponse {
     (
         [

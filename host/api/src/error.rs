@@ -44,6 +44,11 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, message)
     }
+    /// 422: a well-formed request this host cannot act on as it stands
+    /// (a payload naming a plugin or directory it does not have).
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
     /// Any status.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
@@ -71,6 +76,7 @@ impl ApiError {
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::CONFLICT => "conflict",
             StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::UNPROCESSABLE_ENTITY => "unprocessable",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
             StatusCode::SERVICE_UNAVAILABLE => "unavailable",

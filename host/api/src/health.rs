@@ -14,11 +14,13 @@ use stepd_queue::Dispatcher;
 use stepd_records::prometheus::{Prometheus, CONTENT_TYPE};
 use stepd_store::Store;
 
+use super::jobs::backend_name;
+use super::views::{ErrorBody, Health};
 use super::{ApiError, ApiState};
 
 /// Whether this process can do its work: its store answers and its broker
 /// (when it has one) is reachable. `Err` names what is not.
-pub async fn readiness(store: &Store, dispatcher: &Dispatcher) -> Result<serde_json::Value, String> {
+pub async fn readiness(store: &Store, dispatcher: &Dispatcher) -> Result<Health, String> {
     store
         .schema_versions()
         .await
@@ -27,7 +29,12 @@ pub async fn readiness(store: &Store, dispatcher: &Dispatcher) -> Result<serde_j
         .check_broker()
         .await
         .map_err(|e| format!("broker unavailable: {e}"))?;
-    Ok(json!({"status": "ready", "store": store.backend(), "dispatch": dispatcher.kind()}))
+    Ok(Health {
+        status: "ready".into(),
+        store: backend_name(store.backend()),
+        dispatch: dispatcher.kind().into(),
+        schema_version: None,
+    })
 }
 
 /// `/metrics`' body: the store's gauges as of now (when the store
@@ -42,6 +49,9 @@ pub async fn metrics_text(store: &Store, lease: Duration, prometheus: &Prometheu
 
 /// `GET /readyz`: 200 when the store and the broker answer, else 503
 /// naming which.
+#[utoipa::path(get, path = "/readyz", tag = "probes", security(()),
+    responses((status = 200, description = "the store and the broker (when there is one) answer", body = Health),
+              (status = 503, description = "the store or the broker does not answer; the message names which", body = ErrorBody)))]
 pub async fn readyz(State(state): State<ApiState>) -> Response {
     match readiness(&state.store, &state.dispatcher).await {
         Ok(body) => Json(body).into_response(),
@@ -50,6 +60,9 @@ pub async fn readyz(State(state): State<ApiState>) -> Response {
 }
 
 /// `GET /metrics`: the Prometheus registry in the text format.
+#[utoipa::path(get, path = "/metrics", tag = "probes", security(()),
+    responses((status = 200, description = "stepd's counters and histograms, jobs by status, queue depth, the oldest lease's age, running attempts",
+        content((String = "application/openmetrics-text")))))]
 pub async fn metrics(State(state): State<ApiState>) -> Response {
     let text = metrics_text(&state.store, state.lease, &state.prometheus).await;
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()

@@ -11,12 +11,13 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream, StreamExt};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::auth::{Operator, WorkerCaller};
 use super::error::{off_thread, path_param, query_param, ApiError};
 use super::{ApiState, MAX_BODY_BYTES};
 use crate::control::{plan, ControlRequest};
+use crate::views::{ControlResponse, ErrorBody, EventPage, Health, JobList, JobView, StreamedEvent};
 use stepd_job::control::ControlAction;
 use stepd_job::payload::JobPayload;
 use stepd_records::events::Event;
@@ -64,63 +65,6 @@ async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiE
     })
 }
 
-/// The JSON view of a job.
-pub fn job_view(job: &JobRecord, first_unfinished: u32) -> Value {
-    let steps: Vec<Value> = job
-        .step_ids()
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let index = u32::try_from(i).unwrap_or(u32::MAX);
-            json!({
-                "id": id,
-                "index": index,
-                "title": job.payload["task"]["steps"][i]["title"],
-                "finished": index < first_unfinished,
-                "capabilities": capabilities_view(&job.payload["task"]["steps"][i]["capabilities"]),
-            })
-        })
-        .collect();
-    json!({
-        "id": job.id,
-        "status": job.status.as_str(),
-        "attempt": job.attempt,
-        "maxAttempts": job.max_attempts,
-        "nextAttemptAt": ms_to_rfc3339(job.next_attempt_at),
-        "leaseOwner": job.lease_owner,
-        "leaseExpiresAt": job.lease_expires_at.map(ms_to_rfc3339),
-        "cancelRequested": job.cancel_requested,
-        "resumeFromStep": job.resume_step,
-        "currentStep": job.current_step_id.as_ref().map(|id| json!({"id": id, "index": job.current_step_index})),
-        "firstUnfinishedStep": first_unfinished,
-        "workspace": job.workspace_path,
-        "lastError": job.last_error,
-        "createdAt": ms_to_rfc3339(job.created_at),
-        "updatedAt": ms_to_rfc3339(job.updated_at),
-        "finishedAt": job.finished_at.map(ms_to_rfc3339),
-        "steps": steps,
-        "payload": job.payload_with_live_control(),
-    })
-}
-
-/// What a step declared it needs, by name: variable names (never their
-/// values), secret names, mounts and its HTTP grant (origins, methods,
-/// prefixes, limits; `null` without one). Empty lists when it declared
-/// nothing.
-fn capabilities_view(declared: &Value) -> Value {
-    let names = |v: &Value| -> Vec<String> { v.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default() };
-    let list = |v: &Value| -> Vec<Value> { v.as_array().cloned().unwrap_or_default() };
-    json!({
-        "env": names(&declared["env"]),
-        "secrets": list(&declared["secrets"]),
-        "mounts": list(&declared["mounts"])
-            .iter()
-            .map(|m| json!({"guest": m["guest"], "host": m["host"], "readOnly": true}))
-            .collect::<Vec<_>>(),
-        "http": declared["http"],
-    })
-}
-
 /// The job, or a 404 naming it.
 pub(super) async fn load_job(state: &ApiState, id: &str) -> Result<JobRecord, ApiError> {
     state
@@ -131,20 +75,51 @@ pub(super) async fn load_job(state: &ApiState, id: &str) -> Result<JobRecord, Ap
 }
 
 /// `GET /healthz`: the process answers and its store does too.
+#[utoipa::path(get, path = "/healthz", tag = "probes", security(()),
+    responses((status = 200, description = "the process and its store answer", body = Health),
+              (status = 503, description = "the store does not answer", body = ErrorBody)))]
 pub async fn healthz(State(state): State<ApiState>) -> Response {
     match state.store.schema_versions().await {
-        Ok(versions) => Json(json!({
-            "status": "ok",
-            "store": state.store.backend(),
-            "dispatch": state.dispatcher.kind(),
-            "schemaVersion": versions.last(),
-        }))
+        Ok(versions) => Json(Health {
+            status: "ok".into(),
+            store: backend_name(state.store.backend()),
+            dispatch: state.dispatcher.kind().into(),
+            schema_version: versions.last().copied(),
+        })
         .into_response(),
         Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}")).into_response(),
     }
 }
 
-/// `POST /api/queue/jobs`: validate and queue a job payload.
+/// `sqlite` or `postgres`.
+pub(crate) fn backend_name(backend: stepd_store::Backend) -> String {
+    match backend {
+        stepd_store::Backend::Sqlite => "sqlite".into(),
+        stepd_store::Backend::Postgres => "postgres".into(),
+    }
+}
+
+/// `POST /api/queue/jobs`: validate and queue a job payload. A body that
+/// is not a payload is a 400; a payload this host cannot run as it stands
+/// (a plugin or directory it does not have, a grant it does not allow, a
+/// rule the schema cannot state such as unique step ids) is a 422.
+#[utoipa::path(post, path = "/api/queue/jobs", tag = "jobs", operation_id = "submit_job",
+    params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$",
+        description = "becomes the job's id: sent again with the same payload, the same job comes back (200); with another payload, 409")),
+    request_body = JobPayload,
+    responses(
+        (status = 201, description = "queued", body = JobView, links(
+            ("GetJob" = (operation_id = "get_job", parameters(("id" = "$response.body#/id")),
+                description = "the job just submitted")),
+            ("JobEvents" = (operation_id = "job_events", parameters(("id" = "$response.body#/id")))),
+            ("JobArtifacts" = (operation_id = "job_artifacts", parameters(("id" = "$response.body#/id")))),
+            ("ControlJob" = (operation_id = "control_job", parameters(("id" = "$response.body#/id")))))),
+        (status = 200, description = "the job this Idempotency-Key already submitted", body = JobView),
+        (status = 400, description = "the body is not a job payload (malformed JSON, a wrong type, an unknown field); a malformed Idempotency-Key", body = ErrorBody),
+        (status = 409, description = "the Idempotency-Key was used for another payload", body = ErrorBody),
+        (status = 413, description = "the body is larger than 1 MiB", body = ErrorBody),
+        (status = 422, description = "a payload this host cannot run as it stands; the message names the field", body = ErrorBody),
+    ))]
 pub async fn submit(
     State(state): State<ApiState>,
     _operator: Operator,
@@ -152,15 +127,18 @@ pub async fn submit(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let raw: Value = json_body(body).await?;
+    let mut raw: Value = json_body(body).await?;
+    integral_numbers_as_integers(&mut raw);
     let payload: JobPayload = JobPayload::parse(&raw.to_string()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // Past this point the body has the payload's shape: whatever is refused
+    // now is refused for what it names, not how it is written.
     // Resolution reads plugin files: off the async threads, so a slow disk
     // never stalls the server's other requests.
     let (base_dir, plugin_dir, grants) = (state.base_dir.clone(), state.plugin_dir.clone(), state.grants.clone());
     let validated = off_thread(move || {
         payload
             .validate(&base_dir, &plugin_dir, &grants)
-            .map_err(|e| ApiError::bad_request(e.to_string()))
+            .map_err(|e| ApiError::unprocessable(e.to_string()))
     })
     .await?;
     // The job is resolved here, once: workers run this form as it is.
@@ -195,7 +173,31 @@ pub async fn submit(
         // The job is stored; the sweep announces it once the broker is back.
         Err(e) => tracing::warn!(job = %id, error = %e, "announcing a new job failed; the sweep will retry"),
     }
-    Ok((StatusCode::CREATED, Json(job_view(&job, 0))).into_response())
+    Ok((StatusCode::CREATED, Json(JobView::of(&job, 0))).into_response())
+}
+
+/// JSON Schema counts `3.0` as an integer, so a payload that writes a count
+/// as `3.0` matches the document, while serde's integer types refuse it:
+/// such numbers become integers before the payload is parsed. The steps'
+/// `inputs` are left alone: they reach plugins exactly as sent.
+fn integral_numbers_as_integers(value: &mut Value) {
+    /// Integers a double holds exactly (2^53).
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() <= EXACT) {
+                #[allow(clippy::cast_possible_truncation)] // integral and within 2^53
+                let integer = f as i64;
+                *value = Value::from(integer);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers_as_integers),
+        Value::Object(fields) => fields
+            .iter_mut()
+            .filter(|(key, _)| key.as_str() != "inputs")
+            .for_each(|(_, v)| integral_numbers_as_integers(v)),
+        _ => {}
+    }
 }
 
 /// The `Idempotency-Key` header, which becomes the job's id: a client that
@@ -231,71 +233,87 @@ async fn resubmitted(state: &ApiState, id: &str, payload: &Value) -> Result<Resp
             "Idempotency-Key {id} was already used for a different payload"
         )));
     }
-    Ok((StatusCode::OK, Json(job_view(&existing, 0))).into_response())
+    Ok((StatusCode::OK, Json(JobView::of(&existing, 0))).into_response())
 }
 
 /// Query of `GET /api/queue/jobs`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    status: Option<String>,
+    /// Only jobs in this state.
+    status: Option<JobState>,
+    /// At most this many (default 100; more than 1000 is read as 1000).
+    #[param(minimum = 0, maximum = 4294967295_u64)]
     limit: Option<u32>,
 }
 
 /// `GET /api/queue/jobs`: newest first, optionally by status.
+#[utoipa::path(get, path = "/api/queue/jobs", tag = "jobs", operation_id = "list_jobs", params(ListQuery),
+    responses((status = 200, description = "newest first", body = JobList),
+              (status = 400, description = "an unknown status or a limit that is not a number", body = ErrorBody)))]
 pub async fn list(
     State(state): State<ApiState>,
     _operator: Operator,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobList>, ApiError> {
     let query = query_param(query)?;
-    let status = match query.status.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "unknown status {s:?}; use one of: {}",
-                JobState::ALL.map(JobState::as_str).join(", ")
-            ))
-        })?),
-    };
     let jobs = state
         .store
-        .list_jobs(status, query.limit.unwrap_or(100).min(1000))
+        .list_jobs(query.status, query.limit.unwrap_or(100).min(1000))
         .await?;
     let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
     let first = state.store.first_unfinished_steps(&ids).await?;
-    let views: Vec<Value> = jobs
+    let jobs = jobs
         .iter()
-        .map(|job| job_view(job, first.get(&job.id).copied().unwrap_or(0)))
+        .map(|job| JobView::of(job, first.get(&job.id).copied().unwrap_or(0)))
         .collect();
-    Ok(Json(json!({ "jobs": views })))
+    Ok(Json(JobList { jobs }))
 }
 
 /// `GET /api/queue/jobs/<id>`: the job, its attempts and control events.
+#[utoipa::path(get, path = "/api/queue/jobs/{id}", tag = "jobs", operation_id = "get_job",
+    params(("id" = String, Path, description = "the job's id")),
+    responses((status = 200, description = "the job with its attempts and control events", body = JobView),
+              (status = 404, description = "no such job", body = ErrorBody)))]
 pub async fn get_job(
     State(state): State<ApiState>,
     _operator: Operator,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobView>, ApiError> {
     let id = path_param(id)?;
     let job = load_job(&state, &id).await?;
     let first = state.store.first_unfinished_step(&id).await?;
-    let mut view = job_view(&job, first);
-    view["attempts"] = serde_json::to_value(state.store.attempts(&id).await?).unwrap_or_default();
-    view["controlEvents"] = serde_json::to_value(state.store.control_events(&id).await?).unwrap_or_default();
+    let mut view = JobView::of(&job, first);
+    view.attempts = Some(state.store.attempts(&id).await?);
+    view.control_events = Some(state.store.control_events(&id).await?);
     Ok(Json(view))
 }
 
 /// Query of the events endpoint.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// Events with a larger `seq` than this (default 0: from the first).
+    #[param(minimum = -9223372036854775808_i64, maximum = 9223372036854775807_i64)]
     after: Option<i64>,
+    /// At most this many (default 1000; more than 10000 is read as 10000).
+    #[param(minimum = 0, maximum = 4294967295_u64)]
     limit: Option<u32>,
+    /// A server-sent-events stream (as `Accept: text/event-stream` asks):
+    /// it goes on as events arrive and ends after the job's last event.
     stream: Option<bool>,
 }
 
 /// `GET /api/queue/jobs/<id>/events?after=N`: events after `N`; with
 /// `Accept: text/event-stream` (or `stream=true`) a server-sent-events
-/// stream that goes on as events arrive.
+/// stream that goes on as events arrive and ends after an ended job's last
+/// event.
+#[utoipa::path(get, path = "/api/queue/jobs/{id}/events", tag = "jobs", operation_id = "job_events",
+    params(("id" = String, Path, description = "the job's id"), EventsQuery),
+    responses((status = 200, description = "the events after `after` (JSON), or a stream of them (`text/event-stream`: one `event` per stored event, its `data` the same JSON object, its `id` the `seq`)",
+                content((EventPage = "application/json"), (StreamedEvent = "text/event-stream"))),
+              (status = 400, description = "a query parameter that is not a number or a boolean", body = ErrorBody),
+              (status = 404, description = "no such job", body = ErrorBody)))]
 pub async fn events(
     State(state): State<ApiState>,
     _operator: Operator,
@@ -321,7 +339,7 @@ pub async fn events(
         .store
         .events_after(&id, after, query.limit.unwrap_or(1000).min(10_000))
         .await?;
-    Ok(Json(json!({ "events": events })).into_response())
+    Ok(Json(EventPage { events }).into_response())
 }
 
 fn event_stream(state: ApiState, id: String, after: i64) -> impl Stream<Item = Result<SseEvent, Infallible>> {
@@ -341,7 +359,14 @@ fn event_stream(state: ApiState, id: String, after: i64) -> impl Stream<Item = R
                         .collect();
                     return Some((stream::iter(items), (state, id, last)));
                 }
-                Ok(_) => {}
+                // Nothing new: a job that has ended wrote its last event in
+                // the same transaction as its status, so the stream is
+                // complete (a client never waits on a finished job).
+                Ok(_) => match state.store.get_job(&id).await {
+                    Ok(Some(job)) if job.status.is_terminal() => return None,
+                    Ok(None) => return None,
+                    _ => {}
+                },
                 Err(StoreError::UnknownJob(_)) => return None,
                 Err(e) => tracing::warn!(job = %id, error = %e, "event stream: store error"),
             }
@@ -352,20 +377,30 @@ fn event_stream(state: ApiState, id: String, after: i64) -> impl Stream<Item = R
 }
 
 /// Body of the heartbeat.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HeartbeatRequest {
+    /// The worker that holds the job's lease.
     worker_id: String,
 }
 
 /// `POST /api/queue/jobs/<id>/heartbeat` (worker scope): renew the
 /// caller's lease; returns the job with `payload.liveControl`.
+#[utoipa::path(post, path = "/api/queue/jobs/{id}/heartbeat", tag = "workers", operation_id = "heartbeat",
+    security(("worker" = [])),
+    params(("id" = String, Path, description = "the job's id")),
+    request_body = HeartbeatRequest,
+    responses((status = 200, description = "lease renewed; `payload.liveControl` holds the operator's standing requests", body = JobView),
+              (status = 400, description = "a body that is not a heartbeat", body = ErrorBody),
+              (status = 404, description = "no such job", body = ErrorBody),
+              (status = 409, description = "that worker does not hold the job's lease", body = ErrorBody),
+              (status = 413, description = "the body is larger than 1 MiB", body = ErrorBody)))]
 pub async fn heartbeat(
     State(state): State<ApiState>,
     _worker: WorkerCaller,
     id: Result<Path<String>, PathRejection>,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobView>, ApiError> {
     let id = path_param(id)?;
     let request: HeartbeatRequest = json_body(body).await?;
     load_job(&state, &id).await?;
@@ -380,16 +415,24 @@ pub async fn heartbeat(
         ))
     })?;
     let first = state.store.first_unfinished_step(&id).await?;
-    Ok(Json(job_view(&job, first)))
+    Ok(Json(JobView::of(&job, first)))
 }
 
 /// `POST /api/task-runs/<id>/control`: an operator's action.
+#[utoipa::path(post, path = "/api/task-runs/{id}/control", tag = "control", operation_id = "control_job",
+    params(("id" = String, Path, description = "the job's id")),
+    request_body = ControlRequest,
+    responses((status = 200, description = "the action was taken", body = ControlResponse),
+              (status = 400, description = "a body that is not a control request: an unknown action, a step action without stepId", body = ErrorBody),
+              (status = 404, description = "no such job", body = ErrorBody),
+              (status = 409, description = "the action is impossible in the job's state, or the job has no such step", body = ErrorBody),
+              (status = 413, description = "the body is larger than 1 MiB", body = ErrorBody)))]
 pub async fn control(
     State(state): State<ApiState>,
     Operator(caller): Operator,
     id: Result<Path<String>, PathRejection>,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ControlResponse>, ApiError> {
     let id = path_param(id)?;
     let mut request: ControlRequest = json_body(body).await?;
     // A reason is free text an operator typed: it may hold a secret.
@@ -419,12 +462,12 @@ pub async fn control(
                     }
                 }
                 let first = state.store.first_unfinished_step(&id).await?;
-                return Ok(Json(json!({
-                    "action": plan.action.as_str(),
-                    "stepId": plan.step_id,
-                    "note": plan.note,
-                    "job": job_view(&updated, first),
-                })));
+                return Ok(Json(ControlResponse {
+                    action: plan.action,
+                    step_id: plan.step_id,
+                    note: plan.note,
+                    job: JobView::of(&updated, first),
+                }));
             }
             Err(StoreError::Contended(_)) => continue,
             Err(e) => return Err(e.into()),

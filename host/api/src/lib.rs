@@ -14,6 +14,7 @@ mod error;
 mod health;
 mod jobs;
 mod openapi;
+mod views;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub use auth::{load_or_generate_token, token_file, Caller, Operator, Scope, Toke
 pub use error::ApiError;
 pub use health::{metrics_text, probe_router, readiness};
 pub use openapi::openapi_document;
+pub use views::{ErrorBody, JobView};
 
 use stepd_queue::Dispatcher;
 use stepd_store::Store;

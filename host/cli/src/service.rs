@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::client::{self, ClientArgs};
-use stepd_api::{ApiState, Tokens};
+use stepd_api::{ApiState, Scope, Tokens};
 use stepd_queue::{run_sweeper, Dispatcher};
 use stepd_records::prometheus::Prometheus;
 use stepd_records::redact::Redactor;
@@ -49,6 +49,11 @@ pub struct ServeArgs {
     /// and exit with the job's status (the README's main job).
     #[arg(long)]
     pub run: Option<PathBuf>,
+    /// A file of named bearer tokens (mode 0600; `[[operator]]` and
+    /// `[[worker]]` tables of `name` and `token`), besides
+    /// STEPD_OPERATOR_TOKENS and STEPD_WORKER_TOKENS.
+    #[arg(long, env = "STEPD_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// `stepd worker`.
@@ -182,8 +187,14 @@ fn spawn_workers(
 /// Run `stepd serve`.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let p = start(&args.data).await?;
+    let named = match &args.tokens_file {
+        Some(path) => {
+            stepd_settings::TokensFile::read(path).context("the tokens file (--tokens-file, STEPD_TOKENS_FILE)")?
+        }
+        None => stepd_settings::TokensFile::default(),
+    };
     let mut operator = p.settings.service.operator_tokens.clone();
-    if operator.is_empty() {
+    if operator.is_empty() && named.operator.is_empty() {
         let (token, made) = stepd_api::load_or_generate_token(&args.data.data_dir).context("operator token")?;
         let path = stepd_api::token_file(&args.data.data_dir);
         if made {
@@ -193,7 +204,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         operator.push(token);
     }
-    let tokens = Tokens::new(&operator, &p.settings.service.worker_tokens);
+    let mut tokens = Tokens::new(&operator, &p.settings.service.worker_tokens);
+    for (scope, list) in [(Scope::Operator, &named.operator), (Scope::Worker, &named.worker)] {
+        for entry in list {
+            tokens.add(scope, &entry.name, &entry.token);
+        }
+    }
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

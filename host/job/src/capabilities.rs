@@ -23,6 +23,7 @@ pub const MAX_VARIABLES: usize = 256;
 /// The `capabilities` object of a step.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capabilities {
     /// Variables the guest sees, by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -44,6 +45,7 @@ pub struct Capabilities {
 /// when the step starts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EnvGrant {
     /// This value.
     Value(String),
@@ -54,6 +56,7 @@ pub enum EnvGrant {
 /// `{"fromHost": "NAME"}`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FromHost {
     /// The worker's variable.
     pub from_host: String,
@@ -62,6 +65,7 @@ pub struct FromHost {
 /// A host directory the guest may read (never write) at `guest`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MountGrant {
     /// The host directory (absolute after validation).
     pub host: String,

@@ -6,6 +6,7 @@
 /// Every action an operator can take on a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ControlAction {
     /// Hold before the next attempt or step.
     Pause,
@@ -71,6 +72,7 @@ impl ControlAction {
 /// A recovery request waiting for the worker (`liveControl.recovery`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecoveryRequest {
     /// What to do.
     pub action: ControlAction,
@@ -87,6 +89,7 @@ pub struct RecoveryRequest {
 /// `payload.liveControl`: what operators asked of a running job.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LiveControl {
     /// Hold before the next attempt or step.
     pub paused: bool,

@@ -30,8 +30,21 @@ pub const MAX_RESPONSE_BYTES: u64 = 256 << 20;
 /// `capabilities.http`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HttpCapability {
     /// Origins the step may call (`https://api.example.com`).
+    // The pattern is narrower than what parses (IPv6, IDNA, digits first):
+    // anything it matches is an origin, so a schema-valid request is
+    // refused only when the host grants no such origin (422).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            value_type = Vec<String>,
+            min_items = 1,
+            max_items = 32,
+            pattern = r"^https?://[a-z][a-z0-9]*(\.[a-z][a-z0-9]*)*(:[1-9][0-9]{0,3})?$"
+        )
+    )]
     pub origins: Vec<HttpOrigin>,
     /// Methods it may use; empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -34,12 +34,15 @@ pub(crate) fn payload_error(field: impl Into<String>, message: impl Into<String>
 /// `maxAttempt` must not silently leave a default in place.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobPayload {
     /// Must be `"task"`.
     #[serde(rename = "type")]
+    #[cfg_attr(feature = "openapi", schema(pattern = "^task$"))]
     pub kind: String,
     /// Job attempts (queue retries included), default 3.
     #[serde(default = "default_max_attempts")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_attempts: u32,
     /// The task.
     pub task: TaskSpec,
@@ -52,6 +55,7 @@ fn default_max_attempts() -> u32 {
 /// What to do, where.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskSpec {
     /// What the task is for; every step is told.
     #[serde(default)]
@@ -77,6 +81,7 @@ fn default_branch() -> String {
 /// One step as submitted.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StepSpec {
     /// Unique within the task; `step-<index>` when absent.
     #[serde(default)]
@@ -91,6 +96,7 @@ pub struct StepSpec {
     pub instructions: String,
     /// The step's inputs (a JSON object).
     #[serde(default = "empty_object")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub inputs: serde_json::Value,
     /// What the step is granted beyond its workspace (nothing by default).
     #[serde(default, skip_serializing_if = "Capabilities::is_empty")]
@@ -105,6 +111,7 @@ fn empty_object() -> serde_json::Value {
 /// with an optional sha256 pin.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(untagged)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum PluginSpec {
     /// `"write-file"`.
     Name(String),
@@ -116,6 +123,7 @@ pub enum PluginSpec {
 /// misspelt `sha256` cannot silently drop the pin.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PluginDetail {
     /// A name in the plugin directory.
     #[serde(default)]

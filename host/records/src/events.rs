@@ -64,6 +64,7 @@ impl GrantsUsed {
 /// One HTTP request of an attempt: never a query, a header or a body.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HttpRequestRecord {
     /// `GET`, `POST`, ...
     pub method: String,

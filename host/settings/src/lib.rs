@@ -10,6 +10,7 @@ mod runtime;
 mod selfheal;
 mod service;
 mod sources;
+mod tokens;
 mod workspace;
 
 use std::collections::HashMap;
@@ -26,6 +27,7 @@ pub const DEFAULT_PLUGIN_DIR: &str = "target/plugins/dist";
 pub use selfheal::{RetryBackoff, SelfHealConfig, SelfHealOverrides, MAX_STEP_TIMEOUT_SECONDS};
 pub use service::{strip_password, ServiceSettings, DEFAULT_AMQP_QUEUE};
 pub use sources::{apply_file_to_env, effective, Effective, Source};
+pub use tokens::{NamedToken, TokensFile, MAX_TOKENS_FILE_BYTES, MIN_TOKEN_CHARS};
 pub use workspace::WorkspaceQuota;
 
 /// Why a setting could not be used. Always names the variable and the value,
@@ -251,6 +253,7 @@ pub const SETTING_KEYS: &[SettingKey] = &[
         Shown::Tokens,
     ),
     key("service", "worker_tokens", "STEPD_WORKER_TOKENS", None, Shown::Tokens),
+    key("service", "tokens_file", "STEPD_TOKENS_FILE", None, Shown::Plain),
     key(
         "service",
         "listen",

@@ -40,6 +40,7 @@ impl Default for SelfHealConfig {
 /// A job's `selfHeal` object: any budget it names replaces the host's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SelfHealOverrides {
     /// Overrides `step_max_attempts`.
     pub step_max_attempts: Option<u32>,

@@ -3,7 +3,8 @@
 //! checkpoints. SQLite by default (a file in the data directory),
 //! PostgreSQL when `DATABASE_URL` says so; one SQL dialect through sqlx's
 //! `Any` driver, with the few differences (row locking, column types)
-//! spelled out where they occur. Migrations run when a store is opened.
+//! spelled out where they occur. Migrations (host/store/migrations/) run
+//! when a store is opened.
 //!
 //! Times are Unix milliseconds in the database and RFC 3339 on the wire.
 
@@ -19,7 +20,7 @@ use sqlx::{AnyPool, Executor, Row};
 
 pub use jobs::{ClaimedBy, ControlWrite, NewJob, StoreGauges};
 pub use records::{AttemptRow, CheckpointRow, ControlEventRow, StoredEvent};
-pub use schema::{Backend, MIGRATIONS};
+pub use schema::{Backend, SchemaError};
 
 use stepd_job::control::LiveControl;
 
@@ -50,6 +51,10 @@ pub enum StoreError {
         /// What is wrong.
         message: String,
     },
+    /// The schema could not be brought up to date (an edited migration, a
+    /// database from a newer stepd).
+    #[error("schema: {0}")]
+    Schema(#[from] SchemaError),
     /// Another writer changed the job between read and write too often.
     #[error("job {0} changed concurrently; try again")]
     Contended(String),
@@ -84,6 +89,7 @@ fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
 /// Where a job stands in the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum JobState {
     /// Waiting for a worker (maybe until `next_attempt_at`).
     Queued,
@@ -301,43 +307,23 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// Bring the schema up to date: old bookkeeping bridged, then sqlx's
+    /// migrator (which checks the checksums of what was applied). On
+    /// PostgreSQL two processes starting together take turns.
     async fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(db("migrate: acquire"))?;
         if self.backend == Backend::Postgres {
-            // Two processes starting together must not both migrate.
             conn.execute("SELECT pg_advisory_lock(7301)")
                 .await
                 .map_err(db("migrate: lock"))?;
         }
         let result = async {
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS stepd_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
-            )
-            .await
-            .map_err(db("migrate: bookkeeping table"))?;
-            let applied: Vec<i64> = sqlx::query("SELECT version FROM stepd_migrations")
-                .fetch_all(&mut *conn)
+            schema::bridge_legacy_versions(&mut conn, self.backend).await?;
+            self.backend
+                .migrator()
+                .run(&mut *conn)
                 .await
-                .map_err(db("migrate: read versions"))?
-                .iter()
-                .map(|r| r.try_get::<i64, _>(0))
-                .collect::<Result<_, _>>()
-                .map_err(db("migrate: read versions"))?;
-            for migration in MIGRATIONS.iter().filter(|m| !applied.contains(&m.version)) {
-                let mut tx = sqlx::Connection::begin(&mut *conn).await.map_err(db("migrate: begin"))?;
-                for statement in self.backend.statements(migration) {
-                    tx.execute(statement.as_str()).await.map_err(db("migrate: apply"))?;
-                }
-                sqlx::query("INSERT INTO stepd_migrations (version, name, applied_at) VALUES ($1, $2, $3)")
-                    .bind(migration.version)
-                    .bind(migration.name)
-                    .bind(now_ms())
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("migrate: record"))?;
-                tx.commit().await.map_err(db("migrate: commit"))?;
-            }
-            Ok(())
+                .map_err(|e| StoreError::Schema(e.into()))
         }
         .await;
         if self.backend == Backend::Postgres {
@@ -348,7 +334,7 @@ impl Store {
 
     /// The applied migration versions (for `/healthz` and tests).
     pub async fn schema_versions(&self) -> Result<Vec<i64>, StoreError> {
-        let rows = sqlx::query("SELECT version FROM stepd_migrations ORDER BY version")
+        let rows = sqlx::query("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
             .fetch_all(&self.pool)
             .await
             .map_err(db("schema versions"))?;

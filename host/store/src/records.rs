@@ -13,6 +13,7 @@ use stepd_records::events::{Event, HttpRequestRecord};
 /// One event as the store keeps it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoredEvent {
     /// 1-based, per job, assigned by the store.
     pub seq: i64,
@@ -29,6 +30,7 @@ pub struct StoredEvent {
 /// One operator action, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ControlEventRow {
     /// Row id (increasing).
     pub id: i64,
@@ -49,6 +51,7 @@ pub struct ControlEventRow {
 /// One finished step attempt.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptRow {
     /// The step's index.
     pub step_index: u32,

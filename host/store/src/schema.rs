@@ -1,112 +1,25 @@
-//! Versioned migrations, run at start by whoever opens the store. One text
-//! per migration, with the few words SQLite and PostgreSQL spell apart
-//! (`{blob}`, `{double}`, `{serial}`) filled in per backend.
+//! The schema: versioned migrations under `host/store/migrations/<backend>/`,
+//! embedded by `sqlx::migrate!` and applied by sqlx's migrator when a store
+//! is opened. sqlx records each applied migration with a checksum in
+//! `_sqlx_migrations`, so a migration edited after a database applied it
+//! stops the store from opening instead of leaving two databases that
+//! disagree about what version N means.
+//!
+//! SQLite and PostgreSQL spell a few column types apart (`BLOB`/`BYTEA`,
+//! `REAL`/`DOUBLE PRECISION`, the serial key), so each backend has its own
+//! directory with the same versions and names.
+//!
+//! Databases created before sqlx's migrator kept their versions in a
+//! `stepd_migrations` table; [`bridge_legacy_versions`] moves them over once.
 
-/// One migration: its version (never reused), a name, and its SQL.
-pub struct Migration {
-    /// Applied in ascending order; recorded in `stepd_migrations`.
-    pub version: i64,
-    /// What it does.
-    pub name: &'static str,
-    /// Statements separated by `;` (none contains a `;` of its own).
-    pub sql: &'static str,
-}
+use sqlx::migrate::{Migrate, MigrateError, Migrator};
+use sqlx::AnyConnection;
+use sqlx::{Connection, Executor, Row};
 
-/// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "jobs, events, control events, attempts, checkpoints",
-        sql: r#"
-CREATE TABLE jobs (
-    id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,
-    attempt BIGINT NOT NULL,
-    max_attempts BIGINT NOT NULL,
-    next_attempt_at BIGINT NOT NULL,
-    published_at BIGINT,
-    lease_owner TEXT,
-    lease_expires_at BIGINT,
-    payload TEXT NOT NULL,
-    live_control TEXT NOT NULL,
-    held BIGINT NOT NULL DEFAULT 0,
-    cancel_requested BIGINT NOT NULL DEFAULT 0,
-    resume_step BIGINT,
-    current_step_id TEXT,
-    current_step_index BIGINT,
-    workspace_path TEXT,
-    last_error TEXT,
-    event_seq BIGINT NOT NULL DEFAULT 0,
-    version BIGINT NOT NULL DEFAULT 0,
-    created_at BIGINT NOT NULL,
-    updated_at BIGINT NOT NULL,
-    finished_at BIGINT
-);
-CREATE INDEX jobs_claimable ON jobs (status, next_attempt_at);
-CREATE INDEX jobs_by_age ON jobs (created_at);
-CREATE TABLE job_events (
-    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    seq BIGINT NOT NULL,
-    at TEXT NOT NULL,
-    name TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    PRIMARY KEY (job_id, seq)
-);
-CREATE TABLE control_events (
-    id {serial},
-    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    action TEXT NOT NULL,
-    step_id TEXT,
-    reason TEXT,
-    requested_by TEXT NOT NULL,
-    created_at BIGINT NOT NULL
-);
-CREATE INDEX control_events_by_job ON control_events (job_id, id);
-CREATE TABLE step_attempts (
-    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    step_index BIGINT NOT NULL,
-    attempt BIGINT NOT NULL,
-    step_id TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    failure_class TEXT,
-    strategy TEXT,
-    wall_clock_seconds {double} NOT NULL,
-    worker TEXT NOT NULL,
-    finished_at TEXT NOT NULL,
-    PRIMARY KEY (job_id, step_index, attempt)
-);
-CREATE TABLE step_checkpoints (
-    job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    step_index BIGINT NOT NULL,
-    step_id TEXT NOT NULL,
-    patch {blob} NOT NULL,
-    state TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    PRIMARY KEY (job_id, step_index)
-)
-"#,
-    },
-    Migration {
-        version: 2,
-        name: "fuel burned by each step attempt",
-        sql: "ALTER TABLE step_attempts ADD COLUMN fuel_consumed BIGINT",
-    },
-    Migration {
-        version: 3,
-        name: "the job as resolved at submit (absolute paths, plugin hashes)",
-        sql: "ALTER TABLE jobs ADD COLUMN resolved TEXT",
-    },
-    Migration {
-        version: 4,
-        name: "the HTTP requests of each step attempt (JSON)",
-        sql: "ALTER TABLE step_attempts ADD COLUMN http TEXT",
-    },
-    Migration {
-        version: 5,
-        name: "what a failed step attempt's successor is told (JSON)",
-        sql: "ALTER TABLE step_attempts ADD COLUMN retry_context TEXT",
-    },
-];
+use crate::StoreError;
+
+static SQLITE: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// The backend a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -119,22 +32,104 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The migration's statements for this backend.
-    pub fn statements(self, migration: &Migration) -> Vec<String> {
-        let (blob, double, serial) = match self {
-            Backend::Sqlite => ("BLOB", "REAL", "INTEGER PRIMARY KEY AUTOINCREMENT"),
-            Backend::Postgres => ("BYTEA", "DOUBLE PRECISION", "BIGSERIAL PRIMARY KEY"),
-        };
-        migration
-            .sql
-            .split(';')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                s.replace("{blob}", blob)
-                    .replace("{double}", double)
-                    .replace("{serial}", serial)
-            })
-            .collect()
+    /// The migrations for this backend, oldest first.
+    pub fn migrator(self) -> &'static Migrator {
+        match self {
+            Backend::Sqlite => &SQLITE,
+            Backend::Postgres => &POSTGRES,
+        }
     }
+
+    /// Whether a table of this name exists (in the current schema).
+    async fn has_table(self, conn: &mut AnyConnection, table: &str) -> Result<bool, StoreError> {
+        let query = match self {
+            Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = $1",
+            Backend::Postgres => {
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = $1"
+            }
+        };
+        let row = sqlx::query(query)
+            .bind(table)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(migrate_db("look for a table"))?;
+        Ok(row.try_get::<i64, _>(0).map_err(migrate_db("look for a table"))? > 0)
+    }
+}
+
+fn migrate_db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Database { operation, source }
+}
+
+/// Why the schema could not be brought up to date.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// The database applied a migration whose text has changed since.
+    #[error(
+        "migration {0} was edited after this database applied it (its checksum in _sqlx_migrations differs); \
+         restore host/store/migrations/*/{0:04}_*.sql as released and add a new migration instead"
+    )]
+    EditedMigration(i64),
+    /// The database is newer than this binary.
+    #[error("this database has migration {0}, which this stepd does not know: it was opened by a newer stepd")]
+    UnknownMigration(i64),
+    /// Anything else sqlx's migrator reported.
+    #[error("{0}")]
+    Migrate(#[source] MigrateError),
+}
+
+impl From<MigrateError> for SchemaError {
+    fn from(e: MigrateError) -> Self {
+        match e {
+            MigrateError::VersionMismatch(v) => SchemaError::EditedMigration(v),
+            MigrateError::VersionMissing(v) => SchemaError::UnknownMigration(v),
+            other => SchemaError::Migrate(other),
+        }
+    }
+}
+
+/// Record in `_sqlx_migrations` the versions a database applied before
+/// sqlx's migrator (from `stepd_migrations`), with the checksums of the
+/// embedded migrations, and drop the old table — in one transaction, so a
+/// crash leaves either the old bookkeeping or the new. The old code applied
+/// the same statements as the embedded files, so their checksums describe
+/// what the database holds.
+pub(crate) async fn bridge_legacy_versions(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {
+    if !backend.has_table(conn, "stepd_migrations").await? {
+        return Ok(());
+    }
+    let migrator = backend.migrator();
+    conn.ensure_migrations_table()
+        .await
+        .map_err(|e| StoreError::Schema(e.into()))?;
+    let mut tx = conn.begin().await.map_err(migrate_db("bridge: begin"))?;
+    let applied: Vec<i64> = sqlx::query("SELECT version FROM stepd_migrations ORDER BY version")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(migrate_db("bridge: read stepd_migrations"))?
+        .iter()
+        .map(|r| r.try_get::<i64, _>(0))
+        .collect::<Result<_, _>>()
+        .map_err(migrate_db("bridge: read stepd_migrations"))?;
+    for version in applied {
+        let migration = migrator
+            .iter()
+            .find(|m| m.version == version)
+            .ok_or(StoreError::Schema(SchemaError::UnknownMigration(version)))?;
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES ($1, $2, TRUE, $3, 0)",
+        )
+        .bind(version)
+        .bind(migration.description.as_ref())
+        .bind(migration.checksum.to_vec())
+        .execute(&mut *tx)
+        .await
+        .map_err(migrate_db("bridge: record a version"))?;
+    }
+    tx.execute("DROP TABLE stepd_migrations")
+        .await
+        .map_err(migrate_db("bridge: drop stepd_migrations"))?;
+    tx.commit().await.map_err(migrate_db("bridge: commit"))?;
+    Ok(())
 }
