@@ -36,6 +36,22 @@ pub struct Tokens {
     entries: Vec<([u8; 32], Scope, String)>,
 }
 
+/// Why a named token cannot be added (never the token itself).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenConflict {
+    /// The token is already accepted under another label.
+    #[error("the token of {label:?} is already accepted as {other:?} (one token, one scope)")]
+    Token {
+        /// The new entry's label.
+        label: String,
+        /// The label it already has.
+        other: String,
+    },
+    /// The label names another token already.
+    #[error("the name {0:?} is already used (names are unique among all tokens, operator-1 and worker-1 included)")]
+    Label(String),
+}
+
 /// Who called: the scope and a label safe to record.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -58,9 +74,22 @@ impl Tokens {
     }
 
     /// Accept `token` in `scope` too, recorded as `label` (a tokens file's
-    /// names: `alice`, `worker-host-b`).
-    pub fn add(&mut self, scope: Scope, label: &str, token: &str) {
-        self.entries.push((digest(token), scope, label.to_owned()));
+    /// names: `alice`, `worker-host-b`). A token already accepted (in any
+    /// scope) or a label already used is refused: one token has one scope,
+    /// and a label names one token.
+    pub fn add(&mut self, scope: Scope, label: &str, token: &str) -> Result<(), TokenConflict> {
+        let presented = digest(token);
+        if let Some((_, _, other)) = self.entries.iter().find(|(stored, _, _)| stored == &presented) {
+            return Err(TokenConflict::Token {
+                label: label.to_owned(),
+                other: other.clone(),
+            });
+        }
+        if self.entries.iter().any(|(_, _, other)| other == label) {
+            return Err(TokenConflict::Label(label.to_owned()));
+        }
+        self.entries.push((presented, scope, label.to_owned()));
+        Ok(())
     }
 
     /// Check the request's bearer token against `scope`.
@@ -172,6 +201,28 @@ impl FromRequestParts<ApiState> for WorkerCaller {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
+
+    #[test]
+    fn a_named_token_may_not_repeat_a_token_or_a_name_and_the_error_never_shows_the_token() {
+        let mut tokens = Tokens::new(&["env-operator-token".into()], &["env-worker-token".into()]);
+        let twice = tokens
+            .add(Scope::Operator, "alice", "env-worker-token")
+            .expect_err("a worker token as an operator's");
+        assert!(twice.to_string().contains("worker-1"), "{twice}");
+        assert!(!twice.to_string().contains("env-worker-token"), "{twice}");
+        let name = tokens
+            .add(Scope::Worker, "operator-1", "another-token-000000")
+            .expect_err("a label in use");
+        assert!(name.to_string().contains("operator-1"), "{name}");
+        tokens
+            .add(Scope::Operator, "alice", "alice-token-0000000")
+            .expect("a new name and token");
+        let caller = tokens
+            .check(&bearer("alice-token-0000000"), Scope::Operator)
+            .expect("alice is an operator");
+        assert_eq!(caller.label, "alice");
+        assert!(tokens.check(&bearer("env-worker-token"), Scope::Operator).is_err());
+    }
 
     fn bearer(token: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

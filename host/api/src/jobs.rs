@@ -129,7 +129,15 @@ pub async fn submit(
     let key = idempotency_key(&headers)?;
     let mut raw: Value = json_body(body).await?;
     integral_numbers_as_integers(&mut raw);
-    let payload: JobPayload = JobPayload::parse(&raw.to_string()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let payload: JobPayload = JobPayload::parse(&raw.to_string()).map_err(|e| {
+        // An origin is a string of the document's shape that may still not
+        // parse as one (a bad port or address): refused for what it names.
+        if e.field.contains(".capabilities.http.origins") {
+            ApiError::unprocessable(e.to_string())
+        } else {
+            ApiError::bad_request(e.to_string())
+        }
+    })?;
     // Past this point the body has the payload's shape: whatever is refused
     // now is refused for what it names, not how it is written.
     // Resolution reads plugin files: off the async threads, so a slow disk
@@ -300,7 +308,8 @@ pub struct EventsQuery {
     #[param(minimum = 0, maximum = 4294967295_u64)]
     limit: Option<u32>,
     /// A server-sent-events stream (as `Accept: text/event-stream` asks):
-    /// it goes on as events arrive and ends after the job's last event.
+    /// it goes on as events arrive and ends after an ended job's last
+    /// event (two seconds after it ended, at the latest).
     stream: Option<bool>,
 }
 
@@ -342,9 +351,23 @@ pub async fn events(
     Ok(Json(EventPage { events }).into_response())
 }
 
+/// How long after a job ended its stream may still wait for events: most
+/// endings write the last event with the status in one transaction, but a
+/// cancel that meets a requeue writes `task.job.cancelled` just after it,
+/// and the API's clock may trail the database's a little.
+const ENDED_GRACE_MS: i64 = 2_000;
+
 fn event_stream(state: ApiState, id: String, after: i64) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     stream::unfold((state, id, after), |(state, id, after)| async move {
         loop {
+            // The job's state is read before its events: a job that had
+            // ended (a while ago) before a read that found nothing new has
+            // nothing more to send.
+            let ended = match state.store.get_job(&id).await {
+                Ok(Some(job)) => job.status.is_terminal() && job.updated_at + ENDED_GRACE_MS <= stepd_store::now_ms(),
+                Ok(None) => return None,
+                Err(_) => false,
+            };
             match state.store.events_after(&id, after, 500).await {
                 Ok(batch) if !batch.is_empty() => {
                     let last = batch.last().map_or(after, |e| e.seq);
@@ -359,14 +382,8 @@ fn event_stream(state: ApiState, id: String, after: i64) -> impl Stream<Item = R
                         .collect();
                     return Some((stream::iter(items), (state, id, last)));
                 }
-                // Nothing new: a job that has ended wrote its last event in
-                // the same transaction as its status, so the stream is
-                // complete (a client never waits on a finished job).
-                Ok(_) => match state.store.get_job(&id).await {
-                    Ok(Some(job)) if job.status.is_terminal() => return None,
-                    Ok(None) => return None,
-                    _ => {}
-                },
+                Ok(_) if ended => return None,
+                Ok(_) => {}
                 Err(StoreError::UnknownJob(_)) => return None,
                 Err(e) => tracing::warn!(job = %id, error = %e, "event stream: store error"),
             }

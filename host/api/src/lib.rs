@@ -23,7 +23,7 @@ use axum::http::Method;
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 
-pub use auth::{load_or_generate_token, token_file, Caller, Operator, Scope, Tokens, WorkerCaller};
+pub use auth::{load_or_generate_token, token_file, Caller, Operator, Scope, TokenConflict, Tokens, WorkerCaller};
 pub use error::ApiError;
 pub use health::{metrics_text, probe_router, readiness};
 pub use openapi::openapi_document;

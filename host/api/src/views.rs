@@ -1,6 +1,7 @@
 //! The API's response bodies as types: what handlers return and what the
 //! OpenAPI document describes (host/api/src/openapi.rs derives its schemas
-//! from these, so the document cannot drift from the answers).
+//! from these, so the document cannot drift from the answers). Fields that
+//! are always sent, `null` when empty, are marked required.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -25,26 +26,33 @@ pub struct JobView {
     /// When it may next be claimed (RFC 3339).
     pub next_attempt_at: String,
     /// The worker holding its lease.
+    #[schema(required = true)]
     pub lease_owner: Option<String>,
     /// When that lease ends (RFC 3339).
+    #[schema(required = true)]
     pub lease_expires_at: Option<String>,
     /// An operator asked to cancel it.
     pub cancel_requested: bool,
     /// The step index an operator asked it to resume from.
+    #[schema(required = true)]
     pub resume_from_step: Option<u32>,
     /// The step running now.
+    #[schema(required = true)]
     pub current_step: Option<CurrentStep>,
     /// The index of the first step without a checkpoint.
     pub first_unfinished_step: u32,
     /// The workspace directory on the worker that runs it.
+    #[schema(required = true)]
     pub workspace: Option<String>,
     /// Why its last attempt failed (redacted).
+    #[schema(required = true)]
     pub last_error: Option<String>,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.
     pub updated_at: String,
     /// RFC 3339, once it ended.
+    #[schema(required = true)]
     pub finished_at: Option<String>,
     /// Its steps, in order.
     pub steps: Vec<StepView>,
@@ -67,6 +75,7 @@ pub struct CurrentStep {
     /// Its id.
     pub id: String,
     /// Its index.
+    #[schema(required = true)]
     pub index: Option<u32>,
 }
 
@@ -97,7 +106,7 @@ pub struct CapabilitiesView {
     /// Read-only host directories.
     pub mounts: Vec<MountView>,
     /// Outbound HTTP, when granted.
-    #[schema(value_type = Option<HttpCapability>)]
+    #[schema(value_type = Option<HttpCapability>, required = true)]
     pub http: Value,
 }
 
@@ -166,8 +175,10 @@ pub struct ControlResponse {
     /// The action taken.
     pub action: ControlAction,
     /// The step it named.
+    #[schema(required = true)]
     pub step_id: Option<String>,
     /// The job was re-opened or cancelled outright.
+    #[schema(required = true)]
     pub note: Option<String>,
     /// The job as it is now.
     pub job: JobView,

@@ -184,16 +184,19 @@ fn spawn_workers(
     Ok(handles)
 }
 
-/// Run `stepd serve`.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let p = start(&args.data).await?;
+/// The tokens `serve` accepts: the environment's (or the settings
+/// file's), the tokens file's, and — when neither names an operator — the
+/// data directory's generated one. A token or a name given twice stops the
+/// server, naming the entry, never the token.
+/// Also returns an operator token for `--run`'s own client.
+fn api_tokens(args: &ServeArgs, settings: &Settings) -> anyhow::Result<(Tokens, String)> {
     let named = match &args.tokens_file {
         Some(path) => {
             stepd_settings::TokensFile::read(path).context("the tokens file (--tokens-file, STEPD_TOKENS_FILE)")?
         }
         None => stepd_settings::TokensFile::default(),
     };
-    let mut operator = p.settings.service.operator_tokens.clone();
+    let mut operator = settings.service.operator_tokens.clone();
     if operator.is_empty() && named.operator.is_empty() {
         let (token, made) = stepd_api::load_or_generate_token(&args.data.data_dir).context("operator token")?;
         let path = stepd_api::token_file(&args.data.data_dir);
@@ -204,12 +207,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         operator.push(token);
     }
-    let mut tokens = Tokens::new(&operator, &p.settings.service.worker_tokens);
+    let mut tokens = Tokens::new(&operator, &settings.service.worker_tokens);
     for (scope, list) in [(Scope::Operator, &named.operator), (Scope::Worker, &named.worker)] {
         for entry in list {
-            tokens.add(scope, &entry.name, &entry.token);
+            tokens
+                .add(scope, &entry.name, &entry.token)
+                .context("the tokens file (--tokens-file, STEPD_TOKENS_FILE)")?;
         }
     }
+    let own = operator
+        .first()
+        .or_else(|| named.operator.first().map(|t| &t.token))
+        .cloned()
+        .unwrap_or_default();
+    Ok((tokens, own))
+}
+
+/// Run `stepd serve`.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let p = start(&args.data).await?;
+    let (tokens, own_token) = api_tokens(&args, &p.settings)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -252,7 +269,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(job) = &args.run {
         let client_args = ClientArgs {
             server: format!("http://{address}"),
-            token: Some(operator[0].clone()),
+            token: Some(own_token),
             data_dir: args.data.data_dir.clone(),
         };
         code = client::submit_and_follow(&client_args, job).await.unwrap_or_else(|e| {

@@ -33,16 +33,16 @@ pub const MAX_RESPONSE_BYTES: u64 = 256 << 20;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HttpCapability {
     /// Origins the step may call (`https://api.example.com`).
-    // The pattern is narrower than what parses (IPv6, IDNA, digits first):
-    // anything it matches is an origin, so a schema-valid request is
-    // refused only when the host grants no such origin (422).
+    // The pattern says an origin's shape (scheme and authority, no path,
+    // query or credentials); a string of that shape that still is no
+    // origin (a bad port or address) is a 422 naming it.
     #[cfg_attr(
         feature = "openapi",
         schema(
             value_type = Vec<String>,
             min_items = 1,
             max_items = 32,
-            pattern = r"^https?://[a-z][a-z0-9]*(\.[a-z][a-z0-9]*)*(:[1-9][0-9]{0,3})?$"
+            pattern = r"^https?://[^/?#@\s]+$"
         )
     )]
     pub origins: Vec<HttpOrigin>,

@@ -90,7 +90,8 @@ impl TokensFile {
         let parsed: TokensFile = toml::from_str(&text).map_err(|e| {
             let line = e
                 .span()
-                .map_or(0, |span| text[..span.start.min(text.len())].lines().count().max(1));
+                .and_then(|span| text.get(..span.start))
+                .map_or(1, |before| before.matches('\n').count() + 1);
             fail(format!(
                 "line {line}: not a tokens file ([[operator]] and [[worker]] tables of name and token); {}",
                 first_line_without_quotes(e.message())

@@ -327,7 +327,13 @@ impl Store {
         }
         .await;
         if self.backend == Backend::Postgres {
-            let _ = conn.execute("SELECT pg_advisory_unlock(7301)").await;
+            if result.is_ok() {
+                let _ = conn.execute("SELECT pg_advisory_unlock(7301)").await;
+            } else {
+                // sqlx's migrator keeps its own lock when it fails: close
+                // the connection (releasing every lock) rather than pool it.
+                let _ = conn.close().await;
+            }
         }
         result
     }

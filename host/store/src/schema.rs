@@ -116,9 +116,11 @@ pub(crate) async fn bridge_legacy_versions(conn: &mut AnyConnection, backend: Ba
             .iter()
             .find(|m| m.version == version)
             .ok_or(StoreError::Schema(SchemaError::UnknownMigration(version)))?;
+        // Idempotent, so two processes bridging one SQLite file at once
+        // (no advisory lock there) both succeed.
         sqlx::query(
             "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
-             VALUES ($1, $2, TRUE, $3, 0)",
+             VALUES ($1, $2, TRUE, $3, 0) ON CONFLICT (version) DO NOTHING",
         )
         .bind(version)
         .bind(migration.description.as_ref())
@@ -127,7 +129,7 @@ pub(crate) async fn bridge_legacy_versions(conn: &mut AnyConnection, backend: Ba
         .await
         .map_err(migrate_db("bridge: record a version"))?;
     }
-    tx.execute("DROP TABLE stepd_migrations")
+    tx.execute("DROP TABLE IF EXISTS stepd_migrations")
         .await
         .map_err(migrate_db("bridge: drop stepd_migrations"))?;
     tx.commit().await.map_err(migrate_db("bridge: commit"))?;
