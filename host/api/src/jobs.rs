@@ -100,9 +100,10 @@ pub(crate) fn backend_name(backend: stepd_store::Backend) -> String {
 }
 
 /// `POST /api/queue/jobs`: validate and queue a job payload. A body that
-/// is not a payload is a 400; a payload this host cannot run as it stands
-/// (a plugin or directory it does not have, a grant it does not allow, a
-/// rule the schema cannot state such as unique step ids) is a 422.
+/// is not a payload is a 400; a payload validation refuses (a zero budget,
+/// duplicate step ids, a plugin or directory this host does not have, a
+/// grant it does not allow) is a 422: the document states the shape, and
+/// no document can list what a host has.
 #[utoipa::path(post, path = "/api/queue/jobs", tag = "jobs", operation_id = "submit_job",
     params(("Idempotency-Key" = Option<String>, Header, pattern = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$",
         description = "becomes the job's id: sent again with the same payload, the same job comes back (200); with another payload, 409")),
@@ -118,7 +119,7 @@ pub(crate) fn backend_name(backend: stepd_store::Backend) -> String {
         (status = 400, description = "the body is not a job payload (malformed JSON, a wrong type, an unknown field); a malformed Idempotency-Key", body = ErrorBody),
         (status = 409, description = "the Idempotency-Key was used for another payload", body = ErrorBody),
         (status = 413, description = "the body is larger than 1 MiB", body = ErrorBody),
-        (status = 422, description = "a payload this host cannot run as it stands; the message names the field", body = ErrorBody),
+        (status = 422, description = "a payload validation refuses (a zero budget, duplicate step ids, a plugin, directory or grant this host does not have); the message names the field", body = ErrorBody),
     ))]
 pub async fn submit(
     State(state): State<ApiState>,
