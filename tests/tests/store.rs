@@ -123,6 +123,45 @@ async fn a_job_ends_with_its_last_event_in_one_write_and_a_refused_ending_writes
 }
 
 #[tokio::test]
+async fn a_job_whose_lease_expired_waits_out_the_retry_backoff_before_anyone_claims_it() {
+    for db in TestDb::both().await {
+        // Given a running job whose worker stops renewing its lease,
+        let store = db.open().await;
+        submit(&store, "c", 3).await;
+        let short = worker("w1", Duration::from_millis(200));
+        store.claim_next(&short).await.expect("claim").expect("a job");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // when the sweep requeues it with the queue-retry backoff,
+        let before = stepd_store::now_ms();
+        let requeued = store
+            .expire_leases(|attempt| Duration::from_secs(30 * u64::from(attempt)))
+            .await
+            .expect("sweep");
+        assert_eq!(requeued, vec!["c".to_owned()]);
+        // then it is queued for attempt 2 but not due for the backoff of
+        // attempt 1, nobody can claim it yet, and the event says so.
+        let job = store.get_job("c").await.expect("get").expect("exists");
+        assert_eq!((job.status, job.attempt), (JobState::Queued, 2));
+        assert!(
+            job.next_attempt_at >= before + 29_000,
+            "{}: due at {} but the backoff is 30 s from {before}",
+            db.kind(),
+            job.next_attempt_at
+        );
+        assert!(
+            store.claim_next(&short).await.expect("claim").is_none(),
+            "{}",
+            db.kind()
+        );
+        let events = store.events_after("c", 0, 10).await.expect("events");
+        assert_eq!(events[0].event, "task.job.lease_expired");
+        assert_eq!(events[0].payload["delaySeconds"], 30, "{}", db.kind());
+        store.close().await;
+        db.drop_now().await;
+    }
+}
+
+#[tokio::test]
 async fn leases_expire_into_a_retry_then_dead_letter_and_a_pending_cancel_wins() {
     for db in TestDb::both().await {
         let store = db.open().await;
@@ -137,11 +176,14 @@ async fn leases_expire_into_a_retry_then_dead_letter_and_a_pending_cancel_wins()
             .expect("hb")
             .is_none());
         assert!(
-            store.expire_leases().await.expect("sweep").is_empty(),
+            store.expire_leases(|_| Duration::ZERO).await.expect("sweep").is_empty(),
             "not expired yet"
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(store.expire_leases().await.expect("sweep"), vec!["a".to_owned()]);
+        assert_eq!(
+            store.expire_leases(|_| Duration::ZERO).await.expect("sweep"),
+            vec!["a".to_owned()]
+        );
         let job = store.get_job("a").await.expect("get").expect("exists");
         assert_eq!(
             (job.status, job.attempt, job.lease_owner.clone()),
@@ -155,7 +197,7 @@ async fn leases_expire_into_a_retry_then_dead_letter_and_a_pending_cancel_wins()
 
         store.claim_next(&short).await.expect("claim").expect("claimed again");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        store.expire_leases().await.expect("sweep");
+        store.expire_leases(|_| Duration::ZERO).await.expect("sweep");
         let job = store.get_job("a").await.expect("get").expect("exists");
         assert_eq!(job.status, JobState::DeadLetter, "{}: attempts used up", db.kind());
         let names: Vec<String> = store
@@ -181,7 +223,7 @@ async fn leases_expire_into_a_retry_then_dead_letter_and_a_pending_cancel_wins()
             .await
             .expect("apply");
         tokio::time::sleep(Duration::from_millis(300)).await;
-        store.expire_leases().await.expect("sweep");
+        store.expire_leases(|_| Duration::ZERO).await.expect("sweep");
         let job = store.get_job("b").await.expect("get").expect("exists");
         assert_eq!(job.status, JobState::Cancelled, "{}", db.kind());
         let rows = store.control_events("b").await.expect("control rows");

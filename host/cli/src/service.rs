@@ -260,6 +260,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         p.store.clone(),
         p.dispatcher.clone(),
         p.settings.service.sweep,
+        p.settings.retry,
         p.stop.clone(),
     ));
     let workers = spawn_workers(&p, &args.data, args.workers, 1)?;
@@ -303,6 +304,7 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         p.store.clone(),
         p.dispatcher.clone(),
         p.settings.service.sweep,
+        p.settings.retry,
         p.stop.clone(),
     ));
     let probes = match &args.metrics_listen {

@@ -13,6 +13,7 @@ use tokio::sync::{broadcast, Notify};
 
 pub use amqp::AmqpDispatcher;
 
+use stepd_settings::RetryBackoff;
 use stepd_store::{Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
@@ -147,7 +148,13 @@ impl Dispatcher {
 /// Every `interval` until `stop`: requeue jobs whose lease expired and
 /// announce queued jobs nobody was told about (new, due after a backoff,
 /// released by a pause, or whose message was lost).
-pub async fn run_sweeper(store: Store, dispatcher: Dispatcher, interval: Duration, stop: CancellationToken) {
+pub async fn run_sweeper(
+    store: Store,
+    dispatcher: Dispatcher,
+    interval: Duration,
+    backoff: RetryBackoff,
+    stop: CancellationToken,
+) {
     // A message sent less than this long ago is not sent again.
     let stale = (interval * 10).max(Duration::from_secs(5));
     loop {
@@ -155,16 +162,23 @@ pub async fn run_sweeper(store: Store, dispatcher: Dispatcher, interval: Duratio
             () = tokio::time::sleep(interval) => {}
             () = stop.cancelled() => return,
         }
-        if let Err(e) = sweep_once(&store, &dispatcher, stale).await {
+        if let Err(e) = sweep_once(&store, &dispatcher, stale, &backoff).await {
             tracing::warn!(error = %e, "sweep failed; trying again next round");
         }
     }
 }
 
 /// One sweep (see [`run_sweeper`]).
-pub async fn sweep_once(store: &Store, dispatcher: &Dispatcher, stale: Duration) -> Result<(), QueueError> {
-    for id in store.expire_leases().await? {
-        tracing::info!(job = %id, "lease expired; job queued again");
+/// A job whose lease expired waits out the same backoff as one whose
+/// attempt failed retryably.
+pub async fn sweep_once(
+    store: &Store,
+    dispatcher: &Dispatcher,
+    stale: Duration,
+    backoff: &RetryBackoff,
+) -> Result<(), QueueError> {
+    for id in store.expire_leases(|attempt| backoff.delay_after(attempt)).await? {
+        tracing::info!(job = %id, "lease expired; job queued again after the retry backoff");
     }
     for id in store.take_unannounced(stale, 100).await? {
         dispatcher.announce(&id).await?;

@@ -265,6 +265,10 @@ pub enum Event {
         status: String,
         /// The job attempt that runs next.
         next_job_attempt: u32,
+        /// How long the queue waits before that attempt (the same backoff
+        /// as after a retryable failure; 0 when the job ended).
+        #[serde(default)]
+        delay_seconds: u64,
     },
     /// The job is holding for a pause or takeover.
     #[serde(rename = "task.control.pause.active", rename_all = "camelCase")]

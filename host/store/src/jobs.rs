@@ -420,11 +420,14 @@ impl Store {
         Ok(())
     }
 
-    /// Requeue every job whose lease has expired: attempt + 1, or
-    /// `dead_letter` when its attempts are used up, or `cancelled` when a
-    /// cancel was asked. Each gets a `task.job.lease_expired` event.
-    /// Returns the jobs queued again (to announce them).
-    pub async fn expire_leases(&self) -> Result<Vec<String>, StoreError> {
+    /// Requeue every job whose lease has expired: attempt + 1, due after
+    /// `delay_after(attempt)` (the queue-retry backoff: a worker that died
+    /// mid-attempt is treated as that attempt failing retryably, so a job
+    /// that kills its workers cannot spin through them), or `dead_letter`
+    /// when its attempts are used up, or `cancelled` when a cancel was
+    /// asked. Each gets a `task.job.lease_expired` event. Returns the jobs
+    /// queued again.
+    pub async fn expire_leases(&self, delay_after: impl Fn(u32) -> Duration) -> Result<Vec<String>, StoreError> {
         let now = self.clock().await?;
         let rows = sqlx::query(
             "SELECT id, attempt, max_attempts, cancel_requested, lease_owner FROM jobs \
@@ -446,18 +449,18 @@ impl Store {
                 ))
             };
             let (id, attempt, max_attempts, cancel, owner) = decode(&row).map_err(db("find expired leases"))?;
-            let (status, next_attempt) = if cancel {
-                (JobState::Cancelled, attempt)
+            let (status, next_attempt, delay) = if cancel {
+                (JobState::Cancelled, attempt, Duration::ZERO)
             } else if attempt >= max_attempts {
-                (JobState::DeadLetter, attempt)
+                (JobState::DeadLetter, attempt, Duration::ZERO)
             } else {
-                (JobState::Queued, attempt + 1)
+                (JobState::Queued, attempt + 1, delay_after(attempt))
             };
             let finished = status.is_terminal().then_some(now);
             let mut tx = self.pool.begin().await.map_err(db("expire lease"))?;
             let done = sqlx::query(
                 "UPDATE jobs SET status = $1, attempt = $2, lease_owner = NULL, lease_expires_at = NULL, \
-                 next_attempt_at = $3, published_at = NULL, finished_at = $4, updated_at = $3, version = version + 1 \
+                 next_attempt_at = $7, published_at = NULL, finished_at = $4, updated_at = $3, version = version + 1 \
                  WHERE id = $5 AND status = 'running' AND lease_expires_at < $3 AND lease_owner = $6",
             )
             .bind(status.as_str())
@@ -466,6 +469,7 @@ impl Store {
             .bind(finished)
             .bind(&id)
             .bind(&owner)
+            .bind(now + duration_ms(delay))
             .execute(&mut *tx)
             .await
             .map_err(db("expire lease"))?;
@@ -477,6 +481,7 @@ impl Store {
                 lost_owner: owner.unwrap_or_default(),
                 status: status.as_str().to_owned(),
                 next_job_attempt: next_attempt,
+                delay_seconds: delay.as_secs(),
             };
             Self::append_event_in(&mut tx, &id, &event).await?;
             tx.commit().await.map_err(db("expire lease"))?;

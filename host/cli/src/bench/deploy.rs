@@ -140,6 +140,10 @@ impl Deployment {
             ("STEPD_LEASE_SECONDS".into(), "2".into()),
             ("STEPD_HEARTBEAT_MS".into(), "200".into()),
             ("STEPD_SWEEP_MS".into(), "200".into()),
+            // The recovery rows time how fast the control plane notices a
+            // dead worker and resumes its job; the retry backoff a lease
+            // expiry waits out is policy, not latency.
+            ("STEPD_RETRY_BACKOFF_SECONDS".into(), "0".into()),
             ("STEPD_PLUGIN_DIR".into(), plugins.display().to_string()),
             // The benchmarks' repositories are scratch directories.
             (
