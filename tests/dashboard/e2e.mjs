@@ -1,13 +1,20 @@
 // Drives the stepd dashboard in Debian's headless Chromium. Run by
-// tests/tests/dashboard.rs, which starts the server and submits the job:
-//   STEPD_URL, STEPD_TOKEN, JOB_ID, SCREENSHOT_DIR, CHROMIUM (default /usr/bin/chromium)
+// tests/tests/dashboard.rs, which starts the server and submits the jobs:
+//   STEPD_URL, STEPD_TOKEN, JOB_ID (the hang sample), JOB2_ID (a long
+//   step for the other buttons), SCREENSHOT_DIR, CHROMIUM (default
+//   /usr/bin/chromium)
 // Exits non-zero, with the reason, at the first expectation that fails.
+// Every button is pressed and checked; jobs and artifacts are reached by
+// keyboard; any uncaught page error or console error fails the run (the
+// browser's own "Failed to load resource" lines for the API's deliberate
+// refusals and the unreachable-server step excepted).
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
 const url = process.env.STEPD_URL;
 const token = process.env.STEPD_TOKEN;
 const jobId = process.env.JOB_ID;
+const job2 = process.env.JOB2_ID;
 const shots = process.env.SCREENSHOT_DIR;
 mkdirSync(shots, { recursive: true });
 
@@ -23,6 +30,25 @@ try {
   page.on("request", (r) => requests.push(r.url()));
   let reason = "e2e";
   page.on("dialog", (d) => d.accept(reason));
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
+  page.on("console", (m) => {
+    if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) problems.push(`console error: ${m.text()}`);
+  });
+  // Tab forward until `selector` has the focus: proves it is reachable by
+  // keyboard, in the page's own order.
+  const tabTo = async (selector, limit = 400) => {
+    for (let i = 0; i < limit; i++) {
+      await page.keyboard.press("Tab");
+      if (await page.evaluate((sel) => !!document.activeElement && document.activeElement.matches(sel), selector)) return;
+    }
+    throw new Error(`${selector} is not reachable by Tab`);
+  };
+  const press = async (action, expect) => {
+    await page.click(`button[data-action="${action}"]`);
+    await page.waitForFunction((expect) => document.querySelector("#control-message").textContent.includes(expect),
+      expect, { timeout: 15000 });
+  };
 
   step("a wrong token is refused with the API's message");
   await page.goto(url);
@@ -34,8 +60,12 @@ try {
   step("the right token opens the jobs list");
   await page.fill("#token", token);
   await page.click("#login-form button");
-  await page.waitForSelector(`#jobs-table tr[data-id="${jobId}"]`);
-  await page.click(`#jobs-table tr[data-id="${jobId}"]`);
+  await page.waitForSelector(`#jobs-table button[data-open="${jobId}"]`);
+
+  step("the job is opened by keyboard: Tab to its row's button, Enter");
+  await page.focus("#status-filter");
+  await tabTo(`#jobs-table button[data-open="${jobId}"]`);
+  await page.keyboard.press("Enter");
   await page.waitForFunction(() => document.querySelector("#job-status").textContent === "running");
 
   step("the timeline shows what each step was granted, by name");
@@ -86,8 +116,11 @@ try {
   await page.click('button[data-action="pause"]');
   await page.waitForFunction(() => document.querySelector("#control-message").textContent.includes("has ended"));
 
-  step("the step log is viewable in the page");
-  await page.click('#artifacts a[data-path="logs/steps/step-0000.log"]');
+  step("the step log is viewable in the page, reached by keyboard");
+  await page.waitForSelector('#artifacts button[data-path="logs/steps/step-0000.log"]');
+  await page.focus('button[data-action="resume_from_step"]');
+  await tabTo('#artifacts button[data-path="logs/steps/step-0000.log"]');
+  await page.keyboard.press("Enter");
   await page.waitForFunction(() => document.querySelector("#viewer").textContent.includes("=== attempt 1"));
 
   step("Resume From Step on the finished job runs it again");
@@ -101,11 +134,59 @@ try {
   await page.waitForSelector('#events li[data-event="task.resume.from_step"]');
   await page.screenshot({ path: `${shots}/04-resumed-from-step.png`, fullPage: true });
 
+  step("a second job, opened by keyboard, takes every other button");
+  await page.focus("#status-filter");
+  await tabTo(`#jobs-table button[data-open="${job2}"]`);
+  await page.keyboard.press("Enter");
+  await page.waitForFunction((id) => document.querySelector("#job-id").textContent === id
+    && document.querySelector("#job-status").textContent === "running"
+    && document.querySelectorAll('#events li[data-event="task.step.attempt.started"]').length >= 1,
+    job2, { timeout: 60000 });
+  const starts = () => page.evaluate(() => document.querySelectorAll('#events li[data-event="task.step.attempt.started"]').length);
+  const acks = () => page.evaluate(() => document.querySelectorAll('#events li[data-event="task.control.recovery.ack"]').length);
+
+  step("Takeover holds the job for a human, Resume releases it");
+  reason = "a human looks";
+  await press("takeover", "Takeover: accepted");
+  await page.waitForFunction(() => document.querySelector("#live-control").textContent.includes("taken over"), null, { timeout: 15000 });
+  reason = "";
+  await press("resume", "Resume: accepted");
+  await page.waitForFunction(() => document.querySelector("#live-control").textContent.includes("no takeover"), null, { timeout: 15000 });
+
+  step("Retry Step restarts the running step; the worker acknowledges it");
+  const before = await starts();
+  reason = "try again";
+  await press("retry_step", "Retry Step: accepted");
+  await page.waitForFunction((n) => document.querySelectorAll('#events li[data-event="task.control.recovery.ack"]').length === 1
+    && document.querySelectorAll('#events li[data-event="task.step.attempt.started"]').length > n
+    && document.querySelector("#live-control").textContent.includes("acknowledged: retry_step"),
+    before, { timeout: 30000 });
+
+  step("Hard Reset Step rebuilds and restarts it; the worker acknowledges it");
+  const beforeReset = await starts();
+  reason = "from the baseline";
+  await press("hard_reset_step", "Hard Reset Step: accepted");
+  await page.waitForFunction((n) => document.querySelectorAll('#events li[data-event="task.control.recovery.ack"]').length === 2
+    && document.querySelectorAll('#events li[data-event="task.step.attempt.started"]').length > n
+    && document.querySelector("#live-control").textContent.includes("acknowledged: hard_reset_step"),
+    beforeReset, { timeout: 30000 });
+  if ((await acks()) !== 2) throw new Error("expected two acknowledged recoveries");
+
+  step("Cancel ends the job cancelled");
+  reason = "enough";
+  await press("cancel", "Cancel: accepted");
+  await page.waitForFunction(() => document.querySelector("#job-status").textContent === "cancelled", null, { timeout: 30000 });
+  await page.waitForSelector('#events li[data-event="task.job.cancelled"]', { timeout: 15000 });
+  await page.screenshot({ path: `${shots}/05-every-button.png`, fullPage: true });
+
+  step("no page error and no console error so far");
+  if (problems.length) throw new Error(problems.join("\n"));
+
   step("an unreachable server is reported, and the page recovers");
   await page.route("**/api/**", (route) => route.abort("connectionrefused"));
   await page.waitForFunction(() => !document.querySelector("#banner").hidden
     && document.querySelector("#banner").textContent.includes("unreachable"), null, { timeout: 15000 });
-  await page.screenshot({ path: `${shots}/05-unreachable.png` });
+  await page.screenshot({ path: `${shots}/06-unreachable.png` });
   await page.unroute("**/api/**");
   await page.waitForFunction(() => document.querySelector("#banner").hidden, null, { timeout: 15000 });
 
@@ -115,6 +196,7 @@ try {
   if (leaked.length || foreign.length) {
     throw new Error(`token in URLs: ${leaked.join(", ")}; other hosts: ${foreign.join(", ")}`);
   }
+  if (problems.length) throw new Error(problems.join("\n"));
   step("all expectations held");
 } catch (e) {
   console.error(`dashboard e2e failed: ${e.stack || e}`);

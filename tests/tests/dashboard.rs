@@ -2,6 +2,16 @@
 //! playwright-core (`tests/dashboard/e2e.mjs`) against a real `stepd
 //! serve`. `.ci/run` installs both; a missing browser or Node is a failure
 //! here, never a skip. Screenshots land in `target/test-artifacts/dashboard/`.
+//!
+//! Given the hang sample and a second job with one long step, on a server
+//! with two workers, the page: refuses a wrong token; opens the jobs by
+//! keyboard; pauses the hang sample across its soft reset and resumes it;
+//! shows grants and HTTP requests; shows a refusal; opens the step log by
+//! keyboard; re-runs the sample from a step; then on the second job presses
+//! Takeover, Resume, Retry Step, Hard Reset Step and Cancel, each with its
+//! effect (live control, acknowledged recoveries, new attempts, the job
+//! cancelled); reports an unreachable server and recovers — with no page
+//! error and no console error throughout.
 
 use std::path::Path;
 use std::process::Command;
@@ -31,7 +41,7 @@ async fn an_operator_watches_pauses_resumes_and_reruns_the_hang_sample_in_the_br
     let origin = server.origin(false);
     let cluster = Cluster::start_with(
         Mode::Embedded,
-        1,
+        2,
         0,
         &[
             ("STEPD_GRANT_ENV", "LANG"),
@@ -58,6 +68,17 @@ async fn an_operator_watches_pauses_resumes_and_reruns_the_hang_sample_in_the_br
         .expect("the sample's steps")
         .push(call);
     let id = cluster.submit(&payload).await;
+    // The second job's step works (and logs) for ten minutes unless a
+    // button stops it.
+    let long = stepd_tests::cluster::task(
+        1,
+        vec![
+            serde_json::json!({"id": "long", "title": "A long step", "plugin": "write-file",
+                                 "inputs": {"path": "long.txt", "text": "done", "sleepMs": 600_000}}),
+        ],
+        serde_json::json!({"stepTimeoutSeconds": 900}),
+    );
+    let job2 = cluster.submit(&long).await;
 
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/dashboard");
     let url = cluster.url.clone();
@@ -69,6 +90,7 @@ async fn an_operator_watches_pauses_resumes_and_reruns_the_hang_sample_in_the_br
             .env("STEPD_URL", &url)
             .env("STEPD_TOKEN", OPERATOR_TOKEN)
             .env("JOB_ID", &id)
+            .env("JOB2_ID", &job2)
             .env("HTTP_ORIGIN", &origin)
             .env("SCREENSHOT_DIR", &shots)
             .env("CHROMIUM", &chromium)
@@ -89,7 +111,11 @@ async fn an_operator_watches_pauses_resumes_and_reruns_the_hang_sample_in_the_br
     );
     assert!(printed.contains("all expectations held"), "{printed}");
     let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts/dashboard");
-    for name in ["02-paused-after-soft-reset.png", "04-resumed-from-step.png"] {
+    for name in [
+        "02-paused-after-soft-reset.png",
+        "04-resumed-from-step.png",
+        "05-every-button.png",
+    ] {
         assert!(shots.join(name).is_file(), "{name} missing");
     }
     cluster.shutdown().await;

@@ -102,16 +102,28 @@ async function refreshJobs() {
   try {
     const body = await (await api(`/api/queue/jobs?limit=200${status ? `&status=${status}` : ""}`)).json();
     const tbody = $("#jobs-table tbody");
+    // The list is redrawn every 1.5 s: a keyboard user's focus goes back to
+    // the same job's button.
+    const focused = document.activeElement && document.activeElement.dataset.open;
     tbody.replaceChildren();
     for (const job of body.jobs) {
       const tr = document.createElement("tr");
       tr.dataset.id = job.id;
       if (job.id === state.jobId) tr.classList.add("selected");
-      tr.append(text("td", job.id.slice(0, 8)), text("td", job.status, `status s-${job.status}`),
+      // A real button in the row: reachable by Tab, opened by Enter or
+      // Space, and named for screen readers.
+      const open = text("button", job.id.slice(0, 8), "link");
+      open.type = "button";
+      open.dataset.open = job.id;
+      open.setAttribute("aria-label", `Open job ${job.id}`);
+      const first = text("td");
+      first.append(open);
+      tr.append(first, text("td", job.status, `status s-${job.status}`),
                 text("td", job.currentStep ? job.currentStep.id : "—"),
                 text("td", `${job.attempt}/${job.maxAttempts}`), text("td", age(job.createdAt)));
       tr.addEventListener("click", () => selectJob(job.id));
       tbody.append(tr);
+      if (job.id === focused) open.focus();
     }
   } catch (e) {
     if (e.status === 401) showLogin(`Refused: ${e.message}`);
@@ -320,14 +332,18 @@ async function refreshArtifacts() {
   try {
     const body = await (await api(`/api/queue/jobs/${encodeURIComponent(id)}/artifacts`)).json();
     const list = $("#artifacts");
+    const focused = document.activeElement && document.activeElement.dataset.path;
     list.replaceChildren();
     for (const a of body.artifacts) {
       const li = text("li");
-      const link = text("a", a.path);
+      const link = text("button", a.path, "link");
+      link.type = "button";
       link.dataset.path = a.path;
+      link.setAttribute("aria-label", `View ${a.path}`);
       link.addEventListener("click", () => openArtifact(id, a.path));
       li.append(link, text("span", ` (${a.size} B)`));
       list.append(li);
+      if (a.path === focused) link.focus();
     }
   } catch (_) {}
 }
