@@ -49,6 +49,10 @@ pub struct JobRun<'a> {
     /// What the next attempt of a step is told when an earlier job attempt
     /// ended on its failure (a queue retry, here or on another worker).
     pub(crate) carried_contexts: HashMap<u32, RetryContext>,
+    /// Each step's last failure as its next attempt would be told it: an
+    /// operator's retry or hard reset of the step tells the new attempt
+    /// the same.
+    pub(crate) last_contexts: HashMap<u32, RetryContext>,
     pub(crate) plugins: HashMap<u32, Plugin>,
     pub(crate) hooks: Option<Arc<dyn RunHooks>>,
     /// The checkpoints when the host keeps them (the service's store);
@@ -129,6 +133,7 @@ impl<'a> JobRun<'a> {
             current_tree: None,
             attempts_used: HashMap::new(),
             carried_contexts: HashMap::new(),
+            last_contexts: HashMap::new(),
             plugins: HashMap::new(),
             hooks: None,
             ledger: None,
@@ -152,8 +157,18 @@ impl<'a> JobRun<'a> {
     pub fn carry_retry_contexts(&mut self, contexts: impl IntoIterator<Item = (u32, serde_json::Value)>) {
         for (step, value) in contexts {
             if let Some(context) = super::step::retry_context_from_json(&value) {
+                self.last_contexts.insert(step, context.clone());
                 self.carried_contexts.insert(step, context);
             }
+        }
+    }
+
+    /// An operator asked to retry or hard-reset step `index`: its next
+    /// attempt is told the step's last failure, as a self-heal retry's
+    /// would be (nothing when the step has not failed).
+    pub fn carry_last_failure(&mut self, index: u32) {
+        if let Some(context) = self.last_contexts.get(&index).cloned() {
+            self.carried_contexts.insert(index, context);
         }
     }
 

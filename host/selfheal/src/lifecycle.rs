@@ -545,11 +545,12 @@ impl<H: JobHost> Passes<'_, '_, H> {
         match request.action {
             // Same workspace, fresh instance, fresh attempt budget (the
             // step's patch still starts from its last checkpoint).
-            ControlAction::RetryStep if !finished => {}
+            ControlAction::RetryStep if !finished => self.run.carry_last_failure(k),
             ControlAction::HardResetStep if !finished => {
                 if let Err(e) = self.run.rebuild_for_step(k) {
                     return Ok(Err(format!("hard reset of step {} failed: {e}", request.step_id)));
                 }
+                self.run.carry_last_failure(k);
             }
             _ => {
                 if let Err(e) = self.run.resume_from_step(k)? {

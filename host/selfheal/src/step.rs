@@ -330,6 +330,9 @@ impl JobRun<'_> {
             Strategy::SoftReset | Strategy::HardReset | Strategy::QueueRetry
         )
         .then(|| self.retry_context(&failure, tried.patch.as_ref(), strategy));
+        if let Some(context) = &next_context {
+            self.last_contexts.insert(step.index, context.clone());
+        }
         let judged = Judged {
             step,
             attempt,

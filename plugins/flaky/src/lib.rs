@@ -1,7 +1,9 @@
 //! flaky: fails with `retry(...)` on the first `inputs.failAttempts` attempts
 //! (default 1), then succeeds and writes `inputs.path` (default `flaky.txt`).
 //! Every attempt told a retry context logs it (`retry context: <class>
-//! after "<summary>" (<strategy>)`).
+//! after "<summary>" (<strategy>)`). With `sleepOnAttempt: N` and
+//! `sleepMs: M`, attempt N first works for M ms (a line every 100 ms): time
+//! for a test to stop it.
 
 use stepd_sdk::{Step, StepContext, StepError, StepOutput};
 
@@ -19,6 +21,17 @@ impl Step for Flaky {
                 told.failure_summary,
                 told.strategy
             );
+        }
+        let sleep_on = inputs.get("sleepOnAttempt").and_then(|v| v.as_u64());
+        if sleep_on == Some(u64::from(ctx.attempt)) {
+            let sleep_ms = inputs.get("sleepMs").and_then(|v| v.as_u64()).unwrap_or(0);
+            let mut slept = 0;
+            while slept < sleep_ms {
+                let chunk = (sleep_ms - slept).min(100);
+                std::thread::sleep(std::time::Duration::from_millis(chunk));
+                slept += chunk;
+                stepd_sdk::log!("working ({slept}/{sleep_ms} ms)");
+            }
         }
         if u64::from(ctx.attempt) <= fail_attempts {
             return Err(StepError::Retry(format!(
