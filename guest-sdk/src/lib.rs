@@ -162,6 +162,19 @@ pub fn progress(msg: &str) {
     bindings::stepd::plugin::host::progress(msg);
 }
 
+/// Spend `ms` milliseconds as a slow step would, logging a line every
+/// 100 ms (`working (300/2000 ms)`), so the host never finds it idle while
+/// its deadline and the operator's controls still apply.
+pub fn work_for(ms: u64) {
+    let mut spent = 0;
+    while spent < ms {
+        let chunk = (ms - spent).min(100);
+        std::thread::sleep(std::time::Duration::from_millis(chunk));
+        spent += chunk;
+        log(&format!("working ({spent}/{ms} ms)"));
+    }
+}
+
 /// The workspace root as a path.
 pub fn workspace() -> PathBuf {
     PathBuf::from(WORKSPACE)

@@ -153,23 +153,24 @@ try {
   await press("resume", "Resume: accepted");
   await page.waitForFunction(() => document.querySelector("#live-control").textContent.includes("no takeover"), null, { timeout: 15000 });
 
+  // A step recovery: accepted, acknowledged by the worker (the `acks`-th
+  // acknowledgement), and followed by a new attempt of the step.
+  const recover = async (action, label, why, acks) => {
+    const before = await starts();
+    reason = why;
+    await press(action, `${label}: accepted`);
+    await page.waitForFunction(([n, acks, action]) =>
+      document.querySelectorAll('#events li[data-event="task.control.recovery.ack"]').length === acks
+      && document.querySelectorAll('#events li[data-event="task.step.attempt.started"]').length > n
+      && document.querySelector("#live-control").textContent.includes(`acknowledged: ${action}`),
+      [before, acks, action], { timeout: 30000 });
+  };
+
   step("Retry Step restarts the running step; the worker acknowledges it");
-  const before = await starts();
-  reason = "try again";
-  await press("retry_step", "Retry Step: accepted");
-  await page.waitForFunction((n) => document.querySelectorAll('#events li[data-event="task.control.recovery.ack"]').length === 1
-    && document.querySelectorAll('#events li[data-event="task.step.attempt.started"]').length > n
-    && document.querySelector("#live-control").textContent.includes("acknowledged: retry_step"),
-    before, { timeout: 30000 });
+  await recover("retry_step", "Retry Step", "try again", 1);
 
   step("Hard Reset Step rebuilds and restarts it; the worker acknowledges it");
-  const beforeReset = await starts();
-  reason = "from the baseline";
-  await press("hard_reset_step", "Hard Reset Step: accepted");
-  await page.waitForFunction((n) => document.querySelectorAll('#events li[data-event="task.control.recovery.ack"]').length === 2
-    && document.querySelectorAll('#events li[data-event="task.step.attempt.started"]').length > n
-    && document.querySelector("#live-control").textContent.includes("acknowledged: hard_reset_step"),
-    beforeReset, { timeout: 30000 });
+  await recover("hard_reset_step", "Hard Reset Step", "from the baseline", 2);
   if ((await acks()) !== 2) throw new Error("expected two acknowledged recoveries");
 
   step("Cancel ends the job cancelled");

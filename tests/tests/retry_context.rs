@@ -131,12 +131,7 @@ async fn a_queue_retry_tells_the_next_attempt_what_failed_on_any_worker() {
         );
         let log = cluster.artifact_text(&id, "logs/steps/step-0000.log").await;
         let attempt = |n: u32| -> String {
-            let start = format!("=== attempt {n} ===");
-            let from = log
-                .find(&start)
-                .unwrap_or_else(|| panic!("{mode:?}: no attempt {n} in:\n{log}"));
-            let rest = &log[from + start.len()..];
-            rest[..rest.find("=== attempt").unwrap_or(rest.len())].to_owned()
+            attempt_text(&log, n).unwrap_or_else(|| panic!("{mode:?}: no attempt {n} in:\n{log}"))
         };
         assert!(
             !attempt(1).contains("retry context"),

@@ -1,7 +1,7 @@
 //! Operator-control rules: what each action does to a job in each state —
 //! or why it cannot (400 for a malformed request, 409 for one the job's
-//! state does not allow, or a step it does not have). Pure: the API asks, the store writes, the worker
-//! acts on `liveControl`.
+//! state does not allow, or a step it does not have). Pure: the API asks,
+//! the store writes, the worker acts on `liveControl`.
 
 use stepd_job::control::{ControlAction, LiveControl, RecoveryRequest};
 use stepd_store::{ControlWrite, JobRecord, JobState};

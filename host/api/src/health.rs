@@ -14,7 +14,6 @@ use stepd_queue::Dispatcher;
 use stepd_records::prometheus::{Prometheus, CONTENT_TYPE};
 use stepd_store::Store;
 
-use super::jobs::backend_name;
 use super::views::{ErrorBody, Health};
 use super::{ApiError, ApiState};
 
@@ -31,7 +30,7 @@ pub async fn readiness(store: &Store, dispatcher: &Dispatcher) -> Result<Health,
         .map_err(|e| format!("broker unavailable: {e}"))?;
     Ok(Health {
         status: "ready".into(),
-        store: backend_name(store.backend()),
+        store: store.backend(),
         dispatch: dispatcher.kind().into(),
         schema_version: None,
     })

@@ -82,20 +82,12 @@ pub async fn healthz(State(state): State<ApiState>) -> Response {
     match state.store.schema_versions().await {
         Ok(versions) => Json(Health {
             status: "ok".into(),
-            store: backend_name(state.store.backend()),
+            store: state.store.backend(),
             dispatch: state.dispatcher.kind().into(),
             schema_version: versions.last().copied(),
         })
         .into_response(),
         Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("store unavailable: {e}")).into_response(),
-    }
-}
-
-/// `sqlite` or `postgres`.
-pub(crate) fn backend_name(backend: stepd_store::Backend) -> String {
-    match backend {
-        stepd_store::Backend::Sqlite => "sqlite".into(),
-        stepd_store::Backend::Postgres => "postgres".into(),
     }
 }
 
@@ -130,15 +122,7 @@ pub async fn submit(
     let key = idempotency_key(&headers)?;
     let mut raw: Value = json_body(body).await?;
     integral_numbers_as_integers(&mut raw);
-    let payload: JobPayload = JobPayload::parse(&raw.to_string()).map_err(|e| {
-        // An origin is a string of the document's shape that may still not
-        // parse as one (a bad port or address): refused for what it names.
-        if e.field.contains(".capabilities.http.origins") {
-            ApiError::unprocessable(e.to_string())
-        } else {
-            ApiError::bad_request(e.to_string())
-        }
-    })?;
+    let payload: JobPayload = JobPayload::parse(&raw.to_string()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     // Past this point the body has the payload's shape: whatever is refused
     // now is refused for what it names, not how it is written.
     // Resolution reads plugin files: off the async threads, so a slow disk
@@ -364,8 +348,10 @@ fn event_stream(state: ApiState, id: String, after: i64) -> impl Stream<Item = R
             // The job's state is read before its events: a job that had
             // ended (a while ago) before a read that found nothing new has
             // nothing more to send.
-            let ended = match state.store.get_job(&id).await {
-                Ok(Some(job)) => job.status.is_terminal() && job.updated_at + ENDED_GRACE_MS <= stepd_store::now_ms(),
+            let ended = match state.store.job_status(&id).await {
+                Ok(Some((status, changed))) => {
+                    status.is_terminal() && changed + ENDED_GRACE_MS <= stepd_store::now_ms()
+                }
                 Ok(None) => return None,
                 Err(_) => false,
             };

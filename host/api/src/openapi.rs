@@ -9,9 +9,8 @@
 use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi as Document, RefOr, ResponseBuilder};
-use utoipa::{Modify, OpenApi, PartialSchema};
+use utoipa::{Modify, OpenApi};
 
-use crate::views::ErrorBody;
 use crate::{artifacts, dashboard, health, jobs};
 
 #[derive(OpenApi)]
@@ -77,7 +76,6 @@ impl Modify for CommonAnswers {
                 ),
             );
         }
-        components.schemas.insert("ErrorBody".into(), ErrorBody::schema());
         let global = openapi.security.clone().unwrap_or_default();
         for (path, item) in openapi.paths.paths.iter_mut() {
             for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
@@ -113,14 +111,16 @@ impl Modify for CommonAnswers {
     }
 }
 
-/// The document.
-pub fn openapi_document() -> serde_json::Value {
-    serde_json::to_value(ApiDocument::openapi()).unwrap_or_default()
+/// The document, built once per process: it depends on the code alone.
+pub fn openapi_document() -> &'static serde_json::Value {
+    static DOCUMENT: std::sync::LazyLock<serde_json::Value> =
+        std::sync::LazyLock::new(|| serde_json::to_value(ApiDocument::openapi()).unwrap_or_default());
+    &DOCUMENT
 }
 
 /// `GET /api/openapi.json`.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "probes", operation_id = "openapi", security(()),
     responses((status = 200, description = "this document", content((Object = "application/json")))))]
-pub async fn serve() -> Json<serde_json::Value> {
+pub async fn serve() -> Json<&'static serde_json::Value> {
     Json(openapi_document())
 }

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use stepd_job::control::ControlAction;
 use stepd_job::http::HttpCapability;
-use stepd_store::{ms_to_rfc3339, AttemptRow, ControlEventRow, JobRecord, JobState, StoredEvent};
+use stepd_store::{ms_to_rfc3339, AttemptRow, Backend, ControlEventRow, JobRecord, JobState, StoredEvent};
 
 /// A job as the API shows it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -190,8 +190,8 @@ pub struct ControlResponse {
 pub struct Health {
     /// `ok` (healthz) or `ready` (readyz).
     pub status: String,
-    /// `sqlite` or `postgres`.
-    pub store: String,
+    /// The store's database.
+    pub store: Backend,
     /// `embedded` or `rabbitmq`.
     pub dispatch: String,
     /// The newest applied migration (healthz).

@@ -32,20 +32,15 @@ pub const MAX_RESPONSE_BYTES: u64 = 256 << 20;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HttpCapability {
-    /// Origins the step may call (`https://api.example.com`).
-    // The pattern says an origin's shape (scheme and authority, no path,
-    // query or credentials); a string of that shape that still is no
-    // origin (a bad port or address) is a 422 naming it.
+    /// Origins the step may call (`https://api.example.com`), checked and
+    /// made canonical when the job is validated.
+    // Text here, parsed in `validate`: a string that is no origin is
+    // refused there, naming it, like any other value the host cannot grant.
     #[cfg_attr(
         feature = "openapi",
-        schema(
-            value_type = Vec<String>,
-            min_items = 1,
-            max_items = 32,
-            pattern = r"^https?://[^/?#@\s]+$"
-        )
+        schema(min_items = 1, max_items = 32, pattern = r"^https?://[^/?#@\s]+$")
     )]
-    pub origins: Vec<HttpOrigin>,
+    pub origins: Vec<String>,
     /// Methods it may use; empty: any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
@@ -86,9 +81,11 @@ impl HttpCapability {
             ));
         }
         let mut seen = BTreeSet::new();
-        for (i, origin) in self.origins.iter().enumerate() {
+        let mut origins = Vec::with_capacity(self.origins.len());
+        for (i, text) in self.origins.iter().enumerate() {
             let at = format!("{field}.origins[{i}]");
-            if !ceiling.http_origins.contains(origin) {
+            let origin = HttpOrigin::parse(text).map_err(|e| payload_error(&at, e))?;
+            if !ceiling.http_origins.contains(&origin) {
                 return Err(payload_error(
                     at,
                     format!(
@@ -96,9 +93,10 @@ impl HttpCapability {
                     ),
                 ));
             }
-            if !seen.insert(origin) {
+            if !seen.insert(origin.clone()) {
                 return Err(payload_error(at, format!("{origin} is named twice")));
             }
+            origins.push(origin.to_string());
         }
         let mut methods = Vec::with_capacity(self.methods.len());
         for (i, method) in self.methods.iter().enumerate() {
@@ -153,6 +151,7 @@ impl HttpCapability {
         bounded("maxRequestBytes", self.max_request_bytes, MAX_REQUEST_BYTES)?;
         bounded("maxResponseBytes", self.max_response_bytes, MAX_RESPONSE_BYTES)?;
         Ok(HttpCapability {
+            origins,
             methods,
             ..self.clone()
         })
@@ -224,7 +223,13 @@ mod tests {
                 .expect_err("refused");
             assert!(err.to_string().contains(named), "{bad}: {err}");
         }
-        assert!(grant(serde_json::json!({"origins": ["https://api.example.com/v1"]})).is_err());
+        // An origin with a path is refused when the grant is checked,
+        // naming it.
+        let err = grant(serde_json::json!({"origins": ["https://api.example.com/v1"]}))
+            .expect("shape")
+            .validate("h", &ceiling)
+            .expect_err("a path is no origin");
+        assert!(err.to_string().contains("h.origins[0]"), "{err}");
         assert!(grant(serde_json::json!({"origins": ["https://api.example.com"], "proxy": "x"})).is_err());
     }
 }

@@ -55,14 +55,23 @@ pub(crate) fn resolve(
             guest: m.guest.clone(),
         })
         .collect();
-    let http = capabilities.http.as_ref().map(|http| HttpGrant {
-        origins: http.origins.clone(),
-        methods: http.methods.clone(),
-        path_prefixes: http.path_prefixes.clone(),
-        max_requests: http.max_requests,
-        max_request_bytes: http.max_request_bytes,
-        max_response_bytes: http.max_response_bytes,
-    });
+    let http = match &capabilities.http {
+        Some(http) => Some(HttpGrant {
+            // Validated at submit: a text that no longer parses is this
+            // step's failure, naming it.
+            origins: http
+                .origins
+                .iter()
+                .map(|text| stepd_settings::HttpOrigin::parse(text))
+                .collect::<Result<_, _>>()?,
+            methods: http.methods.clone(),
+            path_prefixes: http.path_prefixes.clone(),
+            max_requests: http.max_requests,
+            max_request_bytes: http.max_request_bytes,
+            max_response_bytes: http.max_response_bytes,
+        }),
+        None => None,
+    };
     Ok(AttemptGrants { env, mounts, http })
 }
 
@@ -82,7 +91,7 @@ pub(crate) fn used(capabilities: &Capabilities, http: &HttpLog, redactor: &Redac
         http_origins: capabilities
             .http
             .iter()
-            .flat_map(|h| h.origins.iter().map(ToString::to_string))
+            .flat_map(|h| h.origins.iter().cloned())
             .collect(),
         http: http
             .exchanges

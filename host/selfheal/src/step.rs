@@ -174,7 +174,7 @@ impl JobRun<'_> {
             step.capabilities
                 .http
                 .as_ref()
-                .is_some_and(|h| h.origins.iter().any(|o| o.to_string() == origin))
+                .is_some_and(|h| h.origins.iter().any(|o| o == origin))
         };
         for exchange in &report.http.exchanges {
             let origin = if granted(&exchange.origin) {

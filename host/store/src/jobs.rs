@@ -167,6 +167,27 @@ impl Store {
         row.as_ref().map(decode_job).transpose()
     }
 
+    /// A job's status and when it last changed (Unix ms), without reading
+    /// its payload: what an event stream polls to know when it is done.
+    pub async fn job_status(&self, id: &str) -> Result<Option<(JobState, i64)>, StoreError> {
+        let row = sqlx::query("SELECT status, updated_at FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("job status"))?;
+        let Some(row) = row else { return Ok(None) };
+        let (status, updated_at): (String, i64) = (
+            row.try_get("status").map_err(db("job status"))?,
+            row.try_get("updated_at").map_err(db("job status"))?,
+        );
+        let status = JobState::parse(&status).ok_or_else(|| StoreError::Malformed {
+            job_id: id.to_owned(),
+            column: "status",
+            message: format!("unknown status {status:?}"),
+        })?;
+        Ok(Some((status, updated_at)))
+    }
+
     /// The newest jobs first, optionally of one status.
     pub async fn list_jobs(&self, status: Option<JobState>, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
         let by_status =

@@ -24,6 +24,7 @@ static POSTGRES: Migrator = sqlx::migrate!("migrations/postgres");
 /// The backend a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Backend {
     /// A SQLite file (the embedded default).
     Sqlite,

@@ -24,14 +24,7 @@ impl Step for Flaky {
         }
         let sleep_on = inputs.get("sleepOnAttempt").and_then(|v| v.as_u64());
         if sleep_on == Some(u64::from(ctx.attempt)) {
-            let sleep_ms = inputs.get("sleepMs").and_then(|v| v.as_u64()).unwrap_or(0);
-            let mut slept = 0;
-            while slept < sleep_ms {
-                let chunk = (sleep_ms - slept).min(100);
-                std::thread::sleep(std::time::Duration::from_millis(chunk));
-                slept += chunk;
-                stepd_sdk::log!("working ({slept}/{sleep_ms} ms)");
-            }
+            stepd_sdk::work_for(inputs.get("sleepMs").and_then(|v| v.as_u64()).unwrap_or(0));
         }
         if u64::from(ctx.attempt) <= fail_attempts {
             return Err(StepError::Retry(format!(

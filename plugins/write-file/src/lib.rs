@@ -13,14 +13,7 @@ struct WriteFile;
 impl Step for WriteFile {
     fn run(ctx: StepContext) -> Result<StepOutput, StepError> {
         let inputs = ctx.inputs_json()?;
-        let sleep_ms = inputs.get("sleepMs").and_then(|v| v.as_u64()).unwrap_or(0);
-        let mut slept = 0;
-        while slept < sleep_ms {
-            let chunk = (sleep_ms - slept).min(100);
-            std::thread::sleep(std::time::Duration::from_millis(chunk));
-            slept += chunk;
-            stepd_sdk::log(&format!("working ({slept}/{sleep_ms} ms)"));
-        }
+        stepd_sdk::work_for(inputs.get("sleepMs").and_then(|v| v.as_u64()).unwrap_or(0));
         let mut files: Vec<(String, String)> = Vec::new();
         if let Some(map) = inputs.get("files").and_then(|f| f.as_object()) {
             for (path, text) in map {
