@@ -230,7 +230,18 @@ impl Cluster {
 
     /// Start one more `stepd worker` process; returns its index.
     pub fn spawn_worker(&mut self) -> usize {
-        let worker = StepdProcess::spawn(&["worker"], &self.env, self._dir.path());
+        self.spawn_worker_with(&[])
+    }
+
+    /// [`Cluster::spawn_worker`] with some of the environment replaced
+    /// (another data directory: a worker on another host).
+    pub fn spawn_worker_with(&mut self, extra_env: &[(&str, &str)]) -> usize {
+        let mut env = self.env.clone();
+        for (k, v) in extra_env {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let worker = StepdProcess::spawn(&["worker"], &env, self._dir.path());
         worker.wait_for_log("stepd worker", Duration::from_secs(60));
         self.workers.push(worker);
         self.workers.len() - 1
@@ -285,6 +296,15 @@ impl Cluster {
             .find(|(k, _)| k == "DATABASE_URL")
             .map(|(_, v)| v.clone())
             .expect("a scale-out cluster has a PostgreSQL URL")
+    }
+
+    /// The store every process of the cluster uses: the PostgreSQL
+    /// database, or the SQLite file in the data directory.
+    pub fn store_url(&self) -> String {
+        match self.mode {
+            Mode::Scale => self.database_url(),
+            Mode::Embedded => stepd_store::Store::sqlite_url(&self.data_dir),
+        }
     }
 
     /// The tables of a scale-out cluster's database with a row holding

@@ -311,7 +311,8 @@ impl TestCa {
         &self.pem_file
     }
 
-    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+    /// The server side: the certificate for `127.0.0.1` and `localhost`.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod crafted;
+pub mod git_server;
 pub mod http_server;
 pub mod inproc;
 pub mod services;

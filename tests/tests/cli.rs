@@ -210,6 +210,42 @@ fn plugin_check_and_run_refuse_files_that_are_not_components() {
 }
 
 #[test]
+fn plugin_check_refuses_a_fifo_a_device_and_a_directory_at_once_naming_each() {
+    let scratch = Scratch::new();
+    let fifo = scratch.dir.path().join("pipe.wasm");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo")
+        .success());
+    let dir = scratch.dir.path().join("dir.wasm");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let cases = [
+        (fifo.display().to_string(), "is a FIFO, not a regular file"),
+        ("/dev/zero".to_owned(), "is a character device, not a regular file"),
+        (dir.display().to_string(), "is a directory, not a regular file"),
+    ];
+    for (path, expected) in cases {
+        let asked = std::time::Instant::now();
+        // Nobody ever writes to the FIFO: a reader that opened it blocking
+        // would wait for ever, and /dev/zero never ends.
+        let out = stepd(&["plugin", "check", &path]);
+        assert!(
+            asked.elapsed() < std::time::Duration::from_secs(5),
+            "{path} took {:?}",
+            asked.elapsed()
+        );
+        assert_eq!(out.status.code(), Some(2), "{path}: {}", text(&out));
+        assert!(
+            text(&out).contains(&path) && text(&out).contains(expected),
+            "{path}: {}",
+            text(&out)
+        );
+        assert_no_panic(&out);
+    }
+}
+
+#[test]
 fn plugin_run_refuses_bad_flags_with_a_message_naming_them() {
     let scratch = Scratch::new();
     let ws = scratch.workspace();

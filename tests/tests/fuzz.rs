@@ -591,6 +591,7 @@ fn any_settings_line() -> impl Strategy<Value = String> {
         "pooling",
         "limit_mb",
         "limit_files",
+        "limit_change_mb",
         "step_timeout_seconds",
         "max_attempts",
         "bind",

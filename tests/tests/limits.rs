@@ -1,7 +1,8 @@
 //! Workspace limits are the step's failure, never the host's. Given a job
 //! whose step leaves its workspace over a limit — directories nested too
 //! deep, a sparse file whose apparent size is over the byte quota, more
-//! entries than the quota — when the step ends and stepd snapshots the
+//! entries than the quota, a change too large to hold while its patch is
+//! made — when the step ends and stepd snapshots the
 //! workspace, then the attempt fails with its own outcome
 //! (`workspace_limit`, naming the limit) as `deterministic_policy` without
 //! reading the workspace's files, the job fails, and `stepd run` exits 1 —
@@ -98,4 +99,18 @@ fn more_entries_than_the_quota_fail_the_step() {
     let step = json!({"id": "spray", "plugin": "write-file", "inputs": {"files": files}});
     let (code, printed, events) = run_one_step(step, &[("STEPD_WORKSPACE_LIMIT_FILES", "20")]);
     assert_limit_failure(code, &printed, &events, "entries, over its limit of 20");
+}
+
+#[test]
+fn a_change_too_large_to_diff_fails_the_step_before_its_patch_is_made() {
+    // 80 MiB of incompressible bytes, under the workspace quota but over
+    // the change limit: the patch would hold all of it at once.
+    let step = json!({"id": "blob", "plugin": "hostile", "inputs": {"probe": "fill", "mb": 80}});
+    let (code, printed, events) = run_one_step(step, &[("STEPD_WORKSPACE_LIMIT_CHANGE_MB", "64")]);
+    assert_limit_failure(
+        code,
+        &printed,
+        &events,
+        "bytes of changed files (old and new sides), over its limit of 67108864",
+    );
 }

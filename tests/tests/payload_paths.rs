@@ -2,13 +2,14 @@
 //! when payloads name a FIFO nobody writes to, `/dev/zero`, a directory, a
 //! text file holding a secret and a core module, then each is refused at
 //! once with a 422 that names the path and the problem — never a digest of
-//! a file that is not a component — and the server keeps answering.
+//! a file that is not a component — while an honest job running beside
+//! them succeeds and `/healthz` answers within 2 s throughout.
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use stepd_tests::cluster::{repo_dir, Cluster, Mode};
+use stepd_tests::cluster::{repo_dir, task, write_step, Cluster, Mode};
 
 async fn submit_plugin_path(cluster: &Cluster, path: &str) -> (u16, Value) {
     let payload = json!({"type": "task", "task": {
@@ -28,7 +29,11 @@ async fn submit_plugin_path(cluster: &Cluster, path: &str) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_paths_that_are_not_component_files_are_refused_at_once_without_a_digest() {
-    let cluster = Cluster::start(Mode::Embedded, 0, 0).await;
+    let cluster = Cluster::start(Mode::Embedded, 1, 0).await;
+    let honest = cluster
+        .submit(&task(1, vec![write_step("one", "a.txt", "1\n", 3000)], json!({})))
+        .await;
+    let watch = HealthWatch::start(&cluster);
     let scratch = tempfile::tempdir().expect("scratch");
     let fifo = scratch.path().join("pipe.wasm");
     assert!(std::process::Command::new("mkfifo")
@@ -72,13 +77,51 @@ async fn plugin_paths_that_are_not_component_files_are_refused_at_once_without_a
         );
         assert!(!message.contains(&secret_digest), "{path}: a digest leaked: {message}");
     }
-    let health = cluster
-        .request(reqwest::Method::GET, "/healthz")
-        .send()
-        .await
-        .expect("healthz");
-    assert_eq!(health.status(), 200);
+    cluster.wait_status(&honest, "succeeded", Duration::from_secs(90)).await;
+    let (answers, slowest) = watch.stop().await;
+    assert!(answers >= 3, "/healthz was asked {answers} times");
+    assert!(slowest < Duration::from_secs(2), "/healthz once took {slowest:?}");
     cluster.shutdown().await;
+}
+
+/// Asks `/healthz` every 100 ms until stopped; counts the 200s and keeps
+/// the slowest answer (a failed or late one counts as the time it took).
+struct HealthWatch {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<(u32, Duration)>,
+}
+
+impl HealthWatch {
+    fn start(cluster: &Cluster) -> Self {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let ask = cluster
+            .request(reqwest::Method::GET, "/healthz")
+            .timeout(Duration::from_secs(5));
+        let task = tokio::spawn(async move {
+            let (mut answers, mut slowest) = (0u32, Duration::ZERO);
+            while !*stopped.borrow() {
+                let asked = Instant::now();
+                let ok = match ask.try_clone().map(|r| r.send()) {
+                    Some(sent) => sent.await.is_ok_and(|r| r.status() == 200),
+                    None => false,
+                };
+                slowest = slowest.max(asked.elapsed());
+                if ok {
+                    answers += 1;
+                } else {
+                    slowest = slowest.max(Duration::from_secs(5));
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), stopped.changed()).await;
+            }
+            (answers, slowest)
+        });
+        HealthWatch { stop, task }
+    }
+
+    async fn stop(self) -> (u32, Duration) {
+        let _ = self.stop.send(true);
+        self.task.await.expect("the watch ran")
+    }
 }
 
 fn hex_digest(bytes: &[u8]) -> String {

@@ -48,7 +48,10 @@ async fn twenty_jobs_claimed_by_four_racing_workers_are_each_claimed_once() {
         let store = db.open().await;
         // Opening again is a no-op migration.
         let again = db.open().await;
-        assert_eq!(again.schema_versions().await.expect("versions"), vec![1, 2, 3, 4, 5]);
+        assert_eq!(
+            again.schema_versions().await.expect("versions"),
+            vec![1, 2, 3, 4, 5, 6, 7]
+        );
         for i in 0..20 {
             submit(&store, &format!("job-{i:02}"), 1).await;
         }
@@ -401,6 +404,77 @@ async fn events_checkpoints_and_attempts_round_trip() {
         store.record_attempt("c", &row).await.expect("attempt");
         store.record_attempt("c", &row).await.expect("same attempt again");
         assert_eq!(store.attempts("c").await.expect("attempts"), vec![row]);
+        store.close().await;
+        db.drop_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_kept_in_the_store_are_replaced_appended_to_and_removed_byte_for_byte() {
+    for db in TestDb::both().await {
+        let store = db.open().await;
+        submit(&store, "arts", 1).await;
+        let patch: Vec<u8> = (0..=255u8).chain([0, 0, 0xff]).collect();
+        store
+            .put_artifact("arts", "patches/steps/step-0000.patch", b"old")
+            .await
+            .expect("put");
+        store
+            .put_artifact("arts", "patches/steps/step-0000.patch", &patch)
+            .await
+            .expect("replace");
+        for line in ["{\"event\":\"one\"}\n", "{\"event\":\"two ünï\"}\n"] {
+            store
+                .append_artifact("arts", "events.jsonl", line)
+                .await
+                .expect("append");
+        }
+        store
+            .put_artifact("arts", "state/steps/step-0001.json", b"{}")
+            .await
+            .expect("put");
+        store
+            .remove_artifact("arts", "state/steps/step-0001.json")
+            .await
+            .expect("remove");
+        let listed: Vec<(String, u64)> = store
+            .artifacts("arts")
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|a| (a.path, a.size))
+            .collect();
+        let events = "{\"event\":\"one\"}\n{\"event\":\"two ünï\"}\n";
+        assert_eq!(
+            listed,
+            vec![
+                ("events.jsonl".to_owned(), events.len() as u64),
+                ("patches/steps/step-0000.patch".to_owned(), patch.len() as u64),
+            ],
+            "{}",
+            db.kind()
+        );
+        assert_eq!(
+            store
+                .artifact("arts", "patches/steps/step-0000.patch")
+                .await
+                .expect("read"),
+            Some(patch.clone())
+        );
+        assert_eq!(
+            store.artifact("arts", "events.jsonl").await.expect("read"),
+            Some(events.as_bytes().to_vec()),
+            "{}",
+            db.kind()
+        );
+        assert_eq!(
+            store
+                .artifact("arts", "state/steps/step-0001.json")
+                .await
+                .expect("read"),
+            None
+        );
+        assert!(store.artifacts("another").await.expect("list").is_empty());
         store.close().await;
         db.drop_now().await;
     }

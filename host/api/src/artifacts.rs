@@ -1,7 +1,10 @@
-//! Artifact listing and download. Paths are checked before any file is
-//! touched (no `..`, no absolute path, no hidden file), and files are
-//! opened through a cap-std directory on the job's artifact directory, so
-//! a symlink planted there cannot lead outside it either.
+//! Artifact listing and download. The store's copy comes first (with
+//! PostgreSQL, workers copy every artifact there, so any API process
+//! serves a job whichever host ran it); else this host's disk, the
+//! embedded default. Paths are checked before anything is read (no `..`,
+//! no absolute path, no hidden file), and files are opened through a
+//! cap-std directory on the job's artifact directory, so a symlink planted
+//! there cannot lead outside it either.
 
 use std::io::Read;
 use std::path::{Component, Path as FsPath};
@@ -64,6 +67,17 @@ pub async fn list(
 ) -> Result<Json<ArtifactList>, ApiError> {
     let id = path_param(id)?;
     load_job(&state, &id).await?;
+    let stored = state.store.artifacts(&id).await?;
+    if !stored.is_empty() {
+        let artifacts = stored
+            .into_iter()
+            .map(|a| ArtifactEntry {
+                path: a.path,
+                size: a.size,
+            })
+            .collect();
+        return Ok(Json(ArtifactList { job_id: id, artifacts }));
+    }
     let root = state.artifact_root.clone();
     let job = id.clone();
     let files = off_thread(move || {
@@ -127,6 +141,9 @@ pub async fn download(
         _ => "application/octet-stream",
     };
     load_job(&state, &id).await?;
+    if let Some(bytes) = state.store.artifact(&id, &path).await? {
+        return Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response());
+    }
     let root = state.artifact_root.clone();
     let bytes = off_thread(move || {
         let dir = job_dir(&root, &id)?;

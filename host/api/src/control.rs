@@ -141,8 +141,13 @@ pub fn plan(
         ControlAction::ResumeFromStep => {
             let index = step_index.unwrap_or_default();
             refuse_resume_past(job, request, index, first_unfinished, &step_ids)?;
+            // One path whatever the job's state: the request waits in
+            // `liveControl.recovery` until a worker acts on it and
+            // acknowledges it — the one running the job, or the next to
+            // claim it. `resume_step` keeps the step in the row for a
+            // queued job, so the claim starts there.
             match job.status {
-                JobState::Running => next.live_control.recovery = Some(asked()),
+                JobState::Running => {}
                 JobState::Queued => next.resume_step = Some(index),
                 _ => {
                     reopen(&mut next, index);
@@ -150,6 +155,7 @@ pub fn plan(
                     reopened = true;
                 }
             }
+            next.live_control.recovery = Some(asked());
         }
     }
     Ok(ControlPlan {
@@ -417,6 +423,32 @@ mod tests {
             ),
             (JobState::Queued, Some(1), 1, None, None)
         );
+        // The next worker to claim it acts on the request and acknowledges it.
+        let pending = p
+            .job
+            .live_control
+            .recovery
+            .clone()
+            .expect("recovery set on a re-opened job");
+        assert_eq!(
+            (pending.action, pending.step_id.as_str()),
+            (ControlAction::ResumeFromStep, "b")
+        );
+        let queued = plan(
+            &job(JobState::Queued),
+            &ask("resume_from_step", Some("a")),
+            "op",
+            "now",
+            1,
+        )
+        .expect("queued");
+        assert_eq!(queued.job.resume_step, Some(0));
+        assert!(
+            queued.job.live_control.recovery.is_some(),
+            "recovery set on a queued job"
+        );
+        let err = plan(&queued.job, &ask("resume_from_step", Some("a")), "op", "now", 1).expect_err("pending");
+        assert!(matches!(err, ControlError::Conflict(_)), "{err}");
     }
 
     #[test]

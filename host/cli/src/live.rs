@@ -62,9 +62,21 @@ impl LiveView {
             Event::JobRequeued {
                 next_job_attempt,
                 delay_seconds,
+                reason,
             } => self.paint(
                 YELLOW,
-                &format!("job requeued: attempt {next_job_attempt} in {delay_seconds}s"),
+                &match reason {
+                    Some(reason) => format!("job requeued: attempt {next_job_attempt} in {delay_seconds}s ({reason})"),
+                    None => format!("job requeued: attempt {next_job_attempt} in {delay_seconds}s"),
+                },
+            ),
+            Event::BaselineFetched {
+                repository,
+                commit,
+                cached,
+            } => format!(
+                "baseline {repository} at {commit}{}",
+                if *cached { " (cached)" } else { " (fetched)" }
             ),
             Event::JobDeadLetter { job_attempts } => {
                 self.paint(RED, &format!("job dead-lettered after {job_attempts} attempt(s)"))

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 use stepd_plugin_file::{read_plugin_file, wasm_kind, PluginFileError, WasmKind};
 
-use stepd_settings::{BaselineRoots, GrantCeiling, SelfHealOverrides};
+use stepd_settings::{is_env_name, BaselineRoots, GrantCeiling, HttpOrigin, HttpScheme, SelfHealOverrides};
 
 use crate::capabilities::Capabilities;
 
@@ -60,12 +60,19 @@ pub struct TaskSpec {
     /// What the task is for; every step is told.
     #[serde(default)]
     pub objective: String,
-    /// The baseline: a git repository (path or URL) or a plain directory.
+    /// The baseline: a git repository (a local path, or an `https://` URL
+    /// of an origin the host fetches from) or a plain directory.
     #[serde(default)]
     pub repository: String,
     /// The branch of `repository` to start from.
     #[serde(default = "default_branch")]
     pub starting_branch: String,
+    /// The secret (by name, one the host may grant) whose value
+    /// authenticates the fetch of a remote `repository`: sent as HTTP basic
+    /// authentication (`x-access-token`), as git hosts take a token. Never
+    /// given in the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_token_secret: Option<String>,
     /// The steps, in order.
     #[serde(default)]
     pub steps: Vec<StepSpec>,
@@ -230,10 +237,17 @@ impl JobPayload {
             stepd_settings::ConfigError::Invalid { variable, reason, .. } => payload_error(variable, reason),
             other => payload_error("task.selfHeal", other.to_string()),
         })?;
-        let repository = resolve_repository(&self.task.repository, base_dir, &grants.baselines)?;
+        let repository = resolve_repository(&self.task.repository, base_dir, grants)?;
         if self.task.starting_branch.trim().is_empty() {
             return Err(payload_error("task.startingBranch", "must not be empty"));
         }
+        if !is_valid_branch_name(&self.task.starting_branch) {
+            return Err(payload_error(
+                "task.startingBranch",
+                format!("{:?} is not a valid git branch name", self.task.starting_branch),
+            ));
+        }
+        self.check_token_secret(&repository, &grants.ceiling)?;
         if self.task.steps.is_empty() {
             return Err(payload_error("task.steps", "a task needs at least one step"));
         }
@@ -282,6 +296,58 @@ impl JobPayload {
     }
 }
 
+impl JobPayload {
+    /// A token secret goes with a remote repository, and only one the host
+    /// may grant.
+    fn check_token_secret(&self, repository: &str, ceiling: &GrantCeiling) -> Result<(), PayloadError> {
+        let Some(name) = &self.task.repository_token_secret else {
+            return Ok(());
+        };
+        let field = "task.repositoryTokenSecret";
+        if !is_remote_url(repository) {
+            return Err(payload_error(
+                field,
+                "only a remote (https://) repository is fetched with a token",
+            ));
+        }
+        if !is_env_name(name) {
+            return Err(payload_error(field, format!("{name:?} is not a secret name")));
+        }
+        if !ceiling.secrets.contains(name) {
+            return Err(payload_error(
+                field,
+                format!(
+                    "secret {name} may not be granted on this host (the operator lists secrets in STEPD_GRANT_SECRETS)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A branch name git takes as `refs/heads/<name>` and no program can read
+/// as an option: the rules of `git check-ref-format`, kept to printable
+/// ASCII.
+fn is_valid_branch_name(name: &str) -> bool {
+    let bad_char = |c: char| !c.is_ascii_graphic() || matches!(c, '~' | '^' | ':' | '?' | '*' | '[' | '\\');
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('-')
+        && !name.contains(bad_char)
+        && !name.contains("..")
+        && !name.contains("@{")
+        && name != "@"
+        && !name.ends_with(".lock")
+        && !name.ends_with('.')
+        && name.split('/').all(|part| !part.is_empty() && !part.starts_with('.'))
+}
+
+/// True for an `http://` or `https://` URL (any case).
+pub fn is_remote_url(repository: &str) -> bool {
+    let head = repository.get(..8).unwrap_or(repository).to_ascii_lowercase();
+    head.starts_with("https://") || head.starts_with("http://")
+}
+
 fn is_valid_step_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
@@ -292,8 +358,9 @@ fn is_valid_step_id(id: &str) -> bool {
         && id != ".."
 }
 
-fn resolve_repository(repository: &str, base_dir: &Path, baselines: &BaselineRoots) -> Result<String, PayloadError> {
+fn resolve_repository(repository: &str, base_dir: &Path, grants: &HostGrants) -> Result<String, PayloadError> {
     let field = "task.repository";
+    let baselines = &grants.baselines;
     let repository = repository.trim();
     if repository.is_empty() {
         return Err(payload_error(
@@ -301,10 +368,17 @@ fn resolve_repository(repository: &str, base_dir: &Path, baselines: &BaselineRoo
             "is required (a git repository path or URL, or a directory)",
         ));
     }
+    if is_remote_url(repository) {
+        return remote_repository(repository, grants);
+    }
     let local = match repository.strip_prefix("file://") {
         Some(path) => PathBuf::from(path),
-        // Another scheme is not a local tree: nothing on this host to guard.
-        None if repository.contains("://") => return Ok(repository.to_owned()),
+        None if repository.contains("://") => {
+            return Err(payload_error(
+                field,
+                format!("{repository:?}: a remote repository is an https:// URL (or a local path, or file://)"),
+            ))
+        }
         None => base_dir.join(repository),
     };
     if !local.is_dir() {
@@ -327,6 +401,24 @@ fn resolve_repository(repository: &str, base_dir: &Path, baselines: &BaselineRoo
         return Ok(repository.to_owned());
     }
     Ok(canonical.to_string_lossy().into_owned())
+}
+
+/// A remote repository is fetched from an origin the host allows: any
+/// `https://` one for `stepd run` on one's own machine, those in
+/// `STEPD_BASELINE_ORIGINS` for a server (a plain `http://` origin only when
+/// listed, anywhere).
+fn remote_repository(url: &str, grants: &HostGrants) -> Result<String, PayloadError> {
+    let field = "task.repository";
+    let origin = HttpOrigin::of_repository_url(url).map_err(|m| payload_error(field, m))?;
+    let listed = grants.ceiling.baseline_origins.contains(&origin);
+    let anywhere = matches!(grants.baselines, BaselineRoots::Any) && origin.scheme == HttpScheme::Https;
+    if !(listed || anywhere) {
+        return Err(payload_error(
+            field,
+            format!("{origin} is not an origin this host fetches baselines from (the operator lists them in STEPD_BASELINE_ORIGINS)"),
+        ));
+    }
+    Ok(url.to_owned())
 }
 
 fn resolve_plugin(

@@ -114,12 +114,28 @@ pub struct AttemptRecord {
     pub granted: GrantsUsed,
 }
 
+/// Where a copy of each artifact write goes besides this host's disk: in
+/// a deployment whose API processes may run on other hosts, the store.
+/// Each call names the artifact by its path inside the job directory and
+/// carries the bytes exactly as written to disk (already redacted). The
+/// calls come from the attempt loop's threads, so an implementation hands
+/// them on and returns at once.
+pub trait ArtifactMirror: Send + Sync {
+    /// `rel` now holds `bytes`.
+    fn put(&self, rel: &str, bytes: &[u8]);
+    /// `text` was appended to `rel` (a log, the event log).
+    fn append(&self, rel: &str, text: &str);
+    /// `rel` is gone.
+    fn remove(&self, rel: &str);
+}
+
 /// The artifact directory of one job. Cheap to clone.
 #[derive(Clone)]
 pub struct JobArtifacts {
     dir: Arc<Dir>,
     path: PathBuf,
     redactor: Arc<Redactor>,
+    mirror: Option<Arc<dyn ArtifactMirror>>,
 }
 
 impl std::fmt::Debug for JobArtifacts {
@@ -166,7 +182,14 @@ impl JobArtifacts {
             dir: Arc::new(dir),
             path: root.join(job_rel),
             redactor,
+            mirror: None,
         })
+    }
+
+    /// The same directory, with every write also handed to `mirror`.
+    pub fn with_mirror(mut self, mirror: Arc<dyn ArtifactMirror>) -> Self {
+        self.mirror = Some(mirror);
+        self
     }
 
     /// The job's artifact directory on the host.
@@ -186,7 +209,23 @@ impl JobArtifacts {
         if result.is_err() {
             let _ = self.dir.remove_file(&tmp);
         }
-        result.map_err(io_error(rel))
+        result.map_err(io_error(rel))?;
+        if let Some(mirror) = &self.mirror {
+            mirror.put(rel, bytes);
+        }
+        Ok(())
+    }
+
+    /// Append `text` to `rel`, creating it when missing.
+    fn append(&self, rel: &str, text: &str) -> Result<(), ArtifactError> {
+        let mut options = OpenOptions::new();
+        options.append(true).create(true);
+        let mut file = self.dir.open_with(rel, &options).map_err(io_error(rel))?;
+        file.write_all(text.as_bytes()).map_err(io_error(rel))?;
+        if let Some(mirror) = &self.mirror {
+            mirror.append(rel, text);
+        }
+        Ok(())
     }
 
     fn write_json<T: serde::Serialize>(&self, rel: &str, value: &T) -> Result<(), ArtifactError> {
@@ -246,6 +285,9 @@ impl JobArtifacts {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_error(&rel)(e)),
             }
+            if let Some(mirror) = &self.mirror {
+                mirror.remove(&rel);
+            }
         }
         Ok(())
     }
@@ -259,21 +301,16 @@ impl JobArtifacts {
         self.write_json(&rel, record)
     }
 
-    /// Append an attempt's output to step `index`'s log (redacted).
+    /// Append an attempt's output to step `index`'s log (redacted). An
+    /// append, not a rewrite: a step's log grows with every attempt.
     pub fn append_step_log(&self, index: u32, text: &str) -> Result<(), ArtifactError> {
         let rel = format!("logs/steps/{}.log", step_name(index));
-        let mut log = self.read_optional(&rel)?.unwrap_or_default();
-        log.extend_from_slice(self.redactor.redact(text).as_bytes());
-        self.write_atomic(&rel, &log)
+        self.append(&rel, &self.redactor.redact(text))
     }
 
     /// Append one already-serialized, already-redacted event line.
     pub(crate) fn append_event_line(&self, line: &str) -> Result<(), ArtifactError> {
-        let rel = "events.jsonl";
-        let mut options = OpenOptions::new();
-        options.append(true).create(true);
-        let mut file = self.dir.open_with(rel, &options).map_err(io_error(rel))?;
-        file.write_all(format!("{line}\n").as_bytes()).map_err(io_error(rel))
+        self.append("events.jsonl", &format!("{line}\n"))
     }
 
     /// Every event line recorded so far, in order, parsed as `T` (the

@@ -179,6 +179,10 @@ pub enum Event {
         next_job_attempt: u32,
         /// How long the queue waits first.
         delay_seconds: u64,
+        /// Why, when it was not a step's retryable failures (a remote
+        /// baseline that could not be fetched).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// A retryable failure with no job attempts left.
     #[serde(rename = "task.job.dead_letter", rename_all = "camelCase")]
@@ -226,6 +230,17 @@ pub enum Event {
     /// Self-heal gives up on the step for this job attempt.
     #[serde(rename = "task.self_heal.exhausted")]
     SelfHealExhausted(SelfHealDecision),
+    /// A remote baseline is in this host's cache at the commit the job
+    /// runs on (fetched now, or found there).
+    #[serde(rename = "task.baseline.fetched", rename_all = "camelCase")]
+    BaselineFetched {
+        /// The repository's URL.
+        repository: String,
+        /// The commit (pinned for the job on its first fetch).
+        commit: String,
+        /// True when the cache held it and nothing was fetched.
+        cached: bool,
+    },
     /// The workspace was rebuilt to continue at a step.
     #[serde(rename = "task.resume.from_step", rename_all = "camelCase")]
     ResumeFromStep {

@@ -43,7 +43,7 @@ pub(crate) fn resolve(
         env.push((name.clone(), value));
     }
     for name in &capabilities.secrets {
-        let value = secret_value(name, secrets)?;
+        let value = secret_value("capabilities.secrets", name, secrets)?;
         redactor.register(&value);
         env.push((name.clone(), value));
     }
@@ -113,31 +113,28 @@ pub(crate) fn used(capabilities: &Capabilities, http: &HttpLog, redactor: &Redac
 }
 
 /// A secret's value: the worker's variable of that name, else the file of
-/// that name in the secrets directory.
-fn secret_value(name: &str, source: &SecretSource<'_>) -> Result<String, String> {
+/// that name in the secrets directory. Errors name `field` (what asked
+/// for the secret) and the secret, never its value.
+pub(crate) fn secret_value(field: &str, name: &str, source: &SecretSource<'_>) -> Result<String, String> {
     if let Some(value) = (source.env)(name).filter(|v| !v.is_empty()) {
         return Ok(value);
     }
     let Some(dir) = source.dir else {
         return Err(format!(
-            "capabilities.secrets: this worker holds no secret {name} (not in its environment, and no STEPD_SECRETS_DIR)"
+            "{field}: this worker holds no secret {name} (not in its environment, and no STEPD_SECRETS_DIR)"
         ));
     };
     let path = dir.join(name);
-    let file = std::fs::File::open(&path)
-        .map_err(|e| format!("capabilities.secrets: secret {name} ({}): {e}", path.display()))?;
+    let file = std::fs::File::open(&path).map_err(|e| format!("{field}: secret {name} ({}): {e}", path.display()))?;
     let meta = file
         .metadata()
-        .map_err(|e| format!("capabilities.secrets: secret {name} ({}): {e}", path.display()))?;
+        .map_err(|e| format!("{field}: secret {name} ({}): {e}", path.display()))?;
     if !meta.is_file() {
-        return Err(format!(
-            "capabilities.secrets: {} is not a regular file",
-            path.display()
-        ));
+        return Err(format!("{field}: {} is not a regular file", path.display()));
     }
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(format!(
-            "capabilities.secrets: {} may be read by others (mode {:o}); make it readable by its owner only",
+            "{field}: {} may be read by others (mode {:o}); make it readable by its owner only",
             path.display(),
             meta.permissions().mode() & 0o777
         ));
@@ -145,16 +142,16 @@ fn secret_value(name: &str, source: &SecretSource<'_>) -> Result<String, String>
     let mut value = String::new();
     file.take(MAX_SECRET_BYTES + 1)
         .read_to_string(&mut value)
-        .map_err(|e| format!("capabilities.secrets: secret {name} ({}): {e}", path.display()))?;
+        .map_err(|e| format!("{field}: secret {name} ({}): {e}", path.display()))?;
     if value.len() as u64 > MAX_SECRET_BYTES {
         return Err(format!(
-            "capabilities.secrets: {} is larger than {MAX_SECRET_BYTES} bytes",
+            "{field}: {} is larger than {MAX_SECRET_BYTES} bytes",
             path.display()
         ));
     }
     let value = value.trim_end_matches(['\n', '\r']).to_owned();
     if value.is_empty() {
-        return Err(format!("capabilities.secrets: {} is empty", path.display()));
+        return Err(format!("{field}: {} is empty", path.display()));
     }
     Ok(value)
 }

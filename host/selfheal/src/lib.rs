@@ -14,6 +14,7 @@
 //! artifacts/events/metrics record. Nothing here knows about queues,
 //! leases or HTTP (tests/tests/architecture.rs holds it to that).
 
+mod baseline;
 mod classify;
 mod grants;
 mod job_run;

@@ -11,21 +11,23 @@
 //! the pass.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
 
 use stepd_job::control::{ControlAction, RecoveryRequest};
 use stepd_job::payload::ValidatedJob;
-use stepd_records::artifacts::{ArtifactError, JobArtifacts};
+use stepd_records::artifacts::{ArtifactError, ArtifactMirror, JobArtifacts};
 use stepd_records::events::{Event, EventObserver, EventSink};
 use stepd_records::metrics::Metrics;
 use stepd_records::redact::Redactor;
 use stepd_runtime::{CancellationToken, Runtime};
 use stepd_settings::{RetryBackoff, SelfHealConfig, WorkspaceQuota};
-use stepd_workspace::{Quota, TreeId, Workspace, WorkspaceError};
+use stepd_workspace::remote::RemoteOptions;
+use stepd_workspace::Quota;
 
+use crate::baseline::{prepare, BaselineSource, Prepared};
 use crate::{blocking, Checkpoint, FailureClass, JobRun, JobRunParts, PassOutcome, RunHooks, SelfHealError};
 
 /// How a job ended.
@@ -94,12 +96,17 @@ pub struct JobSpec<'a> {
     pub artifact_root: PathBuf,
     /// The workspace and its git store go to `<work_root>/<job_id>/`.
     pub work_root: PathBuf,
+    /// How remote baselines are fetched, and the host's cache of them.
+    pub remote: RemoteOptions,
     /// The scrubber every record passes through.
     pub redactor: Arc<Redactor>,
     /// Where metrics go.
     pub metrics: Metrics,
     /// Sees every event as it is recorded (a live view, the store's copy).
     pub observer: Option<EventObserver>,
+    /// Gets a copy of every artifact write (the store, when API processes
+    /// may run on other hosts than this one).
+    pub artifact_mirror: Option<Arc<dyn ArtifactMirror>>,
 }
 
 /// Where a run of the job starts, as earlier runs left it.
@@ -124,6 +131,13 @@ pub struct JobStart {
     /// The retry context an earlier job attempt left for a step (step
     /// index, its JSON as events carry it): the step's next attempt is told.
     pub retry_contexts: Vec<(u32, serde_json::Value)>,
+    /// The commit of a remote baseline an earlier run fetched: this run
+    /// materialises that one, whatever the branch's tip is now.
+    pub baseline_commit: Option<String>,
+    /// A recovery an operator asked for before this host took the job:
+    /// the start carries it out (`step` is its step, `rebuild` is set),
+    /// and it is acknowledged once the rebuild is done.
+    pub acknowledge: Option<RecoveryRequest>,
 }
 
 impl JobStart {
@@ -137,6 +151,8 @@ impl JobStart {
             checkpoints: None,
             resets_used: 0,
             retry_contexts: Vec::new(),
+            acknowledge: None,
+            baseline_commit: None,
         }
     }
 }
@@ -178,7 +194,7 @@ impl Ending {
     }
 
     /// A failure of step `(id, index)` when there is one.
-    fn failed(step: (Option<String>, Option<u32>), class: &str, reason: String) -> Self {
+    pub(crate) fn failed(step: (Option<String>, Option<u32>), class: &str, reason: String) -> Self {
         Ending {
             status: JobStatus::Failed,
             event: Event::JobFailed {
@@ -199,7 +215,7 @@ impl Ending {
         }
     }
 
-    fn dead_letter(job_attempts: u32) -> Self {
+    pub(crate) fn dead_letter(job_attempts: u32) -> Self {
         Ending {
             status: JobStatus::DeadLetter,
             event: Event::JobDeadLetter { job_attempts },
@@ -274,6 +290,14 @@ pub trait JobHost: Send {
         events: &EventSink,
         request: &RecoveryRequest,
     ) -> impl Future<Output = Result<(), LifecycleError>> + Send;
+    /// The job's remote baseline was fetched for the first time, at
+    /// `commit`: keep it where the job's later runs find it
+    /// ([`JobStart::baseline_commit`]). A host whose runs never leave it
+    /// keeps nothing.
+    fn pin_baseline(&mut self, commit: &str) -> impl Future<Output = Result<(), LifecycleError>> + Send {
+        let _ = commit;
+        async { Ok(()) }
+    }
 }
 
 /// Run a job on `host` until it ends or leaves: `None` when it left
@@ -286,7 +310,10 @@ pub async fn run_job<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<Opti
 
 async fn run_job_in_span<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<Option<JobStatus>, LifecycleError> {
     let redactor = spec.redactor.clone();
-    let artifacts = blocking(|| JobArtifacts::open(&spec.artifact_root, &spec.job_id, redactor.clone()))?;
+    let mut artifacts = blocking(|| JobArtifacts::open(&spec.artifact_root, &spec.job_id, redactor.clone()))?;
+    if let Some(mirror) = spec.artifact_mirror {
+        artifacts = artifacts.with_mirror(mirror);
+    }
     let mut events = blocking(|| EventSink::new(&spec.job_id, artifacts.clone(), redactor.clone()))?;
     if let Some(observer) = spec.observer {
         events = events.with_observer(observer);
@@ -301,17 +328,43 @@ async fn run_job_in_span<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<
     if let Some(ending) = missing_plugin(&job) {
         return settled(host.settle(&events, ending, false).await?);
     }
-    let (workspace, baseline) = match blocking(|| prepare_workspace(&spec.work_root, &spec.job_id, &job))? {
-        Ok(pair) => pair,
-        Err(e) => {
-            let reason = format!("materialising the baseline: {e}");
-            let ending = Ending::failed((None, None), FailureClass::DeterministicRepo.as_str(), reason);
-            return settled(host.settle(&events, ending, false).await?);
+    let start = host.restore(&artifacts).await?;
+    let max_attempts = job.payload.max_attempts;
+    let mut job_attempt = start.job_attempt;
+    let source = BaselineSource {
+        work_root: &spec.work_root,
+        job_id: &spec.job_id,
+        remote: &spec.remote,
+        secrets_dir: spec.secrets_dir.as_deref(),
+        pinned: start.baseline_commit.as_deref(),
+    };
+    let (workspace, baseline) = loop {
+        match prepare(&source, &job, host, &events, &redactor).await? {
+            Prepared::Ready(workspace, tree) => break (*workspace, tree),
+            Prepared::Failed(ending) => return settled(host.settle(&events, *ending, false).await?),
+            // A remote that cannot be reached now: a queue retry, as a
+            // step's transient failure would be.
+            Prepared::Transient(reason) if job_attempt >= max_attempts => {
+                let mut ending = Ending::dead_letter(job_attempt);
+                ending.error = Some(reason);
+                return settled(host.settle(&events, ending, false).await?);
+            }
+            Prepared::Transient(reason) => {
+                tracing::warn!(job = %spec.job_id, %reason, "baseline not fetched; requeueing the job");
+                let delay = spec.retry.delay_after(job_attempt);
+                events.emit(Event::JobRequeued {
+                    next_job_attempt: job_attempt + 1,
+                    delay_seconds: delay.as_secs(),
+                    reason: Some(reason),
+                })?;
+                match host.requeue(&events, job_attempt + 1, delay).await? {
+                    Requeued::Left(status) => return Ok(status),
+                    Requeued::RunAgain => job_attempt += 1,
+                }
+            }
         }
     };
-    let start = host.restore(&artifacts).await?;
     let config = spec.self_heal.with_overrides(&job.payload.task.self_heal);
-    let max_attempts = job.payload.max_attempts;
     let step_ids: Vec<String> = job.steps.iter().map(|s| s.id.clone()).collect();
     let mut run = JobRun::new(JobRunParts {
         runtime: spec.runtime,
@@ -328,6 +381,7 @@ async fn run_job_in_span<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<
         quota: Quota {
             max_bytes: spec.workspace_quota.max_bytes,
             max_entries: spec.workspace_quota.max_entries,
+            max_change_bytes: spec.workspace_quota.max_change_bytes,
         },
         secrets_dir: spec.secrets_dir,
     });
@@ -340,14 +394,24 @@ async fn run_job_in_span<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<
     if let Some(checkpoints) = start.checkpoints {
         run.keep_checkpoints(checkpoints);
     }
-    if start.rebuild {
-        if let Err(e) = run.resume_from_step(start.step)? {
-            let step = (step_ids.get(start.step as usize).cloned(), Some(start.step));
-            let reason = format!("rebuilding the workspace for step {}: {e}", start.step);
-            let ending = Ending::failed(step, FailureClass::DeterministicRepo.as_str(), reason);
-            return settled(host.settle(&events, ending, false).await?);
-        }
+    let rebuilt = if start.rebuild {
+        Some(run.resume_from_step(start.step)?)
+    } else {
+        None
+    };
+    if let Some(Ok(())) = rebuilt {
         host.forget_checkpoints_from(start.step).await?;
+    }
+    // Acted on either way, as a running job's recovery is: a failed
+    // rebuild ends the job, and says why.
+    if let Some(request) = &start.acknowledge {
+        host.acknowledge(&events, request).await?;
+    }
+    if let Some(Err(e)) = rebuilt {
+        let step = (step_ids.get(start.step as usize).cloned(), Some(start.step));
+        let reason = format!("rebuilding the workspace for step {}: {e}", start.step);
+        let ending = Ending::failed(step, FailureClass::DeterministicRepo.as_str(), reason);
+        return settled(host.settle(&events, ending, false).await?);
     }
     let mut passes = Passes {
         run,
@@ -356,7 +420,7 @@ async fn run_job_in_span<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<
         step_ids,
         max_attempts,
         retry: spec.retry,
-        job_attempt: start.job_attempt,
+        job_attempt,
     };
     passes.drive(start.step).await
 }
@@ -384,31 +448,6 @@ fn settled(settled: Settled) -> Result<Option<JobStatus>, LifecycleError> {
         Settled::Left(status) => status,
         Settled::Interrupted => None,
     })
-}
-
-/// An empty `<work_root>/<job_id>/` holding the workspace materialised from
-/// the job's baseline and the git store beside it. The outer error is the
-/// host's (the directory); the inner one the baseline's, a job failure.
-fn prepare_workspace(
-    work_root: &Path,
-    job_id: &str,
-    job: &ValidatedJob,
-) -> Result<Result<(Workspace, TreeId), WorkspaceError>, LifecycleError> {
-    let job_dir = work_root.join(job_id);
-    let work_dir = |source| LifecycleError::WorkDir {
-        path: job_dir.clone(),
-        source,
-    };
-    if job_dir.exists() {
-        std::fs::remove_dir_all(&job_dir).map_err(work_dir)?;
-    }
-    std::fs::create_dir_all(&job_dir).map_err(work_dir)?;
-    Ok(Workspace::create_from_baseline(
-        &job.repository,
-        &job.payload.task.starting_branch,
-        &job_dir.join("workspace"),
-        &job_dir.join("git"),
-    ))
 }
 
 /// The passes over a job's steps on one host.
@@ -513,6 +552,7 @@ impl<H: JobHost> Passes<'_, '_, H> {
                 self.events.emit(Event::JobRequeued {
                     next_job_attempt: next_attempt,
                     delay_seconds: delay.as_secs(),
+                    reason: None,
                 })?;
                 match self.host.requeue(&self.events, next_attempt, delay).await? {
                     Requeued::Left(status) => AfterPass::Left(status),

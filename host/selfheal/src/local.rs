@@ -16,6 +16,7 @@ use stepd_records::metrics::Metrics;
 use stepd_records::redact::Redactor;
 use stepd_runtime::{CancellationToken, Runtime};
 use stepd_settings::Settings;
+use stepd_workspace::remote::{RemoteOptions, BASELINE_CACHE};
 
 use crate::lifecycle::{
     run_job, Ending, Interruption, JobHost, JobSpec, JobStart, JobStatus, LifecycleError, Requeued, Settled,
@@ -98,8 +99,14 @@ pub async fn run_local(
         artifact_root: options.artifact_root.clone(),
         work_root: options.work_root.clone(),
         metrics: Metrics::new(settings.statsd.as_ref(), redactor.clone()),
+        remote: RemoteOptions {
+            cache_dir: options.work_root.join(BASELINE_CACHE),
+            timeout: settings.grants.baseline_fetch_timeout(),
+            extra_ca: settings.runtime.http_extra_ca.clone(),
+        },
         redactor,
         observer,
+        artifact_mirror: None,
     };
     let status = run_job(spec, &mut LocalHost { cancel }).await?;
     // A local host always ends the job itself.

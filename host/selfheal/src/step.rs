@@ -217,8 +217,12 @@ impl JobRun<'_> {
         self.count_http(scope, step, &report);
         let start_tree = state.start_tree;
         let (after, patch) = blocking(|| -> Result<_, SelfHealError> {
-            let changes = match self.workspace.snapshot_within(self.quota) {
-                Ok(after) => (after, self.workspace.diff(start_tree, after)?),
+            let changes = self
+                .workspace
+                .snapshot_within(self.quota)
+                .and_then(|after| Ok((after, self.workspace.diff_within(start_tree, after, self.quota)?)));
+            let changes = match changes {
+                Ok(changes) => changes,
                 // The step left the workspace over a limit: its failure.
                 Err(e) if e.is_limit() => {
                     report.outcome = AttemptOutcome::WorkspaceLimit { message: e.to_string() };

@@ -1,14 +1,19 @@
 //! What this host will ever grant a step (`[grants]` in the config file):
 //! the environment variable names and secret names it will hand a guest,
-//! the directories under which a step may mount a read-only tree, and the
-//! directories whose trees may serve as a job's local baseline. A job that
+//! the directories under which a step may mount a read-only tree, the
+//! directories whose trees may serve as a job's local baseline, and the
+//! origins remote baselines may be fetched from (and how long a fetch may
+//! take). A job that
 //! asks for more is refused whole, naming the grant (never silently
 //! trimmed); with nothing set, a step gets nothing beyond its workspace.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use super::{invalid, ConfigError, HttpOrigin};
+use super::{invalid, parse_positive, ConfigError, HttpOrigin};
+
+/// How long fetching a remote baseline may take when nothing is set.
+pub const DEFAULT_BASELINE_FETCH_TIMEOUT_SECONDS: u64 = 300;
 
 /// The grant ceiling.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -36,6 +41,15 @@ pub struct GrantCeiling {
     /// `https://api.example.com`, default none): the origins a step may be
     /// allowed to call through `wasi:http`.
     pub http_origins: BTreeSet<HttpOrigin>,
+    /// `STEPD_BASELINE_ORIGINS` (comma-separated origins such as
+    /// `https://github.com`, default none): where a server fetches remote
+    /// baselines from (`stepd run` fetches from any `https://` origin). A
+    /// plain `http://` origin is allowed only when listed.
+    pub baseline_origins: BTreeSet<HttpOrigin>,
+    /// `STEPD_BASELINE_FETCH_TIMEOUT_SECONDS` (default 300): the longest
+    /// one git run of a remote baseline's fetch may take (`None` in a
+    /// ceiling built by hand: the default).
+    pub baseline_fetch_timeout_seconds: Option<u64>,
 }
 
 /// Where local baselines may come from.
@@ -65,6 +79,14 @@ impl GrantCeiling {
                 })
                 .collect()
         };
+        let origins = |variable: &str| -> Result<BTreeSet<HttpOrigin>, ConfigError> {
+            let Some(value) = lookup(variable) else {
+                return Ok(BTreeSet::new());
+            };
+            list(&value)
+                .map(|origin| HttpOrigin::parse(origin).map_err(|m| invalid(variable, &value, &m)))
+                .collect()
+        };
         let dirs = |variable: &str| -> Result<Option<Vec<PathBuf>>, ConfigError> {
             let Some(value) = lookup(variable) else {
                 return Ok(None);
@@ -83,15 +105,23 @@ impl GrantCeiling {
                 .transpose()?,
             mount_roots: dirs("STEPD_MOUNT_ROOTS")?.unwrap_or_default(),
             baseline_roots: dirs("STEPD_BASELINE_ROOTS")?,
-            http_origins: match lookup("STEPD_GRANT_HTTP_ORIGINS") {
-                None => BTreeSet::new(),
-                Some(value) => list(&value)
-                    .map(|origin| {
-                        HttpOrigin::parse(origin).map_err(|m| invalid("STEPD_GRANT_HTTP_ORIGINS", &value, &m))
-                    })
-                    .collect::<Result<_, _>>()?,
-            },
+            http_origins: origins("STEPD_GRANT_HTTP_ORIGINS")?,
+            baseline_origins: origins("STEPD_BASELINE_ORIGINS")?,
+            baseline_fetch_timeout_seconds: Some(
+                lookup("STEPD_BASELINE_FETCH_TIMEOUT_SECONDS")
+                    .map(|v| parse_positive("STEPD_BASELINE_FETCH_TIMEOUT_SECONDS", &v))
+                    .transpose()?
+                    .unwrap_or(DEFAULT_BASELINE_FETCH_TIMEOUT_SECONDS),
+            ),
         })
+    }
+
+    /// How long one git run of a remote baseline's fetch may take.
+    pub fn baseline_fetch_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.baseline_fetch_timeout_seconds
+                .unwrap_or(DEFAULT_BASELINE_FETCH_TIMEOUT_SECONDS),
+        )
     }
 
     /// Where a server (`stepd serve`, `stepd worker`) takes local

@@ -301,12 +301,33 @@ pub const SETTING_KEYS: &[SettingKey] = &[
         Some("100000"),
         Shown::Plain,
     ),
+    key(
+        "workspace",
+        "limit_change_mb",
+        "STEPD_WORKSPACE_LIMIT_CHANGE_MB",
+        Some("128"),
+        Shown::Plain,
+    ),
     key("grants", "env", "STEPD_GRANT_ENV", None, Shown::Plain),
     key("grants", "secrets", "STEPD_GRANT_SECRETS", None, Shown::Plain),
     key("grants", "secrets_dir", "STEPD_SECRETS_DIR", None, Shown::Plain),
     key("grants", "mount_roots", "STEPD_MOUNT_ROOTS", None, Shown::Plain),
     key("grants", "baseline_roots", "STEPD_BASELINE_ROOTS", None, Shown::Plain),
     key("grants", "http_origins", "STEPD_GRANT_HTTP_ORIGINS", None, Shown::Plain),
+    key(
+        "grants",
+        "baseline_origins",
+        "STEPD_BASELINE_ORIGINS",
+        None,
+        Shown::Plain,
+    ),
+    key(
+        "grants",
+        "baseline_fetch_timeout_seconds",
+        "STEPD_BASELINE_FETCH_TIMEOUT_SECONDS",
+        Some("300"),
+        Shown::Plain,
+    ),
 ];
 
 impl Settings {

@@ -74,6 +74,27 @@ impl HttpOrigin {
         Ok(HttpOrigin { scheme, host, port })
     }
 
+    /// The origin of a remote repository's URL (`https://host/owner/repo`),
+    /// after checking the URL can name nothing but a repository: no
+    /// credentials (they come from a declared secret), no query or
+    /// fragment, a path.
+    pub fn of_repository_url(text: &str) -> Result<Self, String> {
+        let url = url::Url::parse(text.trim()).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!(
+                "{text:?}: a repository URL carries no credentials (name a secret in repositoryTokenSecret)"
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() || url.path().len() < 2 {
+            return Err(format!(
+                "{text:?}: a repository URL is scheme, host, port and the repository's path only"
+            ));
+        }
+        let mut origin = url.clone();
+        origin.set_path("/");
+        Self::parse(origin.as_str())
+    }
+
     /// The host as an IP address, when the origin names one literally.
     pub fn literal_ip(&self) -> Option<IpAddr> {
         self.host.parse().ok()

@@ -15,6 +15,11 @@ pub struct WorkspaceQuota {
     /// `STEPD_WORKSPACE_LIMIT_FILES` (default 100000): files, symlinks and
     /// directories together.
     pub max_entries: u64,
+    /// `STEPD_WORKSPACE_LIMIT_CHANGE_MB` (default 128): bytes of the files
+    /// one attempt changed, old and new sides together. Making the step's
+    /// patch holds each changed file whole, so this bounds the host memory
+    /// an attempt's changes cost (and the patch kept in the store).
+    pub max_change_bytes: u64,
 }
 
 impl Default for WorkspaceQuota {
@@ -22,6 +27,7 @@ impl Default for WorkspaceQuota {
         WorkspaceQuota {
             max_bytes: 1024 << 20,
             max_entries: 100_000,
+            max_change_bytes: 128 << 20,
         }
     }
 }
@@ -39,6 +45,12 @@ impl WorkspaceQuota {
         if let Some(value) = lookup("STEPD_WORKSPACE_LIMIT_FILES") {
             quota.max_entries = parse_positive("STEPD_WORKSPACE_LIMIT_FILES", &value)?;
         }
+        if let Some(value) = lookup("STEPD_WORKSPACE_LIMIT_CHANGE_MB") {
+            let mib = parse_positive("STEPD_WORKSPACE_LIMIT_CHANGE_MB", &value)?;
+            quota.max_change_bytes = mib
+                .checked_mul(1 << 20)
+                .ok_or_else(|| invalid("STEPD_WORKSPACE_LIMIT_CHANGE_MB", &value, "is too large"))?;
+        }
         Ok(quota)
     }
 }
@@ -52,6 +64,7 @@ mod tests {
         let quota = WorkspaceQuota::from_lookup(&|name| match name {
             "STEPD_WORKSPACE_LIMIT_MB" => Some("2".into()),
             "STEPD_WORKSPACE_LIMIT_FILES" => Some("50".into()),
+            "STEPD_WORKSPACE_LIMIT_CHANGE_MB" => Some("3".into()),
             _ => None,
         })
         .expect("valid");
@@ -59,7 +72,8 @@ mod tests {
             quota,
             WorkspaceQuota {
                 max_bytes: 2 << 20,
-                max_entries: 50
+                max_entries: 50,
+                max_change_bytes: 3 << 20,
             }
         );
         let err = WorkspaceQuota::from_lookup(&|name| (name == "STEPD_WORKSPACE_LIMIT_FILES").then(|| "0".into()))

@@ -428,6 +428,36 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// The commit job `id`'s remote baseline was first fetched at, if it was.
+    pub async fn baseline_commit(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT baseline_commit FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db("read baseline commit"))?;
+        row.map(|r| r.try_get::<Option<String>, _>("baseline_commit"))
+            .transpose()
+            .map(Option::flatten)
+            .map_err(db("read baseline commit"))
+    }
+
+    /// Pin job `id`'s remote baseline at `commit`, once: a later run of the
+    /// job, on any worker, materialises that commit. Only under `owner`'s
+    /// lease, and never over a pin already there. True when pinned now.
+    pub async fn pin_baseline_commit(&self, id: &str, owner: &str, commit: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE jobs SET baseline_commit = $1 \
+             WHERE id = $2 AND lease_owner = $3 AND status = 'running' AND baseline_commit IS NULL",
+        )
+        .bind(commit)
+        .bind(id)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db("pin baseline commit"))?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Forget a `resume_step` once the worker has rebuilt for it.
     pub async fn clear_resume_step(&self, id: &str, owner: &str) -> Result<(), StoreError> {
         // Bumping the version makes a control write planned before this

@@ -8,6 +8,7 @@
 //!
 //! Times are Unix milliseconds in the database and RFC 3339 on the wire.
 
+mod artifacts;
 mod jobs;
 mod records;
 mod schema;
@@ -18,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
+pub use artifacts::StoredArtifact;
 pub use jobs::{ClaimedBy, ControlWrite, NewJob, StoreGauges};
 pub use records::{AttemptRow, CheckpointRow, ControlEventRow, StoredEvent};
 pub use schema::{Backend, SchemaError};

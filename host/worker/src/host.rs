@@ -30,6 +30,12 @@ pub struct ServiceHost {
     /// The step an operator asked the job to resume from before it was
     /// claimed; cleared once the workspace is rebuilt there.
     resume_step: Option<u32>,
+    /// A recovery an operator asked for before this worker claimed the
+    /// job (`liveControl.recovery` of a queued or re-opened job, or of a
+    /// job whose worker died before acting on it). The claim's own
+    /// rebuild carries it out, so it is acknowledged after that rebuild
+    /// rather than acted on a second time.
+    claimed_recovery: Option<(RecoveryRequest, Option<u32>)>,
     link: Arc<JobLink>,
     recorder: EventRecorder,
     /// Scrubs the job's ending message before the store keeps it.
@@ -50,7 +56,14 @@ impl ServiceHost {
         recorder: EventRecorder,
         redactor: Arc<Redactor>,
     ) -> Self {
+        // Taken from the link now, so neither the first pass nor a
+        // heartbeat that still reads it in the store acts on it again.
+        let claimed_recovery = link.take_pending().map(|request| {
+            let index = job.step_ids().iter().position(|s| *s == request.step_id);
+            (request, index.and_then(|i| u32::try_from(i).ok()))
+        });
         ServiceHost {
+            claimed_recovery,
             redactor,
             store,
             by,
@@ -101,6 +114,13 @@ impl JobHost for ServiceHost {
             .into_iter()
             .filter_map(|(step, row)| row.retry_context.clone().map(|context| (step, context)))
             .collect();
+        // A recovery asked before the claim names where to start: a
+        // resume its step; a retry or a hard reset of the step that was
+        // running is this claim's rebuild at that step (the store's
+        // checkpoints end there).
+        if let Some((_, Some(index))) = &self.claimed_recovery {
+            self.resume_step = Some(self.resume_step.map_or(*index, |k| k.min(*index)));
+        }
         let step = self.resume_step.map_or(prefix, |k| k.min(prefix));
         // Every hard reset self-heal spent is an event in the store.
         let resets_used = self
@@ -108,9 +128,12 @@ impl JobHost for ServiceHost {
             .count_events(&self.job_id, stepd_records::events::SELF_HEAL_ESCALATED)
             .await
             .map_err(store_error)?;
+        let baseline_commit = self.store.baseline_commit(&self.job_id).await.map_err(store_error)?;
         Ok(JobStart {
+            baseline_commit,
             resets_used,
             retry_contexts,
+            acknowledge: self.claimed_recovery.take().map(|(request, _)| request),
             step,
             rebuild: step > 0 || self.resume_step.is_some() || any_stored,
             job_attempt: self.job_attempt,
@@ -240,6 +263,7 @@ impl JobHost for ServiceHost {
     /// stopping, or the pass ended early): hand the job back rather than
     /// lose it.
     async fn hand_back(&mut self, _events: &EventSink) -> Result<Option<JobStatus>, LifecycleError> {
+        self.recorder.flush().await;
         self.store
             .release(&self.job_id, self.owner())
             .await
@@ -258,6 +282,14 @@ impl JobHost for ServiceHost {
                 .await
                 .map_err(store_error)?;
         }
+        Ok(())
+    }
+
+    async fn pin_baseline(&mut self, commit: &str) -> Result<(), LifecycleError> {
+        self.store
+            .pin_baseline_commit(&self.job_id, self.owner(), commit)
+            .await
+            .map_err(store_error)?;
         Ok(())
     }
 

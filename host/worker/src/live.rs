@@ -237,7 +237,9 @@ impl RunHooks for ServiceHooks {
             };
             let mut last = String::new();
             for delay in [0u64, 200, 1000, 3000] {
-                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                if delay > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                }
                 match self.store.put_checkpoint(&self.job_id, &self.owner, &row).await {
                     Ok(true) => return Ok(()),
                     Ok(false) => return Err("this worker no longer holds the job's lease".into()),

@@ -2,19 +2,32 @@
 //! attempt loop's path: the loop's event sink is synchronous, so it hands
 //! each record to a channel and this task writes it (numbered by the
 //! store), noting the running step and each finished attempt as it goes.
-//! `flush` waits until everything handed over so far is written, so a job's
-//! status never changes before its events are readable.
+//! With PostgreSQL it copies the job's artifacts too (see
+//! [`EventRecorder::artifact_mirror`]), on the same channel, so they keep
+//! their order with the events. `flush` waits until everything handed over
+//! so far is written, so a job's status never changes before its events
+//! and artifacts are readable.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use stepd_records::artifacts::ArtifactMirror;
 use stepd_records::events::{Event, EventObserver, EventRecord};
 use stepd_store::{AttemptRow, Store};
 
 enum Message {
     Record(Box<EventRecord>),
+    Artifact(ArtifactWrite),
     Flush(oneshot::Sender<()>),
+}
+
+/// One artifact write to copy.
+enum ArtifactWrite {
+    Put(String, Vec<u8>),
+    Append(String, String),
+    Remove(String),
 }
 
 /// The sending side; the observer it makes goes on the job's event sink.
@@ -32,6 +45,7 @@ impl EventRecorder {
             while let Some(message) = rx.recv().await {
                 match message {
                     Message::Record(record) => write(&store, &job_id, &worker, &workspace, &record).await,
+                    Message::Artifact(artifact) => copy(&store, &job_id, &artifact).await,
                     Message::Flush(done) => {
                         let _ = done.send(());
                     }
@@ -49,6 +63,12 @@ impl EventRecorder {
         })
     }
 
+    /// A mirror for [`stepd_records::artifacts::JobArtifacts::with_mirror`]
+    /// that copies each artifact write into the store.
+    pub fn artifact_mirror(&self) -> Arc<dyn ArtifactMirror> {
+        Arc::new(StoreMirror { tx: self.tx.clone() })
+    }
+
     /// Wait until every record handed over so far is in the store.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
@@ -58,12 +78,63 @@ impl EventRecorder {
     }
 }
 
+struct StoreMirror {
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+impl ArtifactMirror for StoreMirror {
+    fn put(&self, rel: &str, bytes: &[u8]) {
+        let _ = self
+            .tx
+            .send(Message::Artifact(ArtifactWrite::Put(rel.to_owned(), bytes.to_vec())));
+    }
+
+    fn append(&self, rel: &str, text: &str) {
+        let _ = self.tx.send(Message::Artifact(ArtifactWrite::Append(
+            rel.to_owned(),
+            text.to_owned(),
+        )));
+    }
+
+    fn remove(&self, rel: &str) {
+        let _ = self.tx.send(Message::Artifact(ArtifactWrite::Remove(rel.to_owned())));
+    }
+}
+
+/// Copy one artifact write, retrying a store that is briefly unreachable;
+/// the worker's own disk keeps the artifact whatever happens here.
+async fn copy(store: &Store, job_id: &str, artifact: &ArtifactWrite) {
+    for delay in [0u64, 100, 300, 1000, 3000] {
+        // No sleep before the first try: tokio rounds even a zero sleep
+        // up to a millisecond, paid on every event of every job.
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let (rel, done) = match artifact {
+            ArtifactWrite::Put(rel, bytes) => (rel, store.put_artifact(job_id, rel, bytes).await),
+            ArtifactWrite::Append(rel, text) => (rel, store.append_artifact(job_id, rel, text).await),
+            ArtifactWrite::Remove(rel) => (rel, store.remove_artifact(job_id, rel).await),
+        };
+        match done {
+            Ok(()) => return,
+            Err(e) if delay == 3000 => {
+                tracing::error!(job = job_id, artifact = %rel, error = %e, "artifact copy lost from the store");
+            }
+            Err(e) => tracing::warn!(job = job_id, artifact = %rel, error = %e, "copying an artifact failed; retrying"),
+        }
+    }
+}
+
 async fn write(store: &Store, job_id: &str, worker: &str, workspace: &str, record: &EventRecord) {
     let value = serde_json::to_value(record).unwrap_or_default();
     // A store that is briefly unreachable must not drop events: retry, then
     // give up loudly (the artifact copy in events.jsonl stays complete).
     for delay in [0u64, 100, 300, 1000, 3000] {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
+        // No sleep before the first try: tokio rounds even a zero sleep
+        // up to a millisecond, paid on every event of every job.
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         match store.append_event(job_id, &record.at, &value).await {
             Ok(_) => break,
             Err(e) if delay == 3000 => tracing::error!(job = job_id, error = %e, "event lost from the store"),

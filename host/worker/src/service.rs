@@ -22,7 +22,8 @@ use stepd_records::redact::Redactor;
 use stepd_runtime::{CancellationToken, Runtime};
 use stepd_selfheal::{run_job, JobSpec, JobStatus, LifecycleError};
 use stepd_settings::Settings;
-use stepd_store::{ClaimedBy, JobRecord, Store};
+use stepd_store::{Backend, ClaimedBy, JobRecord, Store};
+use stepd_workspace::remote::{RemoteOptions, BASELINE_CACHE};
 
 /// Where a worker keeps files and how much it runs at once.
 #[derive(Debug, Clone)]
@@ -248,11 +249,19 @@ impl Worker {
             workspace_quota: self.settings.workspace,
             secrets_dir: self.settings.grants.secrets_dir.clone(),
             artifact_root: self.options.artifact_root.clone(),
+            remote: RemoteOptions {
+                cache_dir: self.options.work_root.join(BASELINE_CACHE),
+                timeout: self.settings.grants.baseline_fetch_timeout(),
+                extra_ca: self.settings.runtime.http_extra_ca.clone(),
+            },
             work_root: self.options.work_root.clone(),
             redactor: self.redactor.clone(),
             metrics: Metrics::new(self.settings.statsd.as_ref(), self.redactor.clone())
                 .with_prometheus(self.options.prometheus.clone()),
             observer: Some(recorder.observer()),
+            // With PostgreSQL the API may run on another host: it serves
+            // the store's copy. The embedded default reads this disk.
+            artifact_mirror: (self.store.backend() == Backend::Postgres).then(|| recorder.artifact_mirror()),
         };
         let mut host = ServiceHost::new(
             self.store.clone(),

@@ -129,6 +129,46 @@ fn fetch(repo: &Repository, repository: &str, path: &Path, branch: &str) -> Resu
     Ok(TreeId(tree.id()))
 }
 
+/// Copy the tree of `commit` in the fetched repository `cache_repo` (and
+/// every tree and blob under it) into `repo`'s object store; returns the
+/// tree. Object by object: the cache's fetch is shallow, so there is no
+/// history a fetch from it could walk, and a baseline needs none.
+pub(crate) fn copy_commit_tree(repo: &Repository, cache_repo: &Path, commit: &str) -> Result<TreeId, WorkspaceError> {
+    let repository = cache_repo.display().to_string();
+    let baseline_err = |source| WorkspaceError::Baseline {
+        repository: repository.clone(),
+        source,
+    };
+    let cache = Repository::open_bare(cache_repo).map_err(baseline_err)?;
+    let oid = git2::Oid::from_str(commit).map_err(baseline_err)?;
+    let tree = cache.find_commit(oid).and_then(|c| c.tree()).map_err(baseline_err)?;
+    let from = cache.odb().map_err(baseline_err)?;
+    let to = repo
+        .odb()
+        .map_err(git_err(format!("opening the object store for {repository}")))?;
+    let mut pending = vec![tree.id()];
+    // Trees are always walked (they are small), so a copy cut short by a
+    // crash is completed by the next; a blob already present is skipped.
+    while let Some(id) = pending.pop() {
+        let (_, kind) = from.read_header(id).map_err(baseline_err)?;
+        if kind == ObjectType::Tree {
+            let tree = cache.find_tree(id).map_err(baseline_err)?;
+            // Submodules (commits) are not part of a baseline's files.
+            pending.extend(
+                tree.iter()
+                    .filter(|e| matches!(e.kind(), Some(ObjectType::Tree | ObjectType::Blob)))
+                    .map(|e| e.id()),
+            );
+        }
+        if !to.exists(id) {
+            let object = from.read(id).map_err(baseline_err)?;
+            to.write(object.kind(), object.data())
+                .map_err(git_err(format!("copying object {id} of {repository}")))?;
+        }
+    }
+    Ok(TreeId(tree.id()))
+}
+
 /// Snapshot a plain directory into the object store. Objects are gathered
 /// in memory and reach the store as one pack: a baseline of thousands of
 /// files would otherwise become thousands of loose object files.

@@ -29,6 +29,7 @@ mod headers;
 mod materialize;
 mod patch;
 mod relpath;
+pub mod remote;
 mod scan;
 mod snapshot;
 #[cfg(test)]
@@ -215,6 +216,13 @@ impl WorkspaceError {
     }
 }
 
+/// How many bytes of changed blobs a diff may hold, and the workspace it
+/// names when it refuses.
+pub(crate) struct ChangeLimit<'a> {
+    max_bytes: u64,
+    workspace: &'a Path,
+}
+
 /// Map a libgit2 error to [`WorkspaceError::Git`] with its context.
 fn git_err(context: String) -> impl FnOnce(git2::Error) -> WorkspaceError {
     move |source| WorkspaceError::Git { context, source }
@@ -323,13 +331,18 @@ pub struct Workspace {
 }
 
 /// What a snapshot accepts before reading any file: apparent bytes of all
-/// files together (a sparse file counts at its full size) and entries.
+/// files together (a sparse file counts at its full size) and entries;
+/// and what a diff accepts before reading any blob: the bytes it would
+/// have to hold to make the patch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
     /// Most bytes, all files together.
     pub max_bytes: u64,
     /// Most files, symlinks and directories together.
     pub max_entries: u64,
+    /// Most bytes of changed files, old and new sides together: making a
+    /// `--binary` patch holds each changed blob whole in memory.
+    pub max_change_bytes: u64,
 }
 
 impl fmt::Debug for Workspace {
@@ -443,6 +456,30 @@ impl Workspace {
         git_dir: &Path,
     ) -> Result<(Workspace, TreeId), WorkspaceError> {
         check_separate(workspace_dir, git_dir)?;
+        Self::create_with(workspace_dir, git_dir, |repo| baseline::load(repo, repository, branch))
+    }
+
+    /// [`Workspace::create_from_baseline`] from `commit` of a repository
+    /// fetched into the host's cache ([`remote::fetch_remote`]): its tree
+    /// is copied from the cache's objects (a shallow fetch has no history
+    /// to walk).
+    pub fn create_from_commit(
+        cache_repo: &Path,
+        commit: &str,
+        workspace_dir: &Path,
+        git_dir: &Path,
+    ) -> Result<(Workspace, TreeId), WorkspaceError> {
+        check_separate(workspace_dir, git_dir)?;
+        Self::create_with(workspace_dir, git_dir, |repo| {
+            baseline::copy_commit_tree(repo, cache_repo, commit)
+        })
+    }
+
+    fn create_with(
+        workspace_dir: &Path,
+        git_dir: &Path,
+        load: impl FnOnce(&Repository) -> Result<TreeId, WorkspaceError>,
+    ) -> Result<(Workspace, TreeId), WorkspaceError> {
         match std::fs::read_dir(workspace_dir) {
             Ok(mut entries) => {
                 if entries.next().is_some() {
@@ -462,7 +499,7 @@ impl Workspace {
         let repo = open_or_init_store(git_dir)?;
         // Read the baseline before creating anything, so a bad payload
         // leaves no directory behind.
-        let baseline = baseline::load(&repo, repository, branch)?;
+        let baseline = load(&repo)?;
         std::fs::create_dir_all(workspace_dir).map_err(|source| WorkspaceError::Io {
             path: workspace_dir.to_owned(),
             source,
@@ -566,7 +603,18 @@ impl Workspace {
     /// The patch from `from` to `to` in `git diff --binary` format, or None
     /// when nothing changed.
     pub fn diff(&self, from: TreeId, to: TreeId) -> Result<Option<Patch>, WorkspaceError> {
-        patch::diff(&self.repo, &self.git_dir, from, to)
+        patch::diff(&self.repo, &self.git_dir, from, to, None)
+    }
+
+    /// [`Workspace::diff`], held to `quota`: when the changed files'
+    /// blobs (both sides) add up to more than `max_change_bytes`, it fails
+    /// with [`WorkspaceError::OverQuota`] having read only their sizes.
+    pub fn diff_within(&self, from: TreeId, to: TreeId, quota: Quota) -> Result<Option<Patch>, WorkspaceError> {
+        let limit = ChangeLimit {
+            max_bytes: quota.max_change_bytes,
+            workspace: &self.root_path,
+        };
+        patch::diff(&self.repo, &self.git_dir, from, to, Some(limit))
     }
 
     /// Apply patch bytes to `base` and return the resulting tree, after

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::headers;
 use super::relpath::is_dot_git;
-use super::{git_err, Patch, TreeId, WorkspaceError, MAX_DEPTH};
+use super::{git_err, ChangeLimit, Patch, TreeId, WorkspaceError, MAX_DEPTH};
 
 /// Lowercase hex sha256: how patches are named in errors and artifacts.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
@@ -33,12 +33,15 @@ fn find_tree<'r>(repo: &'r Repository, tree: TreeId, git_dir: &Path) -> Result<T
     })
 }
 
-/// The patch from `from` to `to`, or None when the trees are equal.
+/// The patch from `from` to `to`, or None when the trees are equal. With
+/// a `limit`, the changed blobs' sizes are read from their headers first,
+/// and a change too large to hold fails before any blob is read.
 pub(crate) fn diff(
     repo: &Repository,
     git_dir: &Path,
     from: TreeId,
     to: TreeId,
+    limit: Option<ChangeLimit<'_>>,
 ) -> Result<Option<Patch>, WorkspaceError> {
     if from == to {
         return Ok(None);
@@ -62,6 +65,9 @@ pub(crate) fn diff(
         .map_err(git_err(context()))?;
     if diff.deltas().len() == 0 {
         return Ok(None);
+    }
+    if let Some(limit) = limit {
+        hold_to(repo, &diff, &limit)?;
     }
     let mut changed = BTreeSet::new();
     for delta in diff.deltas() {
@@ -89,6 +95,33 @@ pub(crate) fn diff(
         sha256,
         changed_files: changed.into_iter().collect(),
     }))
+}
+
+/// Fail when the blobs `diff` would print add up to more than `limit`
+/// allows; reads object headers only.
+fn hold_to(repo: &Repository, diff: &Diff<'_>, limit: &ChangeLimit<'_>) -> Result<(), WorkspaceError> {
+    let odb = repo.odb().map_err(git_err("opening the object store".into()))?;
+    let mut total: u64 = 0;
+    for delta in diff.deltas() {
+        for file in [delta.old_file(), delta.new_file()] {
+            if file.id().is_zero() || file.mode() == git2::FileMode::Link {
+                continue;
+            }
+            let (size, _) = odb
+                .read_header(file.id())
+                .map_err(git_err(format!("reading the size of blob {}", file.id())))?;
+            total = total.saturating_add(size as u64);
+            if total > limit.max_bytes {
+                return Err(WorkspaceError::OverQuota {
+                    path: limit.workspace.to_owned(),
+                    what: "bytes of changed files (old and new sides)",
+                    found: total,
+                    limit: limit.max_bytes,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Why `path` (as named by a patch) is unsafe, if it is.

@@ -463,6 +463,7 @@ fn a_snapshot_over_its_quota_stops_listing_at_the_limit() {
     let quota = Quota {
         max_bytes: u64::MAX,
         max_entries: 50,
+        max_change_bytes: u64::MAX,
     };
     let err = ws.snapshot_within(quota).expect_err("over the entry quota");
     match err {
@@ -478,7 +479,7 @@ fn a_snapshot_over_its_quota_stops_listing_at_the_limit() {
     let err = ws
         .snapshot_within(Quota {
             max_bytes: 1000,
-            max_entries: 50,
+            ..quota
         })
         .expect_err("over the byte quota");
     assert!(
@@ -488,6 +489,34 @@ fn a_snapshot_over_its_quota_stops_listing_at_the_limit() {
     );
     std::fs::remove_file(area.ws().join("big")).expect("rm");
     assert_eq!(ws.snapshot_within(quota).expect("within the quota"), base);
+}
+
+#[test]
+fn a_diff_too_large_to_hold_fails_having_read_only_blob_sizes() {
+    let area = Area::new();
+    let (mut ws, base) = area.workspace_from_plain(&[("old.bin", &[7u8; 3000][..]), ("keep.txt", b"k\n")]);
+    std::fs::write(area.ws().join("new.bin"), vec![1u8; 2000]).expect("write");
+    std::fs::remove_file(area.ws().join("old.bin")).expect("rm");
+    let after = ws.snapshot().expect("snapshot");
+    let quota = |max_change_bytes| Quota {
+        max_bytes: u64::MAX,
+        max_entries: u64::MAX,
+        max_change_bytes,
+    };
+    // Both sides count: the deleted file's 3000 bytes and the new 2000.
+    let err = ws
+        .diff_within(base, after, quota(4999))
+        .expect_err("over the change limit");
+    match &err {
+        WorkspaceError::OverQuota { found, limit, .. } => assert_eq!((*found, *limit), (5000, 4999)),
+        other => panic!("expected over-quota, got {other}"),
+    }
+    assert!(err.is_limit(), "the step's failure, not the host's");
+    let patch = ws
+        .diff_within(base, after, quota(5000))
+        .expect("within")
+        .expect("a patch");
+    assert_eq!(patch.changed_files, vec!["new.bin", "old.bin"]);
 }
 #[test]
 fn tree_ids_print_and_serialise_as_hex() {
