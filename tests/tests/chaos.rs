@@ -69,6 +69,18 @@ fn killed_workers_cost_no_job_its_tree_its_checkpoints_or_its_event_order() {
         );
     }
     assert_eq!(report.matches("NOT FINISHED").count(), 0, "{report}");
+    // Where the kills landed, per deployment: every kill is accounted for.
+    let tallies: Vec<usize> = report
+        .lines()
+        .filter(|l| l.contains("kills landed after:"))
+        .map(|l| {
+            l.split('×')
+                .skip(1)
+                .filter_map(|n| n.split(|c: char| !c.is_ascii_digit()).next()?.parse::<usize>().ok())
+                .sum()
+        })
+        .collect();
+    assert_eq!(tallies, vec![3, 3], "{report}");
     let restarts = report
         .lines()
         .find(|l| l.starts_with("PostgreSQL + RabbitMQ") && l.split_whitespace().count() == 10)

@@ -13,7 +13,8 @@
 //! - given a job whose branch moved after its first fetch: resuming it
 //!   rebuilds on the commit it was pinned to, not the new tip;
 //! - names that could be read as options (`-uhoh`, `--upload-pack=touch
-//!   marker`, as repository or branch), credentials in the URL, an origin
+//!   marker`, as repository or branch), credentials in the URL, a URL two
+//!   parsers read as two different hosts (a backslash), an origin
 //!   the host does not list and a secret it does not grant are refused at
 //!   submit with a 422 naming the field, and nothing is run.
 
@@ -266,6 +267,9 @@ async fn names_that_could_be_options_credentials_and_ungranted_origins_are_refus
     .await;
     let hello = public.url("hello");
     let with_user = hello.replace("https://", "https://user:pass@");
+    // A URL parser reads the listed origin as the host; curl would connect
+    // to 127.0.0.1:1 with whatever credentials went along.
+    let two_faced = format!("{origin}\\@127.0.0.1:1/hello.git");
     let step = || vec![write_step("one", "a.txt", "1\n", 0)];
     let cases = [
         (job("-uhoh", "main", None, 1, step()), "task.repository"),
@@ -279,6 +283,7 @@ async fn names_that_could_be_options_credentials_and_ungranted_origins_are_refus
         ),
         (job(&hello, "-uhoh", None, 1, step()), "task.startingBranch"),
         (job(&with_user, "main", None, 1, step()), "task.repository"),
+        (job(&two_faced, "main", None, 1, step()), "task.repository"),
         (
             job("https://127.0.0.1:1/elsewhere.git", "main", None, 1, step()),
             "task.repository",

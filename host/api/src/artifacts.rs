@@ -68,16 +68,6 @@ pub async fn list(
     let id = path_param(id)?;
     load_job(&state, &id).await?;
     let stored = state.store.artifacts(&id).await?;
-    if !stored.is_empty() {
-        let artifacts = stored
-            .into_iter()
-            .map(|a| ArtifactEntry {
-                path: a.path,
-                size: a.size,
-            })
-            .collect();
-        return Ok(Json(ArtifactList { job_id: id, artifacts }));
-    }
     let root = state.artifact_root.clone();
     let job = id.clone();
     let files = off_thread(move || {
@@ -89,9 +79,17 @@ pub async fn list(
         Ok(files)
     })
     .await?;
+    // The store's copy where it has one (it is what a download serves),
+    // and whatever else this host's disk holds (a job that ran here
+    // before its worker copied artifacts).
+    let mut listed: std::collections::BTreeMap<String, u64> = files.into_iter().map(|f| (f.path, f.size)).collect();
+    listed.extend(stored.into_iter().map(|a| (a.path, a.size)));
     Ok(Json(ArtifactList {
         job_id: id,
-        artifacts: files,
+        artifacts: listed
+            .into_iter()
+            .map(|(path, size)| ArtifactEntry { path, size })
+            .collect(),
     }))
 }
 

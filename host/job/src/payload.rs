@@ -409,7 +409,7 @@ fn resolve_repository(repository: &str, base_dir: &Path, grants: &HostGrants) ->
 /// listed, anywhere).
 fn remote_repository(url: &str, grants: &HostGrants) -> Result<String, PayloadError> {
     let field = "task.repository";
-    let origin = HttpOrigin::of_repository_url(url).map_err(|m| payload_error(field, m))?;
+    let (origin, url) = HttpOrigin::repository_url(url).map_err(|m| payload_error(field, m))?;
     let listed = grants.ceiling.baseline_origins.contains(&origin);
     let anywhere = matches!(grants.baselines, BaselineRoots::Any) && origin.scheme == HttpScheme::Https;
     if !(listed || anywhere) {
@@ -418,7 +418,7 @@ fn remote_repository(url: &str, grants: &HostGrants) -> Result<String, PayloadEr
             format!("{origin} is not an origin this host fetches baselines from (the operator lists them in STEPD_BASELINE_ORIGINS)"),
         ));
     }
-    Ok(url.to_owned())
+    Ok(url)
 }
 
 fn resolve_plugin(

@@ -341,10 +341,21 @@ async fn run_job_in_span<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<
     let (workspace, baseline) = loop {
         match prepare(&source, &job, host, &events, &redactor).await? {
             Prepared::Ready(workspace, tree) => break (*workspace, tree),
-            Prepared::Failed(ending) => return settled(host.settle(&events, *ending, false).await?),
+            // An operator's request this run was to carry out ends with
+            // the job: it was acted on, and is acknowledged.
+            Prepared::Failed(ending) => {
+                if let Some(request) = &start.acknowledge {
+                    host.acknowledge(&events, request).await?;
+                }
+                return settled(host.settle(&events, *ending, false).await?);
+            }
             // A remote that cannot be reached now: a queue retry, as a
-            // step's transient failure would be.
+            // step's transient failure would be (a pending request waits
+            // for the run that can carry it out).
             Prepared::Transient(reason) if job_attempt >= max_attempts => {
+                if let Some(request) = &start.acknowledge {
+                    host.acknowledge(&events, request).await?;
+                }
                 let mut ending = Ending::dead_letter(job_attempt);
                 ending.error = Some(reason);
                 return settled(host.settle(&events, ending, false).await?);

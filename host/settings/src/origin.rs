@@ -79,6 +79,20 @@ impl HttpOrigin {
     /// credentials (they come from a declared secret), no query or
     /// fragment, a path.
     pub fn of_repository_url(text: &str) -> Result<Self, String> {
+        Self::repository_url(text).map(|(origin, _)| origin)
+    }
+
+    /// [`HttpOrigin::of_repository_url`], with the URL in its normal form
+    /// (the one to hand on: what was checked is what is fetched). A
+    /// backslash or a control character is refused outright: URL parsers
+    /// and HTTP clients disagree on them, and a URL read one way here and
+    /// another way by git could name an origin nobody listed.
+    pub fn repository_url(text: &str) -> Result<(Self, String), String> {
+        if text.contains('\\') || text.chars().any(char::is_control) {
+            return Err(format!(
+                "{text:?}: a backslash or a control character has no place in a repository URL"
+            ));
+        }
         let url = url::Url::parse(text.trim()).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
         if !url.username().is_empty() || url.password().is_some() {
             return Err(format!(
@@ -92,7 +106,7 @@ impl HttpOrigin {
         }
         let mut origin = url.clone();
         origin.set_path("/");
-        Self::parse(origin.as_str())
+        Ok((Self::parse(origin.as_str())?, url.as_str().to_owned()))
     }
 
     /// The host as an IP address, when the origin names one literally.

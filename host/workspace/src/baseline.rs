@@ -129,6 +129,9 @@ fn fetch(repo: &Repository, repository: &str, path: &Path, branch: &str) -> Resu
     Ok(TreeId(tree.id()))
 }
 
+/// The most distinct trees and blobs a remote baseline may hold.
+const MAX_BASELINE_OBJECTS: usize = 1_000_000;
+
 /// Copy the tree of `commit` in the fetched repository `cache_repo` (and
 /// every tree and blob under it) into `repo`'s object store; returns the
 /// tree. Object by object: the cache's fetch is shallow, so there is no
@@ -147,9 +150,23 @@ pub(crate) fn copy_commit_tree(repo: &Repository, cache_repo: &Path, commit: &st
         .odb()
         .map_err(git_err(format!("opening the object store for {repository}")))?;
     let mut pending = vec![tree.id()];
-    // Trees are always walked (they are small), so a copy cut short by a
-    // crash is completed by the next; a blob already present is skipped.
+    // Each tree is walked once per copy (a tree named a million times, as
+    // in a "git bomb", costs one visit), and every tree of this copy is
+    // walked (so a copy cut short by a crash is completed by the next); a
+    // blob already present is skipped.
+    let mut visited = std::collections::HashSet::new();
     while let Some(id) = pending.pop() {
+        if !visited.insert(id) {
+            continue;
+        }
+        if visited.len() > MAX_BASELINE_OBJECTS {
+            return Err(WorkspaceError::OverQuota {
+                path: cache_repo.to_owned(),
+                what: "distinct objects in the baseline",
+                found: visited.len() as u64,
+                limit: MAX_BASELINE_OBJECTS as u64,
+            });
+        }
         let (_, kind) = from.read_header(id).map_err(baseline_err)?;
         if kind == ObjectType::Tree {
             let tree = cache.find_tree(id).map_err(baseline_err)?;

@@ -104,7 +104,9 @@ fn hold_to(repo: &Repository, diff: &Diff<'_>, limit: &ChangeLimit<'_>) -> Resul
     let mut total: u64 = 0;
     for delta in diff.deltas() {
         for file in [delta.old_file(), delta.new_file()] {
-            if file.id().is_zero() || file.mode() == git2::FileMode::Link {
+            // Blobs only: a submodule's commit is not in this store, and a
+            // symlink's target is a few bytes.
+            if file.id().is_zero() || !matches!(file.mode(), git2::FileMode::Blob | git2::FileMode::BlobExecutable) {
                 continue;
             }
             let (size, _) = odb

@@ -12,7 +12,8 @@
 //!   like `--upload-pack=…` is never an option;
 //! - the environment is cleared: no user or system configuration, no
 //!   credential helper, no prompt, only the https (or an explicitly
-//!   allowed http) transport;
+//!   allowed http) transport, and no redirects (they could lead to an
+//!   origin the operator never listed);
 //! - a token travels as an `http.extraHeader` in the child's environment
 //!   (`GIT_CONFIG_*`), never in its arguments or the URL;
 //! - each run has a deadline and its error output is cut to 16 KiB.
@@ -146,6 +147,16 @@ pub fn fetch_remote(
     if !is_remote(url) || url.contains(char::is_whitespace) {
         return Err(invalid("is not an https:// URL"));
     }
+    // Checked at submit; checked again here for a job stored by an older
+    // version: nothing a parser could read two ways, no credentials.
+    let authority = url
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+    if url.contains(['\\', '?', '#']) || url.chars().any(char::is_control) || authority.contains('@') {
+        return Err(invalid(
+            "a repository URL is scheme, host, port and path only (no credentials, query, fragment or backslash)",
+        ));
+    }
     if !is_valid_branch(branch) {
         return Err(invalid(&format!("{branch:?} is not a valid branch name")));
     }
@@ -270,9 +281,19 @@ impl<'a> Git<'a> {
             ("core.askPass", String::new()),
             ("protocol.allow", "never".into()),
             ("protocol.https.allow", "always".into()),
-            // An `http://` URL was allowed by the operator, by its origin.
-            ("protocol.http.allow", "always".into()),
+            // An `http://` URL was allowed by the operator, by its origin;
+            // for any other, plain http stays off.
+            (
+                "protocol.http.allow",
+                if url.get(..7).is_some_and(|s| s.eq_ignore_ascii_case("http://")) {
+                    "always".into()
+                } else {
+                    "never".into()
+                },
+            ),
             ("protocol.file.allow", "never".into()),
+            // A redirect could lead to an origin the operator never listed.
+            ("http.followRedirects", "false".into()),
             // A stalled transfer fails instead of holding the deadline.
             ("http.lowSpeedLimit", "1".into()),
             ("http.lowSpeedTime", "30".into()),
@@ -284,7 +305,21 @@ impl<'a> Git<'a> {
         if let Some(extra) = &options.extra_ca {
             config.push(("http.sslCAInfo", ca_bundle(&options.cache_dir, extra)?));
         }
-        let mut env = vec![
+        // A host behind a proxy reaches its git host through it.
+        let proxies = [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+            "NO_PROXY",
+            "no_proxy",
+        ]
+        .into_iter()
+        .filter_map(|name| std::env::var(name).ok().map(|value| (name.to_owned(), value)));
+        let mut env: Vec<(String, String)> = proxies.collect();
+        env.extend([
             (
                 "PATH".to_owned(),
                 std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
@@ -296,7 +331,7 @@ impl<'a> Git<'a> {
             ("GIT_CONFIG_GLOBAL".to_owned(), "/dev/null".into()),
             ("GIT_TERMINAL_PROMPT".to_owned(), "0".into()),
             ("GIT_CONFIG_COUNT".to_owned(), config.len().to_string()),
-        ];
+        ]);
         for (i, (key, value)) in config.into_iter().enumerate() {
             env.push((format!("GIT_CONFIG_KEY_{i}"), key.to_owned()));
             env.push((format!("GIT_CONFIG_VALUE_{i}"), value));
@@ -403,8 +438,6 @@ fn classify(url: &str, errors: &str, said: String) -> RemoteError {
         "terminal prompts disabled",
         "couldn't find remote ref",
         "not our ref",
-        "server certificate verification failed",
-        "ssl certificate problem",
     ];
     if refused.iter().any(|needle| lower.contains(needle)) {
         RemoteError::Refused {
@@ -436,10 +469,14 @@ fn ca_bundle(cache_dir: &Path, extra: &Path) -> Result<String, RemoteError> {
     bundle.extend(read(extra)?);
     let path = cache_dir.join(format!("ca-{}.pem", &hex::encode(Sha256::digest(&bundle))[..16]));
     if !path.is_file() {
-        std::fs::write(&path, &bundle).map_err(|source| RemoteError::Cache {
-            path: path.clone(),
-            source,
-        })?;
+        // Whole or not at all: a truncated bundle would be trusted as it is.
+        let partial = path.with_extension(format!("tmp-{}", std::process::id()));
+        std::fs::write(&partial, &bundle)
+            .and_then(|()| std::fs::rename(&partial, &path))
+            .map_err(|source| RemoteError::Cache {
+                path: path.clone(),
+                source,
+            })?;
     }
     Ok(path.display().to_string())
 }
@@ -469,6 +506,17 @@ mod tests {
         let err =
             fetch_remote("https://127.0.0.1:9/r.git", "--upload-pack=x", None, None, &options).expect_err("branch");
         assert!(err.to_string().contains("not a valid branch name"), "{err}");
+        for url in [
+            "https://allowed.example\\@127.0.0.1:9/r.git",
+            "https://u:p@127.0.0.1:9/r.git",
+            "https://h/r.git?x=1",
+        ] {
+            let err = fetch_remote(url, "main", None, None, &options).expect_err("refused");
+            assert!(
+                !err.is_transient() && err.to_string().contains("path only"),
+                "{url}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -376,6 +376,14 @@ async fn campaign(
         );
         results.push(result);
     }
+    // Where the kills landed, by the last event recorded before each: the
+    // seeded moments are aimed, this says what they hit.
+    let mut phases: BTreeMap<&str, usize> = BTreeMap::new();
+    for result in &results {
+        *phases.entry(result.phase.as_str()).or_default() += 1;
+    }
+    let landed: Vec<String> = phases.iter().map(|(phase, n)| format!("{phase} ×{n}")).collect();
+    println!("  {name:<22} kills landed after: {}", landed.join(", "));
     let count = |f: fn(&KillResult) -> bool| results.iter().filter(|r| f(r)).count();
     let lost: usize = results.iter().map(|r| r.checkpoints_lost).sum();
     let duplicated: usize = results.iter().map(|r| r.checkpoints_duplicated).sum();
