@@ -285,6 +285,10 @@ async fn names_that_could_be_options_credentials_and_ungranted_origins_are_refus
         (job(&with_user, "main", None, 1, step()), "task.repository"),
         (job(&two_faced, "main", None, 1, step()), "task.repository"),
         (
+            job(&format!("{origin}/{}.git", "a".repeat(3000)), "main", None, 1, step()),
+            "task.repository",
+        ),
+        (
             job("https://127.0.0.1:1/elsewhere.git", "main", None, 1, step()),
             "task.repository",
         ),

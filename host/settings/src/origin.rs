@@ -7,6 +7,9 @@
 use std::fmt;
 use std::net::IpAddr;
 
+/// The longest repository URL taken (git hosts' URLs are far shorter).
+pub const MAX_REPOSITORY_URL: usize = 2048;
+
 /// `http` or `https`: the only schemes outbound HTTP speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum HttpScheme {
@@ -88,6 +91,9 @@ impl HttpOrigin {
     /// and HTTP clients disagree on them, and a URL read one way here and
     /// another way by git could name an origin nobody listed.
     pub fn repository_url(text: &str) -> Result<(Self, String), String> {
+        if text.len() > MAX_REPOSITORY_URL {
+            return Err(format!("a repository URL is at most {MAX_REPOSITORY_URL} bytes"));
+        }
         if text.contains('\\') || text.chars().any(char::is_control) {
             return Err(format!(
                 "{text:?}: a backslash or a control character has no place in a repository URL"

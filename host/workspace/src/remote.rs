@@ -172,7 +172,7 @@ pub fn fetch_remote(
     let _turn = lock.lock().unwrap_or_else(PoisonError::into_inner);
     let git = Git::new(url, token, options)?;
     if !cache_repo.join("HEAD").is_file() {
-        git.run(&["init", "--bare", "--quiet", path_arg(&cache_repo)?], None)
+        git.run(&["init", "--bare", "--quiet", path_arg(&cache_repo)?], false)
             .map_err(|e| RemoteError::Cache {
                 path: cache_repo.clone(),
                 source: std::io::Error::other(e.to_string()),
@@ -187,7 +187,7 @@ pub fn fetch_remote(
                 "-e",
                 &format!("{commit}^{{commit}}"),
             ],
-            None,
+            false,
         )
         .map(|_| true)
         .or_else(|e| if e.is_transient() { Err(e) } else { Ok(false) })
@@ -204,7 +204,7 @@ pub fn fetch_remote(
         Some(commit) => commit.to_ascii_lowercase(),
         None => {
             let refname = format!("refs/heads/{branch}");
-            let listed = git.run(&["-C", cache, "ls-remote", "--", url, &refname], Some(()))?;
+            let listed = git.run(&["-C", cache, "ls-remote", "--", url, &refname], true)?;
             listed
                 .lines()
                 .find_map(|line| {
@@ -239,7 +239,7 @@ pub fn fetch_remote(
             url,
             &commit,
         ],
-        Some(()),
+        true,
     )?;
     if !in_cache(&commit)? {
         return Err(RemoteError::Refused {
@@ -346,7 +346,7 @@ impl<'a> Git<'a> {
     /// Run git with `args`; its standard output. `network` marks a run
     /// that talks to the server, whose failures are classified; any other
     /// failure is the cache's.
-    fn run(&self, args: &[&str], network: Option<()>) -> Result<String, RemoteError> {
+    fn run(&self, args: &[&str], network: bool) -> Result<String, RemoteError> {
         let mut child = Command::new("git")
             .args(args)
             .env_clear()
@@ -393,7 +393,7 @@ impl<'a> Git<'a> {
         } else {
             said
         };
-        if network.is_none() {
+        if !network {
             return Err(RemoteError::Invalid {
                 url: self.url.to_owned(),
                 reason: said,
