@@ -1,4 +1,5 @@
-//! Builds every crate under `plugins/` for wasm32-wasip2 before the
+//! Builds every plugin under `plugins/` (Rust crates for wasm32-wasip2,
+//! Python and JavaScript steps with their pinned toolchains) before the
 //! end-to-end tests compile, so they always run components built from the
 //! current sources (never a `.wasm` someone built by hand). The build is
 //! `stepd plugin build`'s own (host/pluginbuild), into `<target>/plugins`,
@@ -19,13 +20,18 @@ fn main() {
     let plugin_target = target_dir.join("plugins");
     let dist = plugin_target.join("dist");
 
-    for watched in ["plugins", "guest-sdk", "Cargo.lock"] {
+    for watched in ["plugins", "sdk", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
     let cargo = PathBuf::from(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    let build = stepd_plugin_build::crates_under(&root.join("plugins"))
-        .and_then(|crates| stepd_plugin_build::build(&cargo, &crates, &plugin_target, &dist));
+    let options = stepd_plugin_build::BuildOptions {
+        cargo,
+        target_dir: plugin_target,
+        out_dir: dist.clone(),
+    };
+    let build = stepd_plugin_build::plugins_under(&root.join("plugins"))
+        .and_then(|plugins| stepd_plugin_build::build(&plugins, &options));
     if let Err(e) = build {
         panic!("{e}");
     }

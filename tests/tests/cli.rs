@@ -287,6 +287,12 @@ fn bench_runtime_prints_every_row_of_its_report() {
         "- soft reset (deadline hit -> fresh call done) p50 <= 0.5 ms",
         "- deadline lateness p99 <= 2 ms",
         "- epoch-only overhead <= 1.6x",
+        "| rust ",
+        "| python ",
+        "| javascript ",
+        "(node)",
+        "- python step soft reset >= 20x faster than python3 -c pass",
+        "- javascript step soft reset >= 30x faster than node -e 0",
     ] {
         assert!(report.contains(row), "missing row {row:?} in:\n{report}");
     }

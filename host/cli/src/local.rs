@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 
 use stepd_job::payload::{HostGrants, JobPayload};
+use stepd_plugin_build::{NewPlugin, PluginLanguage};
 use stepd_records::events::EventObserver;
 use stepd_records::redact::Redactor;
 use stepd_runtime::{
@@ -52,19 +53,53 @@ pub enum PluginCommand {
         /// The `.wasm` file to check.
         file: PathBuf,
     },
-    /// Build Rust plugin crates into components in the plugin directory.
+    /// Build plugins (Rust, Python, JavaScript) into components in the
+    /// plugin directory.
     Build(PluginBuildArgs),
+    /// Scaffold a new step, ready to build, with a README and a test job.
+    New(PluginNewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PluginNewArgs {
+    /// The plugin's name (lowercase letters, digits, '-').
+    name: String,
+    /// The language to write it in.
+    #[arg(long, value_enum, default_value = "rust")]
+    lang: Lang,
+    /// The directory the plugin's directory is created in.
+    #[arg(long, default_value = "plugins")]
+    dir: PathBuf,
+    /// A Rust plugin's path to the `stepd-sdk` crate (default: `sdk/rust`
+    /// of the stepd checkout around the current directory).
+    #[arg(long)]
+    sdk: Option<PathBuf>,
+}
+
+/// The languages `stepd plugin new` writes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Lang {
+    /// A crate using stepd-sdk.
+    Rust,
+    /// `step.py` using the `stepd` module.
+    #[value(alias = "py")]
+    Python,
+    /// `step.js` using the `stepd` module.
+    #[value(alias = "javascript")]
+    Js,
 }
 
 #[derive(Debug, Args)]
 pub struct PluginBuildArgs {
-    /// Plugin crate directories (of one cargo workspace); default: every
-    /// crate under `plugins/`.
+    /// Plugin directories: Rust crates (of one cargo workspace), Python
+    /// steps (`step.py`) or JavaScript steps (`step.js`); default: every
+    /// plugin under `plugins/`.
     dirs: Vec<PathBuf>,
     /// Where the components go, as `<dir name>.wasm`.
     #[arg(long, env = "STEPD_PLUGIN_DIR", default_value = DEFAULT_PLUGIN_DIR)]
     out: PathBuf,
-    /// cargo's target directory for the wasm build.
+    /// The build's directory: cargo's target directory for the wasm build,
+    /// the Python and JavaScript toolchains (`toolchains/`) and their cache.
     #[arg(long, default_value = "target/plugins")]
     target_dir: PathBuf,
 }
@@ -265,20 +300,63 @@ fn cancel_on_ctrl_c() -> CancellationToken {
 /// `stepd plugin build`: compile plugin crates for wasm32-wasip2 and put
 /// the components where `--plugins` looks names up.
 pub fn plugin_build(args: &PluginBuildArgs) -> anyhow::Result<ExitCode> {
-    let crates = if args.dirs.is_empty() {
-        stepd_plugin_build::crates_under(Path::new("plugins"))?
+    let plugins = if args.dirs.is_empty() {
+        stepd_plugin_build::plugins_under(Path::new("plugins"))?
     } else {
         args.dirs
             .iter()
-            .map(|dir| stepd_plugin_build::PluginCrate::read(dir))
+            .map(|dir| stepd_plugin_build::PluginSource::read(dir))
             .collect::<Result<Vec<_>, _>>()?
     };
-    let cargo = std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from);
-    let built = stepd_plugin_build::build(&cargo, &crates, &args.target_dir, &args.out)?;
+    let options = stepd_plugin_build::BuildOptions {
+        cargo: std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from),
+        target_dir: args.target_dir.clone(),
+        out_dir: args.out.clone(),
+    };
+    let built = stepd_plugin_build::build(&plugins, &options)?;
     for path in built {
         println!("built {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `stepd plugin new`: scaffold a step and say how to build and run it.
+pub fn plugin_new(args: &PluginNewArgs) -> anyhow::Result<ExitCode> {
+    let language = match args.lang {
+        Lang::Rust => PluginLanguage::Rust,
+        Lang::Python => PluginLanguage::Python,
+        Lang::Js => PluginLanguage::JavaScript,
+    };
+    let rust_sdk = match (&args.sdk, language) {
+        (Some(sdk), _) => Some(sdk.clone()),
+        (None, PluginLanguage::Rust) => Some(find_rust_sdk().context(
+            "no stepd checkout (sdk/rust/Cargo.toml) around the current directory; pass --sdk PATH/TO/sdk/rust",
+        )?),
+        (None, _) => None,
+    };
+    let new = NewPlugin {
+        name: args.name.clone(),
+        language,
+        parent: args.dir.clone(),
+        rust_sdk,
+    };
+    let dir = stepd_plugin_build::scaffold(&new)?;
+    println!("created {} ({language})", dir.display());
+    println!("build it:  stepd plugin build {}", dir.display());
+    println!(
+        "try it:    stepd plugin run {} --workspace /tmp/{}-ws --input '{{\"path\": \"hello.txt\", \"text\": \"hi\"}}'",
+        args.name, args.name
+    );
+    println!("as a job:  stepd run {}", dir.join("job.json").display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The Rust SDK of the stepd checkout the current directory is in.
+fn find_rust_sdk() -> Option<PathBuf> {
+    let cwd = std::env::current_dir().ok()?;
+    cwd.ancestors()
+        .map(|dir| dir.join("sdk").join("rust"))
+        .find(|sdk| sdk.join("Cargo.toml").is_file() && sdk.join("wit").join("step.wit").is_file())
 }
 
 pub fn plugin_check(file: &Path) -> anyhow::Result<ExitCode> {

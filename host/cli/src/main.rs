@@ -16,7 +16,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use local::{plugin_build, plugin_check, plugin_run, run_job, PluginCommand, RunArgs};
+use local::{plugin_build, plugin_check, plugin_new, plugin_run, run_job, PluginCommand, RunArgs};
 use stepd_settings::Settings;
 
 /// Exit code of a command whose step ran and did not succeed.
@@ -260,6 +260,7 @@ async fn run(cli: Cli, from_file: Vec<String>) -> anyhow::Result<ExitCode> {
         Command::Plugin(PluginCommand::Run(args)) => plugin_run(args).await,
         Command::Plugin(PluginCommand::Check { file }) => plugin_check(&file),
         Command::Plugin(PluginCommand::Build(args)) => plugin_build(&args),
+        Command::Plugin(PluginCommand::New(args)) => plugin_new(&args),
         Command::Bench(BenchCommand::Runtime(args)) => {
             crate::bench::run_runtime_bench(&args).await?;
             Ok(ExitCode::SUCCESS)

@@ -13,6 +13,17 @@ use stepd_settings::RuntimeSettings;
 /// enough that runaway recursion stops fast.
 const MAX_WASM_STACK: usize = 1 << 20;
 
+/// The pool's share per slot (per concurrent attempt). A Rust step needs a
+/// handful of each; a componentize-py Python step instantiates 14 core
+/// modules with 2 tables and 1 memory, and a componentize-js one fewer. Sized
+/// so every slot can hold a Python step with room for larger components
+/// (tests/tests/polyglot.rs fills a small pool with them). The pool only
+/// reserves address space for these; what one attempt may really create is
+/// bounded by `instances_limit` in the store's limiter (limits.rs).
+const CORE_INSTANCES_PER_SLOT: u32 = 20;
+const MEMORIES_PER_SLOT: u32 = 4;
+const TABLES_PER_SLOT: u32 = 8;
+
 /// Build the engine configuration every attempt depends on: component
 /// model, epoch interruption (deadlines), fuel (CPU budget, when metering is
 /// on), the compiled-code cache, and the pooling allocator.
@@ -36,9 +47,9 @@ pub fn engine_config(settings: &RuntimeSettings) -> wasmtime::Result<Config> {
     if settings.pooling {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(settings.pool_slots)
-            .total_core_instances(settings.pool_slots.saturating_mul(8))
-            .total_memories(settings.pool_slots.saturating_mul(4))
-            .total_tables(settings.pool_slots.saturating_mul(8))
+            .total_core_instances(settings.pool_slots.saturating_mul(CORE_INSTANCES_PER_SLOT))
+            .total_memories(settings.pool_slots.saturating_mul(MEMORIES_PER_SLOT))
+            .total_tables(settings.pool_slots.saturating_mul(TABLES_PER_SLOT))
             .total_stacks(settings.pool_slots)
             .max_memory_size(settings.memory_limit_bytes);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

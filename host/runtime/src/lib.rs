@@ -44,10 +44,20 @@ use stepd_settings::RuntimeSettings;
 mod bindings {
     wasmtime::component::bindgen!({
         // The contract lives with the SDK that plugin authors depend on.
-        path: "../../guest-sdk/wit",
+        path: "../../sdk/rust/wit",
         world: "step",
         exports: { default: async },
         additional_derives: [serde::Serialize, serde::Deserialize, PartialEq],
+        // The world names its WASI imports (so every guest language builds
+        // against the same sandbox); their host side is wasmtime-wasi's and
+        // wasmtime-wasi-http's, linked in `Runtime::new`.
+        with: {
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+            "wasi:cli": wasmtime_wasi::p2::bindings::cli,
+            "wasi:filesystem": wasmtime_wasi::p2::bindings::filesystem,
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+        },
     });
 }
 
@@ -243,7 +253,9 @@ impl Runtime {
         // was not granted.
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
-        bindings::Step::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+        // Only the world's own interface: its WASI imports are linked above.
+        host::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .and_then(|()| types::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state))
             .map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
         let process_limit = descriptor_limit();
         let descriptors = descriptors::DescriptorBudget::for_process(process_limit, settings.handles_limit)
@@ -295,6 +307,30 @@ impl Runtime {
     /// Load (and compile, once) the plugin at `path`.
     pub fn load_plugin(&self, path: &Path) -> Result<Plugin, PluginError> {
         self.plugins.load(&self.engine, &self.linker, path)
+    }
+
+    /// Compile (or load from wasmtime's disk cache) every component in
+    /// `dir`, so a job's first attempt does not wait for it: a Python or
+    /// JavaScript step is 12–19 MB and compiles in seconds. Workers call it
+    /// on a blocking thread when they start. Returns each file's result; a
+    /// bad file is only reported, and reported again when a job uses it.
+    pub fn warm_plugins_in(&self, dir: &Path) -> Vec<(PathBuf, Result<(), PluginError>)> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "wasm") && path.is_file())
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|path| {
+                let loaded = self.load_plugin(&path).map(drop);
+                (path, loaded)
+            })
+            .collect()
     }
 
     /// Run one attempt in a fresh instance and drop it. A guest failure of

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 use stepd_plugin_file::{read_plugin_file, wasm_kind, PluginFileError, WasmKind};
@@ -124,10 +124,13 @@ impl Plugin {
 }
 
 /// Compiled plugins by file hash: a plugin is compiled once per process
-/// (and, through wasmtime's cache, once per host).
+/// (and, through wasmtime's cache, once per host). Each hash has its own
+/// slot, so a load of a component another thread is compiling (a worker's
+/// warm-up, say: a Python step takes seconds) waits for that compile
+/// instead of doing it again.
 #[derive(Default)]
 pub(super) struct PluginCache {
-    by_hash: Mutex<HashMap<String, Plugin>>,
+    by_hash: Mutex<HashMap<String, Arc<Mutex<Option<Plugin>>>>>,
 }
 
 impl PluginCache {
@@ -153,19 +156,25 @@ impl PluginCache {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if let Some(plugin) = self.by_hash.lock().unwrap_or_else(PoisonError::into_inner).get(&sha256) {
-            return Ok(Plugin { name, ..plugin.clone() });
-        }
-        let pre = compile(engine, linker, path, &bytes)?;
-        let plugin = Plugin {
-            name,
-            sha256: sha256.clone(),
-            pre,
-        };
-        self.by_hash
+        let slot = self
+            .by_hash
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(sha256, plugin.clone());
+            .entry(sha256.clone())
+            .or_default()
+            .clone();
+        let mut compiled = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(plugin) = compiled.as_ref() {
+            return Ok(Plugin { name, ..plugin.clone() });
+        }
+        // A failed compile leaves the slot empty: the error is the file's,
+        // and the next load reports it again.
+        let plugin = Plugin {
+            name,
+            sha256,
+            pre: compile(engine, linker, path, &bytes)?,
+        };
+        *compiled = Some(plugin.clone());
         Ok(plugin)
     }
 }

@@ -9,6 +9,7 @@ pub mod chaos;
 mod deploy;
 mod diskfull;
 mod http;
+mod languages;
 pub mod queue;
 pub mod replay;
 mod restarts;

@@ -272,7 +272,17 @@ async fn measure(args: &RuntimeBenchArgs, workspace: &Path) -> anyhow::Result<St
     )
     .await?;
 
-    // 6. what a process-based worker pays per restart.
+    // 6. the same step in Rust, Python and JavaScript.
+    let languages = super::languages::measure(
+        &runtime,
+        &args.plugins,
+        |attempt, inputs, wall, idle| bench.request(attempt, inputs, wall, idle),
+        (args.iterations / 10).clamp(4, 40),
+        deadline,
+    )
+    .await?;
+
+    // 7. what a process-based worker pays per restart.
     let true_spawn = spawn_samples("/bin/true", &[], args.iterations.min(100))?;
     let python_spawn = spawn_samples("python3", &["-c", "pass"], (args.iterations / 10).clamp(3, 20)).ok();
 
@@ -287,6 +297,7 @@ async fn measure(args: &RuntimeBenchArgs, workspace: &Path) -> anyhow::Result<St
         medians,
         true_spawn: Summary::of(true_spawn),
         python_spawn: python_spawn.and_then(Summary::of),
+        languages,
         settings: base,
     }))
 }
@@ -298,7 +309,7 @@ fn expect_success(outcome: &AttemptOutcome) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_samples(program: &str, args: &[&str], n: usize) -> anyhow::Result<Vec<f64>> {
+pub(super) fn spawn_samples(program: &str, args: &[&str], n: usize) -> anyhow::Result<Vec<f64>> {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
@@ -325,6 +336,7 @@ struct RenderInput {
     medians: Vec<(&'static str, f64)>,
     true_spawn: Option<Summary>,
     python_spawn: Option<Summary>,
+    languages: Vec<super::languages::LanguageRow>,
     settings: RuntimeSettings,
 }
 
@@ -344,7 +356,7 @@ fn row(out: &mut String, label: &str, summary: Option<Summary>) {
     }
 }
 
-fn verdict(met: bool) -> &'static str {
+pub(super) fn verdict(met: bool) -> &'static str {
     if met {
         "met"
     } else {
@@ -394,6 +406,7 @@ fn render(input: RenderInput) -> String {
     for (label, t) in &input.medians {
         out.push_str(&format!("| {label:<37} | {:>11} | {:>4.2}x |\n", ms(*t), t / neither));
     }
+    out.push_str(&super::languages::render(&input.languages));
 
     out.push_str("\ntargets:\n");
     if let (Some(plain), Some(granted)) = (input.cycle, input.cycle_granted) {
@@ -420,6 +433,7 @@ fn render(input: RenderInput) -> String {
             ));
         }
     }
+    out.push_str(&super::languages::verdicts(&input.languages));
     let worst = input
         .lateness
         .iter()

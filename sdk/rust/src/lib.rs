@@ -42,6 +42,9 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "__export_step_world",
         default_bindings_module: "stepd_sdk::bindings",
+        // The world's WASI imports get bindings here too; a plugin reaches
+        // WASI through std (and `http`), so the unused ones cost nothing.
+        generate_all,
     });
 }
 

@@ -1,0 +1,38 @@
+//! JavaScript steps: `step.js`, bundled with its imports (`stepd` is the
+//! SDK, sdk/js/stepd.js) and built into a component of the world with the
+//! pinned componentize-js, by the toolchain's `build.mjs`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::toolchain::{cached_build, run, Toolchains};
+use crate::{PluginBuildError, PluginLanguage, PluginSource};
+
+/// The file that makes a directory a JavaScript step.
+pub(crate) const ENTRY: &str = "step.js";
+
+/// Build one JavaScript step (or reuse the cached component of the same
+/// sources). Returns the component's path.
+pub(crate) fn build(toolchains: &Toolchains, plugin: &PluginSource) -> Result<PathBuf, PluginBuildError> {
+    cached_build(
+        toolchains,
+        PluginLanguage::JavaScript,
+        &plugin.dir,
+        &plugin.name,
+        |out| {
+            let js = toolchains.javascript()?;
+            eprintln!("building the JavaScript step {} with componentize-js", plugin.name);
+            run(Command::new("node")
+                .arg(js.dir.join("build.mjs"))
+                .arg(plugin.dir.join(ENTRY))
+                .arg(js.dir.join("stepd.js"))
+                .arg(&js.wit)
+                .arg("step")
+                .arg(out))
+            .map_err(|reason| PluginBuildError::Componentize {
+                dir: plugin.dir.clone(),
+                reason: format!("node build.mjs (componentize-js): {reason}"),
+            })
+        },
+    )
+}
