@@ -18,11 +18,11 @@ export const run = step((ctx) => {
     } catch {}
     log(`attempt ${ctx.attempt} sees ${path}: ${seen}`);
   }
-  if ('plant' in ctx.inputs) workspace.writeText(ctx.input('plant', 'string'), 'planted by a failed attempt\n');
-  if ('clobber' in ctx.inputs) workspace.writeText(ctx.input('clobber', 'string'), 'clobbered by a failed attempt\n');
-  if ('echo' in ctx.inputs) log(ctx.input('echo', 'string'));
+  if (Object.hasOwn(ctx.inputs, 'plant')) workspace.writeText(ctx.input('plant', 'string'), 'planted by a failed attempt\n');
+  if (Object.hasOwn(ctx.inputs, 'clobber')) workspace.writeText(ctx.input('clobber', 'string'), 'clobbered by a failed attempt\n');
+  if (Object.hasOwn(ctx.inputs, 'echo')) log(ctx.input('echo', 'string'));
   log('running lint');
   const kind = ctx.input('kind', 'string', 'retry');
-  if (!(kind in KINDS)) throw new Contract(`inputs.kind must be one of ${Object.keys(KINDS).join(', ')}, not ${JSON.stringify(kind)}`);
+  if (!Object.hasOwn(KINDS, kind)) throw new Contract(`inputs.kind must be one of ${Object.keys(KINDS).join(', ')}, not ${JSON.stringify(kind)}`);
   throw new KINDS[kind](ctx.input('message', 'string', 'lint failed: 3 problems in src/lib.rs'));
 });

@@ -6,7 +6,9 @@ Inputs: ``{"path": "a.txt", "text": "..."}`` for one file, or
 ``"delete": [...]`` removes files afterwards (a missing one is a contract
 error). For the sandbox tests: ``"hang": "sleep"`` sleeps silently forever
 (``time.sleep``), ``"hang": "spin"`` computes forever; ``"allocateMb": N``
-first holds N MiB of memory.
+first holds N MiB of memory; ``"crash": true`` raises a plain exception;
+``"read": path`` logs a file's text first (its errors escape); ``"env":
+name`` logs a granted variable.
 """
 
 import time
@@ -23,6 +25,13 @@ def check_relative(path: str) -> None:
 @stepd.step
 def run(ctx: stepd.Context):
     hold = bytearray(ctx.input("allocateMb", int, 0) << 20)
+    if ctx.input("crash", bool, False):
+        raise RuntimeError("the step crashed on purpose")
+    if "read" in ctx.inputs:
+        stepd.log(f"read: {stepd.workspace(ctx.input('read', str)).read_text(encoding='utf-8')}")
+    if "env" in ctx.inputs:
+        name = ctx.input("env", str)
+        stepd.log(f"{name}={stepd.env(name) or '(unset)'}")
     hang = ctx.input("hang", str, "")
     if hang == "sleep":
         while True:
@@ -46,7 +55,7 @@ def run(ctx: stepd.Context):
     for path, text in files.items():
         target = stepd.workspace(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
+        target.write_text(text, encoding="utf-8")
         stepd.log(f"wrote {path} ({len(text.encode())} bytes)")
     for path in deletes:
         try:

@@ -63,10 +63,38 @@ export class Other extends StepError {
   constructor(message) { super(message, 'other'); }
 }
 
-/** An error of a wasi:filesystem call: its code (`no-entry`, `exist`, ...) and what was asked. */
+// The usual text of each wasi:filesystem error code: what a Rust or a
+// Python step's error says for the same failure, so the host classifies
+// an `FsError` that escapes a step as it does theirs.
+const FS_MESSAGES = {
+  'access': 'Permission denied',
+  'not-permitted': 'Operation not permitted',
+  'no-entry': 'No such file or directory',
+  'exist': 'File exists',
+  'is-directory': 'Is a directory',
+  'not-directory': 'Not a directory',
+  'not-empty': 'Directory not empty',
+  'insufficient-space': 'No space left on device',
+  'quota': 'Disk quota exceeded',
+  'read-only': 'Read-only file system',
+  'file-too-large': 'File too large',
+  'name-too-long': 'File name too long',
+  'invalid': 'Invalid argument',
+  'io': 'I/O error',
+  'loop': 'Too many levels of symbolic links',
+  'bad-descriptor': 'Bad file descriptor',
+  'busy': 'Device or resource busy',
+  'would-block': 'Resource temporarily unavailable',
+  'interrupted': 'Interrupted system call',
+  'insufficient-memory': 'Out of memory',
+  'cross-device': 'Cross-device link',
+  'illegal-byte-sequence': 'Illegal byte sequence',
+};
+
+/** An error of a file operation: its wasi:filesystem code (`no-entry`, `exist`, ...) and what was asked. */
 export class FsError extends Error {
   constructor(code, what) {
-    super(`${what}: ${code}`);
+    super(`${what}: ${FS_MESSAGES[code] ?? code} (${code})`);
     this.code = code;
   }
 }
@@ -78,6 +106,12 @@ function fsCall(what, call) {
     const code = e && e.payload !== undefined ? e.payload : e;
     throw new FsError(typeof code === 'string' ? code : String(code), what);
   }
+}
+
+// Close a wasi handle now rather than when the garbage collector gets to
+// it: an attempt may hold only so many at once (its share of descriptors).
+function close(handle) {
+  if (handle && typeof handle[Symbol.dispose] === 'function') handle[Symbol.dispose]();
 }
 
 /** Write a line to the step log (stdout). Resets the idle deadline. */
@@ -111,7 +145,7 @@ export function secret(name) {
 }
 
 const encoder = new TextEncoder();
-const decoder = new TextDecoder();
+const decoder = new TextDecoder('utf-8', { fatal: true });
 
 /** A preopened directory (the workspace, or a mount) and the files under it. */
 export class Dir {
@@ -128,14 +162,18 @@ export class Dir {
   /** The bytes of a file (a Uint8Array). */
   read(path) {
     const file = this.#open(path, {}, { read: true });
-    const size = fsCall(`reading ${path}`, () => file.stat()).size;
     const parts = [];
-    let offset = 0n;
-    for (;;) {
-      const [chunk, end] = fsCall(`reading ${path}`, () => file.read(size > 65536n ? size : 65536n, offset));
-      parts.push(chunk);
-      offset += BigInt(chunk.length);
-      if (end || chunk.length === 0) break;
+    try {
+      const size = fsCall(`reading ${path}`, () => file.stat()).size;
+      let offset = 0n;
+      for (;;) {
+        const [chunk, end] = fsCall(`reading ${path}`, () => file.read(size > 65536n ? size : 65536n, offset));
+        parts.push(chunk);
+        offset += BigInt(chunk.length);
+        if (end || chunk.length === 0) break;
+      }
+    } finally {
+      close(file);
     }
     const all = new Uint8Array(parts.reduce((n, part) => n + part.length, 0));
     let at = 0;
@@ -146,19 +184,32 @@ export class Dir {
     return all;
   }
 
-  /** A file's text (UTF-8). */
+  /** A file's text (UTF-8; other bytes are an `FsError`, `illegal-byte-sequence`). */
   readText(path) {
-    return decoder.decode(this.read(path));
+    const bytes = this.read(path);
+    try {
+      return decoder.decode(bytes);
+    } catch {
+      throw new FsError('illegal-byte-sequence', `reading ${path} as UTF-8`);
+    }
   }
 
   /** Write bytes (or text, as UTF-8) to a file, replacing it; its directory must exist (`mkdirs`). */
   write(path, data) {
+    if (typeof data !== 'string' && !(data instanceof Uint8Array)) {
+      throw new TypeError(`writing ${path}: data must be a string or a Uint8Array, not ${typeof data}`);
+    }
     const bytes = typeof data === 'string' ? encoder.encode(data) : data;
     const file = this.#open(path, { create: true, truncate: true }, { write: true });
-    let offset = 0;
-    while (offset < bytes.length) {
-      const wrote = fsCall(`writing ${path}`, () => file.write(bytes.subarray(offset), BigInt(offset)));
-      offset += Number(wrote);
+    try {
+      let offset = 0;
+      while (offset < bytes.length) {
+        const wrote = fsCall(`writing ${path}`, () => file.write(bytes.subarray(offset), BigInt(offset)));
+        if (wrote === 0n) throw new FsError('io', `writing ${path} (nothing written)`);
+        offset += Number(wrote);
+      }
+    } finally {
+      close(file);
     }
   }
 
@@ -200,13 +251,20 @@ export class Dir {
 
   /** The names in a directory ('' or '.' for this one), sorted. */
   list(path = '.') {
-    const dir = path === '.' || path === '' ? this.descriptor : this.#open(path, { directory: true }, { read: true });
-    const entries = fsCall(`listing ${path}`, () => dir.readDirectory());
+    const own = !(path === '.' || path === '');
+    const dir = own ? this.#open(path, { directory: true }, { read: true }) : this.descriptor;
     const names = [];
-    for (;;) {
-      const entry = fsCall(`listing ${path}`, () => entries.readDirectoryEntry());
-      if (!entry) break;
-      names.push(entry.name);
+    let entries;
+    try {
+      entries = fsCall(`listing ${path}`, () => dir.readDirectory());
+      for (;;) {
+        const entry = fsCall(`listing ${path}`, () => entries.readDirectoryEntry());
+        if (!entry) break;
+        names.push(entry.name);
+      }
+    } finally {
+      close(entries);
+      if (own) close(dir);
     }
     return names.sort();
   }
@@ -262,7 +320,7 @@ class Context {
    * wrong type, is a `Contract` error naming it.
    */
   input(name, type, fallback) {
-    if (!(name in this.inputs)) {
+    if (!Object.hasOwn(this.inputs, name)) {
       if (arguments.length < 3) throw new Contract(`inputs.${name} is missing`);
       return fallback;
     }
@@ -279,11 +337,19 @@ function article(type) {
 
 function output(result) {
   if (result === undefined || result === null) return { summary: 'done', data: undefined };
+  if (typeof result.then === 'function') {
+    // A component's `run` returns before a promise settles: the work would
+    // be lost, so an async step is refused rather than reported done.
+    throw new Contract('run must be synchronous: it returned a Promise (a step cannot await)');
+  }
   if (typeof result === 'object') {
-    return {
-      summary: String(result.summary ?? 'done'),
-      data: result.data === undefined ? undefined : JSON.stringify(result.data),
-    };
+    let data;
+    try {
+      data = result.data === undefined ? undefined : JSON.stringify(result.data);
+    } catch (e) {
+      throw new Contract(`the step's output data is not JSON: ${e.message}`);
+    }
+    return { summary: String(result.summary ?? 'done'), data };
   }
   return { summary: String(result), data: undefined };
 }
@@ -294,7 +360,7 @@ export function step(fn) {
     try {
       return output(fn(new Context(raw)));
     } catch (e) {
-      if (e instanceof StepError) throw { tag: e.kind, val: e.message };
+      if (e instanceof StepError) throw { tag: e.kind, val: String(e.message) };
       if (e instanceof FsError) throw { tag: 'other', val: e.message };
       // A crash, as a Rust panic is: the stack to the log, then a trap.
       logError(e && e.stack ? `${e}\n${e.stack}` : String(e));

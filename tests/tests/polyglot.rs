@@ -62,6 +62,41 @@ async fn given_python_and_js_write_file_steps_when_they_run_then_the_files_are_w
             output_text(&report)
         );
 
+        // UTF-8 both ways, and more files than an attempt may hold handles
+        // at once (1024): each is closed when written.
+        let mut files: serde_json::Map<String, Value> = (0..1500)
+            .map(|i| (format!("many/f{i}.txt"), json!(format!("{i}\n"))))
+            .collect();
+        files.insert("ünï.txt".into(), json!("héllo ✓\n"));
+        let report = attempt(
+            &runtime,
+            &plugin,
+            &scratch.workspace(),
+            1,
+            json!({"files": files, "read": "docs/b.md"}),
+            Duration::from_secs(120),
+            Duration::from_secs(120),
+        )
+        .await;
+        assert!(report.outcome.is_success(), "{lang}: {:?}", report.outcome);
+        assert_eq!(
+            std::fs::read(scratch.workspace().join("ünï.txt")).expect("written"),
+            "héllo ✓\n".as_bytes(),
+            "{lang}"
+        );
+        assert_eq!(
+            std::fs::read_dir(scratch.workspace().join("many"))
+                .expect("dir")
+                .count(),
+            1500,
+            "{lang}"
+        );
+        assert!(
+            output_text(&report).contains("read: # beta"),
+            "{lang}: {}",
+            output_text(&report)
+        );
+
         // A path out of the workspace is the job's mistake, named.
         let refused = attempt(
             &runtime,
@@ -142,6 +177,85 @@ async fn given_a_step_error_of_each_kind_when_a_python_or_js_step_raises_it_then
             matches!(&report.outcome, AttemptOutcome::GuestError { kind: GuestErrorKind::Contract, message } if message.contains("inputs.kind must be a string")),
             "{lang}: {:?}",
             report.outcome
+        );
+    }
+}
+
+#[tokio::test]
+async fn given_python_and_js_steps_when_one_crashes_fails_a_file_read_or_reads_a_grant_then_each_ends_as_a_rust_step_would(
+) {
+    let runtime = Runtime::new(test_settings()).expect("runtime");
+    for lang in LANGUAGES {
+        let plugin = load(&runtime, &format!("{lang}-write-file"));
+        let scratch = Scratch::new();
+        // A plain exception is a crash, as a panic is: logged, then a trap.
+        let crashed = attempt(
+            &runtime,
+            &plugin,
+            &scratch.workspace(),
+            1,
+            json!({"crash": true}),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(
+            matches!(crashed.outcome, AttemptOutcome::Trap { .. }),
+            "{lang}: {:?}",
+            crashed.outcome
+        );
+        assert!(
+            output_text(&crashed).contains("the step crashed on purpose"),
+            "{lang}: {}",
+            output_text(&crashed)
+        );
+        assert_eq!(
+            classify(&crashed.outcome),
+            Some(FailureClass::TransientRuntime),
+            "{lang}"
+        );
+
+        // A file error that escapes is `other`, with the text a Rust
+        // step's io::Error has, so it is classified alike.
+        let missing = attempt(
+            &runtime,
+            &plugin,
+            &scratch.workspace(),
+            1,
+            json!({"read": "missing.txt", "path": "x.txt", "text": "x"}),
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        )
+        .await;
+        assert!(
+            matches!(&missing.outcome, AttemptOutcome::GuestError { kind: GuestErrorKind::Other, message } if message.contains("No such file or directory")),
+            "{lang}: {:?}",
+            missing.outcome
+        );
+        assert_eq!(
+            classify(&missing.outcome),
+            Some(FailureClass::DeterministicContract),
+            "{lang}"
+        );
+
+        // Granted variables are read from the host at run time.
+        let grants = stepd_runtime::AttemptGrants {
+            env: vec![("GREETING".into(), "hello from the host".into())],
+            ..Default::default()
+        };
+        let granted = stepd_tests::attempt_with(
+            &runtime,
+            &plugin,
+            &scratch.workspace(),
+            json!({"env": "GREETING", "path": "y.txt", "text": "y"}),
+            grants,
+        )
+        .await;
+        assert!(granted.outcome.is_success(), "{lang}: {:?}", granted.outcome);
+        assert!(
+            output_text(&granted).contains("GREETING=hello from the host"),
+            "{lang}: {}",
+            output_text(&granted)
         );
     }
 }
@@ -242,6 +356,15 @@ async fn given_fuel_and_memory_limits_when_python_and_js_steps_exceed_them_then_
 
 /// A job run with self-heal over a small git baseline.
 async fn run_job(steps: Value, self_heal: Value) -> (JobStatus, Vec<Value>, String, PathBuf, tempfile::TempDir) {
+    run_job_with(steps, self_heal, test_settings()).await
+}
+
+/// [`run_job`] with these runtime settings.
+async fn run_job_with(
+    steps: Value,
+    self_heal: Value,
+    runtime_settings: stepd_settings::RuntimeSettings,
+) -> (JobStatus, Vec<Value>, String, PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
     git_repo(&dir.path().join("repo"), &[("README.md", "# project\n")]);
     let payload = json!({
@@ -264,7 +387,7 @@ async fn run_job(steps: Value, self_heal: Value) -> (JobStatus, Vec<Value>, Stri
         })
         .expect("valid payload");
     let mut settings = Settings::from_lookup(|_| None).expect("default settings");
-    settings.runtime = test_settings();
+    settings.runtime = runtime_settings;
     settings.retry.base_seconds = 0;
     let runtime = Runtime::new(settings.runtime.clone()).expect("runtime");
     let options = LocalRunOptions {
@@ -357,6 +480,39 @@ async fn given_identical_python_and_js_failures_when_the_no_progress_limit_is_re
     }
 }
 
+#[tokio::test]
+async fn given_a_cold_compile_cache_when_a_python_step_with_a_short_deadline_runs_then_compiling_is_not_charged_to_it()
+{
+    // An 18 MB component compiles for seconds (longer in a debug build)
+    // with no cache: that happens before the attempt's clock starts.
+    let cold = tempfile::tempdir().expect("tempdir");
+    let mut settings = test_settings();
+    settings.cache_dir = Some(cold.path().to_owned());
+    let started = std::time::Instant::now();
+    let (status, events, log, workspace, _dir) = run_job_with(
+        json!([{"id": "write", "plugin": "py-write-file", "inputs": {"path": "a.txt", "text": "a"}}]),
+        json!({"stepTimeoutSeconds": 2, "stepIdleTimeoutSeconds": 2}),
+        settings,
+    )
+    .await;
+    assert_eq!(status, JobStatus::Succeeded, "{log}");
+    assert_eq!(
+        named(&events, "task.step.attempt.started").len(),
+        1,
+        "no second attempt"
+    );
+    assert_eq!(std::fs::read_to_string(workspace.join("a.txt")).expect("written"), "a");
+    let finished = named(&events, "task.step.attempt.finished");
+    let wall = finished[0]["payload"]["wallClockSeconds"]
+        .as_f64()
+        .expect("wall seconds");
+    assert!(wall < 2.0, "the attempt itself took {wall}s");
+    eprintln!(
+        "job with a cold compile: {:.1}s, attempt {wall:.3}s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
 /// `stepd plugin …` with this build's component cache; exit code and output.
 fn stepd_plugin(args: &[&str]) -> (Option<i32>, String) {
     let out = std::process::Command::new(stepd_bin())
@@ -420,7 +576,10 @@ fn given_python_and_js_components_when_checked_then_the_step_world_passes_and_an
         let (code, text) = stepd_plugin(&["check", path_str(&out)]);
         assert_eq!(code, Some(2), "{language}: {text}");
         assert!(text.contains("invalid:"), "{language}: {text}");
-        assert!(text.contains("run"), "{language}: the missing export is named: {text}");
+        assert!(
+            text.contains("is not a stepd:plugin/step component: no export `run` found"),
+            "{language}: the missing export is named: {text}"
+        );
     }
 }
 
@@ -452,7 +611,16 @@ fn given_plugin_new_for_each_language_when_built_then_it_passes_plugin_run() {
         );
         assert!(dir.path().join(&name).join("job.json").is_file(), "{lang}");
         // Scaffolding over an existing plugin is refused; nothing is lost.
-        let (code, text) = stepd_plugin(&["new", &name, "--lang", lang, "--dir", path_str(dir.path())]);
+        let (code, text) = stepd_plugin(&[
+            "new",
+            &name,
+            "--lang",
+            lang,
+            "--dir",
+            path_str(dir.path()),
+            "--sdk",
+            path_str(&sdk),
+        ]);
         assert_ne!(code, Some(0), "{lang}: {text}");
         assert!(text.contains("already exists"), "{lang}: {text}");
 
@@ -482,43 +650,78 @@ fn given_plugin_new_for_each_language_when_built_then_it_passes_plugin_run() {
             std::fs::read_to_string(workspace.join("hello.txt")).expect("written"),
             "hi"
         );
+
+        // The scaffold's test job runs it over its own directory.
+        let data = dir.path().join(format!("data-{lang}"));
+        let out = std::process::Command::new(stepd_bin())
+            .arg("run")
+            .arg(dir.path().join(&name).join("job.json"))
+            .arg("--plugins")
+            .arg(&dist)
+            .arg("--artifacts")
+            .arg(data.join("artifacts"))
+            .arg("--work-dir")
+            .arg(data.join("work"))
+            .arg("--job-id")
+            .arg("scaffold")
+            .env(
+                "STEPD_CACHE_DIR",
+                std::env::temp_dir().join("stepd-test-component-cache"),
+            )
+            .env_remove("STEPD_CONFIG")
+            .output()
+            .expect("stepd run");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{lang}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read_to_string(data.join("work/scaffold/workspace/hello.txt")).expect("the job wrote it"),
+            format!("Hello from {name}\n")
+        );
     }
 }
 
 #[tokio::test]
 async fn given_a_pool_of_four_slots_when_four_python_and_four_js_steps_run_at_once_then_every_one_gets_an_instance() {
     // Python components hold 14 core modules and 12 MiB of initial memory:
-    // the pool's per-slot shares must fit a whole one in every slot.
+    // the pool's per-slot shares must fit a whole one in every slot. Eight
+    // attempts on four slots: four wait for a slot, none fails for want of
+    // one.
     let mut settings = test_settings();
     settings.pool_slots = 4;
     let runtime = Arc::new(Runtime::new(settings).expect("runtime"));
+    let scratch = Scratch::new();
+    let mut runs = Vec::new();
     for lang in LANGUAGES {
         let plugin = load(&runtime, &format!("{lang}-write-file"));
-        let scratch = Scratch::new();
-        let runs = (0..4).map(|i| {
-            let runtime = runtime.clone();
-            let plugin = plugin.clone();
-            let workspace = scratch.workspace();
-            async move {
-                attempt(
+        for i in 0..4 {
+            let (runtime, plugin, workspace) = (runtime.clone(), plugin.clone(), scratch.workspace());
+            runs.push(async move {
+                let report = attempt(
                     &runtime,
                     &plugin,
                     &workspace,
                     1,
-                    json!({"hang": "spin", "path": format!("{i}.txt"), "text": "x"}),
+                    json!({"hang": "spin", "path": format!("{lang}-{i}.txt"), "text": "x"}),
                     Duration::from_millis(1500),
                     Duration::from_secs(60),
                 )
-                .await
-            }
-        });
-        for report in futures_util::future::join_all(runs).await {
-            assert_eq!(
-                report.outcome,
-                AttemptOutcome::WallTimeout,
-                "{lang}: {}",
-                output_text(&report)
-            );
+                .await;
+                (lang, report)
+            });
         }
+    }
+    let reports = futures_util::future::join_all(runs).await;
+    assert_eq!(reports.len(), 8);
+    for (lang, report) in reports {
+        assert_eq!(
+            report.outcome,
+            AttemptOutcome::WallTimeout,
+            "{lang}: {}",
+            output_text(&report)
+        );
     }
 }

@@ -3,9 +3,8 @@
 //! pinned componentize-js, by the toolchain's `build.mjs`.
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use crate::toolchain::{cached_build, run, Toolchains};
+use crate::toolchain::{builder, cached_build, run, Toolchains};
 use crate::{PluginBuildError, PluginLanguage, PluginSource};
 
 /// The file that makes a directory a JavaScript step.
@@ -22,7 +21,7 @@ pub(crate) fn build(toolchains: &Toolchains, plugin: &PluginSource) -> Result<Pa
         |out| {
             let js = toolchains.javascript()?;
             eprintln!("building the JavaScript step {} with componentize-js", plugin.name);
-            run(Command::new("node")
+            run(builder("node")
                 .arg(js.dir.join("build.mjs"))
                 .arg(plugin.dir.join(ENTRY))
                 .arg(js.dir.join("stepd.js"))

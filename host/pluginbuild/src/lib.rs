@@ -65,6 +65,13 @@ pub enum PluginBuildError {
         /// The builder's exit status or the error starting it.
         reason: String,
     },
+    /// `stepd plugin new` cannot create this plugin.
+    Scaffold {
+        /// The plugin directory it would create.
+        dir: PathBuf,
+        /// Why not.
+        reason: String,
+    },
     /// A file could not be read or written.
     Io {
         /// The file.
@@ -90,6 +97,9 @@ impl fmt::Display for PluginBuildError {
             }
             PluginBuildError::Componentize { dir, reason } => {
                 write!(f, "building the plugin in {} failed: {reason}", dir.display())
+            }
+            PluginBuildError::Scaffold { dir, reason } => {
+                write!(f, "cannot create the plugin {}: {reason}", dir.display())
             }
             PluginBuildError::Io { path, source } => write!(f, "{}: {source}", path.display()),
         }
@@ -215,6 +225,7 @@ pub struct BuildOptions {
 /// changed, so readers of an unchanged plugin never see it half-written.
 /// Returns the components' paths, in the order given.
 pub fn build(plugins: &[PluginSource], options: &BuildOptions) -> Result<Vec<PathBuf>, PluginBuildError> {
+    refuse_duplicates(plugins)?;
     std::fs::create_dir_all(&options.out_dir).map_err(io_error(&options.out_dir))?;
     let rust: Vec<&PluginSource> = plugins.iter().filter(|p| p.language == PluginLanguage::Rust).collect();
     let mut built = Vec::new();
@@ -222,7 +233,12 @@ pub fn build(plugins: &[PluginSource], options: &BuildOptions) -> Result<Vec<Pat
         built.extend(rust::build(&options.cargo, &workspace, &options.target_dir)?);
     }
     let toolchains = toolchain::Toolchains::new(&options.target_dir);
-    for plugin in plugins.iter().filter(|p| p.language != PluginLanguage::Rust) {
+    let others = plugins.iter().filter(|p| p.language != PluginLanguage::Rust);
+    let _held = match others.clone().next() {
+        Some(_) => Some(toolchains.lock()?),
+        None => None,
+    };
+    for plugin in others {
         let component = match plugin.language {
             PluginLanguage::Python => python::build(&toolchains, plugin)?,
             PluginLanguage::JavaScript => js::build(&toolchains, plugin)?,
@@ -240,6 +256,27 @@ pub fn build(plugins: &[PluginSource], options: &BuildOptions) -> Result<Vec<Pat
     Ok(written)
 }
 
+/// Two plugins of one name would land on one `<name>.wasm`, and two Rust
+/// packages of one name on one file in the shared target directory: either
+/// way one would silently replace the other.
+fn refuse_duplicates(plugins: &[PluginSource]) -> Result<(), PluginBuildError> {
+    for (i, plugin) in plugins.iter().enumerate() {
+        let clash = plugins[..i].iter().find(|earlier| {
+            earlier.name == plugin.name || (earlier.package.is_some() && earlier.package == plugin.package)
+        });
+        if let Some(earlier) = clash {
+            return Err(PluginBuildError::NotAPlugin {
+                dir: plugin.dir.clone(),
+                reason: format!(
+                    "its name or package clashes with {} (each plugin needs its own)",
+                    earlier.dir.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Build a Python module (`app.py`) or a JavaScript module against any
 /// world, not only stepd's, with the toolchains under `target_dir`. Not a
 /// step build: it is how the tests make a component of another world that
@@ -253,6 +290,7 @@ pub fn componentize_with_world(
     out: &Path,
 ) -> Result<(), PluginBuildError> {
     let toolchains = toolchain::Toolchains::new(target_dir);
+    let _held = toolchains.lock()?;
     let failed = |reason: String| PluginBuildError::Componentize {
         dir: source.to_owned(),
         reason,
@@ -264,7 +302,7 @@ pub fn componentize_with_world(
                 return Err(failed("a Python source must be a file".into()));
             };
             toolchain::run(
-                std::process::Command::new(&python.componentize_py)
+                toolchain::builder(&python.componentize_py)
                     .arg("-d")
                     .arg(wit_dir)
                     .args(["-w", world, "componentize", "-p"])
@@ -278,7 +316,7 @@ pub fn componentize_with_world(
         PluginLanguage::JavaScript => {
             let js = toolchains.javascript()?;
             toolchain::run(
-                std::process::Command::new("node")
+                toolchain::builder("node")
                     .arg(js.dir.join("build.mjs"))
                     .arg(source)
                     .arg(js.dir.join("stepd.js"))
@@ -298,7 +336,7 @@ fn install(component: &Path, out_dir: &Path, name: &str) -> Result<PathBuf, Plug
     let bytes = std::fs::read(component).map_err(io_error(component))?;
     let dest = out_dir.join(format!("{name}.wasm"));
     if std::fs::read(&dest).ok().as_deref() != Some(bytes.as_slice()) {
-        let tmp = out_dir.join(format!(".{name}.wasm.tmp"));
+        let tmp = out_dir.join(format!(".{name}.wasm.{}.tmp", std::process::id()));
         std::fs::write(&tmp, &bytes)
             .and_then(|()| std::fs::rename(&tmp, &dest))
             .map_err(io_error(&dest))?;

@@ -4,9 +4,8 @@
 //! plugin's `step` module.
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use crate::toolchain::{cached_build, run, Toolchains};
+use crate::toolchain::{builder, cached_build, run, Toolchains};
 use crate::{PluginBuildError, PluginLanguage, PluginSource};
 
 /// The file that makes a directory a Python step.
@@ -19,9 +18,7 @@ pub(crate) fn build(toolchains: &Toolchains, plugin: &PluginSource) -> Result<Pa
         let python = toolchains.python()?;
         eprintln!("building the Python step {} with componentize-py", plugin.name);
         let tmp = out.with_extension("wasm.tmp");
-        run(Command::new(&python.componentize_py)
-            // It imports the step to snapshot it: no bytecode in the sources.
-            .env("PYTHONDONTWRITEBYTECODE", "1")
+        run(builder(&python.componentize_py)
             .arg("-d")
             .arg(&python.wit)
             .args(["-w", "step", "componentize", "-p"])

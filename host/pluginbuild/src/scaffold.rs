@@ -43,15 +43,13 @@ pub fn check_plugin_name(name: &str) -> Result<(), String> {
 /// directory.
 pub fn scaffold(new: &NewPlugin) -> Result<PathBuf, PluginBuildError> {
     let dir = new.parent.join(&new.name);
-    let not_a_plugin = |reason: String| PluginBuildError::NotAPlugin {
+    let refused = |reason: String| PluginBuildError::Scaffold {
         dir: dir.clone(),
         reason,
     };
-    check_plugin_name(&new.name).map_err(not_a_plugin)?;
+    check_plugin_name(&new.name).map_err(refused)?;
     if dir.exists() {
-        return Err(not_a_plugin(
-            "it already exists; choose another name or remove it".into(),
-        ));
+        return Err(refused("it already exists; choose another name or remove it".into()));
     }
     let name = &new.name;
     let mut files: Vec<(PathBuf, String)> = match new.language {
@@ -59,7 +57,7 @@ pub fn scaffold(new: &NewPlugin) -> Result<PathBuf, PluginBuildError> {
             let sdk = new
                 .rust_sdk
                 .as_deref()
-                .ok_or_else(|| not_a_plugin("a Rust plugin needs the path of the stepd-sdk crate (sdk/rust)".into()))?;
+                .ok_or_else(|| refused("a Rust plugin needs the path of the stepd-sdk crate (sdk/rust)".into()))?;
             let sdk = std::fs::canonicalize(sdk).map_err(io_error(sdk))?;
             let mut files = vec![
                 (PathBuf::from("Cargo.toml"), rust_manifest(name, &sdk)),

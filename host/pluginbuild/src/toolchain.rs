@@ -40,12 +40,15 @@ const WIT: &[Embedded] = &[
     ),
 ];
 
+/// The Python toolchain's pin: a change reinstalls the virtual environment.
+const PYTHON_REQUIREMENTS: &str = include_str!("../../../sdk/python/requirements.txt");
+
+/// The JavaScript toolchain's lock: a change reinstalls `node_modules`.
+const JS_LOCK: &str = include_str!("../../../sdk/js/package-lock.json");
+
 /// The Python SDK (sdk/python).
 const PYTHON: &[Embedded] = &[
-    (
-        "python/requirements.txt",
-        include_str!("../../../sdk/python/requirements.txt"),
-    ),
+    ("python/requirements.txt", PYTHON_REQUIREMENTS),
     (
         "python/sdk/stepd/__init__.py",
         include_str!("../../../sdk/python/stepd/__init__.py"),
@@ -59,10 +62,7 @@ const PYTHON: &[Embedded] = &[
 /// The JavaScript SDK and its build (sdk/js).
 const JS: &[Embedded] = &[
     ("js/package.json", include_str!("../../../sdk/js/package.json")),
-    (
-        "js/package-lock.json",
-        include_str!("../../../sdk/js/package-lock.json"),
-    ),
+    ("js/package-lock.json", JS_LOCK),
     ("js/build.mjs", include_str!("../../../sdk/js/build.mjs")),
     ("js/stepd.js", include_str!("../../../sdk/js/stepd.js")),
 ];
@@ -98,6 +98,22 @@ impl Toolchains {
         }
     }
 
+    /// Hold the toolchain directory for one build: `stepd plugin build` and
+    /// the tests' build script may run at once over the same target, and an
+    /// install or a build must not interleave with another.
+    pub(crate) fn lock(&self) -> Result<std::fs::File, PluginBuildError> {
+        std::fs::create_dir_all(&self.root).map_err(io_error(&self.root))?;
+        let path = self.root.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_error(&path))?;
+        file.lock().map_err(io_error(&path))?;
+        Ok(file)
+    }
+
     /// The directory a language's builds cache their components in.
     pub(crate) fn cache_dir(&self, language: PluginLanguage) -> PathBuf {
         self.root.join("built").join(language.to_string())
@@ -111,7 +127,7 @@ impl Toolchains {
         let dir = self.root.join("python");
         let venv = dir.join("venv");
         let stamp = venv.join(".stepd-requirements");
-        let requirements = PYTHON[0].1;
+        let requirements = PYTHON_REQUIREMENTS;
         if std::fs::read_to_string(&stamp).ok().as_deref() != Some(requirements) {
             let fail = |reason: String| PluginBuildError::Toolchain {
                 language: PluginLanguage::Python,
@@ -155,7 +171,7 @@ impl Toolchains {
         self.write(JS)?;
         let dir = self.root.join("js");
         let stamp = dir.join("node_modules/.stepd-lock");
-        let lock = JS[1].1;
+        let lock = JS_LOCK;
         if std::fs::read_to_string(&stamp).ok().as_deref() != Some(lock) {
             eprintln!("installing the JavaScript step toolchain into {}", dir.display());
             run(Command::new("npm")
@@ -187,6 +203,21 @@ impl Toolchains {
         }
         Ok(&self.root)
     }
+}
+
+/// A builder's command with none of this process's environment but what a
+/// builder needs to start: a build snapshots the guest after running its
+/// top-level code, and nothing of the build machine (a CI token, say) may
+/// end up in a component.
+pub(crate) fn builder(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    command.env_clear();
+    for kept in ["PATH", "HOME", "TMPDIR", "LANG"] {
+        if let Some(value) = std::env::var_os(kept) {
+            command.env(kept, value);
+        }
+    }
+    command
 }
 
 /// Run a command to completion; its output goes where this process's goes.

@@ -19,7 +19,7 @@ mod outcome;
 mod plugin;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable, ResourceTableError};
@@ -222,6 +222,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<AttemptState>,
     plugins: plugin::PluginCache,
+    /// Plugin directories already warmed (`warm_plugins_in`).
+    warmed: Mutex<std::collections::HashSet<PathBuf>>,
     settings: RuntimeSettings,
     descriptors: descriptors::DescriptorBudget,
     /// One permit per instance slot of the pooling allocator: an attempt
@@ -274,6 +276,7 @@ impl Runtime {
             engine,
             linker,
             plugins: plugin::PluginCache::default(),
+            warmed: Mutex::default(),
             settings,
             descriptors,
             slots,
@@ -312,12 +315,23 @@ impl Runtime {
     /// Compile (or load from wasmtime's disk cache) every component in
     /// `dir`, so a job's first attempt does not wait for it: a Python or
     /// JavaScript step is 12–19 MB and compiles in seconds. Workers call it
-    /// on a blocking thread when they start. Returns each file's result; a
-    /// bad file is only reported, and reported again when a job uses it.
-    pub fn warm_plugins_in(&self, dir: &Path) -> Vec<(PathBuf, Result<(), PluginError>)> {
+    /// on a blocking thread when they start; a directory is warmed once per
+    /// runtime however many workers share it, and `stop` ends the walk
+    /// between files. Compiled plugins stay for the life of the process, as
+    /// every loaded one does. Returns each file's result; a bad file is only
+    /// reported, and reported again when a job uses it.
+    pub fn warm_plugins_in(&self, dir: &Path, stop: &CancellationToken) -> Vec<(PathBuf, Result<(), PluginError>)> {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return Vec::new();
         };
+        let first = self
+            .warmed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(dir.to_owned());
+        if !first {
+            return Vec::new();
+        }
         let mut files: Vec<PathBuf> = entries
             .filter_map(Result::ok)
             .map(|entry| entry.path())
@@ -326,6 +340,7 @@ impl Runtime {
         files.sort();
         files
             .into_iter()
+            .take_while(|_| !stop.is_cancelled())
             .map(|path| {
                 let loaded = self.load_plugin(&path).map(drop);
                 (path, loaded)

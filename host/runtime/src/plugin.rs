@@ -167,13 +167,21 @@ impl PluginCache {
         if let Some(plugin) = compiled.as_ref() {
             return Ok(Plugin { name, ..plugin.clone() });
         }
-        // A failed compile leaves the slot empty: the error is the file's,
-        // and the next load reports it again.
-        let plugin = Plugin {
-            name,
-            sha256,
-            pre: compile(engine, linker, path, &bytes)?,
+        let pre = match compile(engine, linker, path, &bytes) {
+            Ok(pre) => pre,
+            Err(e) => {
+                // The error is the file's: its slot goes (so bad files
+                // submitted over time hold nothing), and the next load of
+                // these bytes reports the error again.
+                drop(compiled);
+                self.by_hash
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&sha256);
+                return Err(e);
+            }
         };
+        let plugin = Plugin { name, sha256, pre };
         *compiled = Some(plugin.clone());
         Ok(plugin)
     }

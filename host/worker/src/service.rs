@@ -88,12 +88,13 @@ impl Worker {
 
     /// Compile the plugin directory's components in the background, so the
     /// first job of a large (Python, JavaScript) step finds it ready.
-    fn warm_plugins(&self) {
+    fn warm_plugins(&self, stop: &CancellationToken) {
         let runtime = self.runtime.clone();
         let dir = self.options.plugin_dir.clone();
+        let stop = stop.clone();
         tokio::task::spawn_blocking(move || {
             let started = std::time::Instant::now();
-            let results = runtime.warm_plugins_in(&dir);
+            let results = runtime.warm_plugins_in(&dir, &stop);
             for (path, result) in &results {
                 if let Err(e) = result {
                     tracing::warn!(plugin = %path.display(), "plugin not usable: {e}");
@@ -117,7 +118,7 @@ impl Worker {
     /// Claim and run jobs until `stop`; then hand running jobs back to the
     /// queue and return.
     pub async fn run(&self, stop: CancellationToken) {
-        self.warm_plugins();
+        self.warm_plugins(&stop);
         let slots = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
         let running: Arc<std::sync::Mutex<HashMap<String, Arc<JobLink>>>> = Arc::default();
         let prefetch = u16::try_from(self.options.concurrency).unwrap_or(u16::MAX);

@@ -18,9 +18,10 @@ It returns a summary (``str``) or an :class:`Output`, or raises a
 :class:`StepError` whose kind tells self-heal whether another attempt can
 help (:class:`Retry`, :class:`Contract`, :class:`Policy`, :class:`Repo`,
 :class:`Other`) — the same variants, with the same failure classes, as a
-Rust step's ``StepError``. An ``OSError`` the step lets escape is an
-``Other`` error (the host classifies its message), as ``?`` on an
-``std::io::Error`` is in Rust. Any other exception is a crash: its
+Rust step's ``StepError``. An ``OSError`` (or a ``UnicodeError``
+reading a file that is not UTF-8) the step lets escape is an ``Other``
+error (the host classifies its message), as ``?`` on an ``std::io::Error``
+is in Rust. Any other exception is a crash: its
 traceback goes to the step log and the attempt traps, as a Rust panic does.
 
 The step sees only its workspace (:data:`WORKSPACE`), the variables and
@@ -71,6 +72,7 @@ class StepError(Exception):
     kind = "other"
 
     def __init__(self, message: str):
+        message = str(message)
         super().__init__(message)
         self.message = message
 
@@ -159,7 +161,7 @@ class Context:
                 raise Contract(f"inputs.{name} is missing")
             return default
         value = self.inputs[name]
-        if kind is not object and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+        if kind is not object and not _is(value, kind):
             raise Contract(f"inputs.{name} must be {_a(kind)}, not {_a(type(value))}")
         return value
 
@@ -172,10 +174,26 @@ class Output:
     data: Any = None
 
 
-def _a(kind: type) -> str:
+def _is(value: Any, kind: Any) -> bool:
+    """``isinstance`` as JSON means it: a boolean is not a number, and an
+    integer is a number (``3`` passes ``float``)."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    for k in kinds:
+        if isinstance(value, bool) and k is not bool and k is not object:
+            continue
+        if k is float and isinstance(value, int):
+            return True
+        if isinstance(value, k):
+            return True
+    return False
+
+
+def _a(kind: Any) -> str:
+    if isinstance(kind, tuple):
+        return " or ".join(_a(k) for k in kind)
     names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
              list: "a list", dict: "an object", type(None): "null"}
-    return names.get(kind, kind.__name__)
+    return names.get(kind, getattr(kind, "__name__", str(kind)))
 
 
 def log(line: str) -> None:
@@ -195,14 +213,19 @@ def progress(msg: str) -> None:
 
 
 def workspace(relative: Union[str, pathlib.PurePath] = "") -> pathlib.Path:
-    """The workspace root, or a path inside it."""
-    return pathlib.Path(WORKSPACE) / relative
+    """The workspace root, or a path inside it. An absolute path or one
+    with ``..`` is a :class:`Contract` error naming it: joined as is, it
+    would point out of the workspace (where the sandbox refuses it)."""
+    rel = pathlib.PurePosixPath(relative)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise Contract(f"path {str(relative)!r} must be relative to the workspace and must not contain ..")
+    return pathlib.Path(WORKSPACE) / rel
 
 
 def env(name: str) -> Optional[str]:
     """A variable the step was granted (``capabilities.env``), or ``None``.
-    Read from the host at each call: ``os.environ`` is the build
-    machine's snapshot in a componentize-py step."""
+    Read from the host at each call: ``os.environ`` is fixed when
+    componentize-py builds the component, so it never holds the grants."""
     for key, value in environment.get_environment():
         if key == name:
             return value
@@ -262,8 +285,11 @@ def _context(ctx: "types.StepContext") -> Context:
 
 def _output(result: Any) -> "types.StepOutput":
     if isinstance(result, Output):
-        data = None if result.data is None else json.dumps(result.data)
-        return types.StepOutput(summary=result.summary, data=data)
+        try:
+            data = None if result.data is None else json.dumps(result.data)
+        except (TypeError, ValueError) as e:
+            raise Contract(f"the step's output data is not JSON: {e}") from None
+        return types.StepOutput(summary=str(result.summary), data=data)
     if result is None:
         return types.StepOutput(summary="done", data=None)
     return types.StepOutput(summary=str(result), data=None)
@@ -278,7 +304,9 @@ def _run_registered(ctx: "types.StepContext") -> "types.StepOutput":
         return _output(_registered(_context(ctx)))
     except StepError as e:
         raise Err(e._variant()) from None
-    except OSError as e:
+    except (OSError, UnicodeError) as e:
+        # What `?` on an io::Error is in Rust (a file that is not UTF-8
+        # included): the host classifies the message.
         raise Err(types.StepError_Other(str(e))) from None
     except Exception:
         # A crash, as a Rust panic is: the traceback to the log, then a trap.
