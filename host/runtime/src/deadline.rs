@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::capture::ActivityClock;
+use super::engine::WakeSchedule;
 
 /// Why the host stopped an attempt before it returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -52,6 +53,10 @@ pub struct AttemptClock {
     activity: Arc<ActivityClock>,
     cancel: CancellationToken,
     ticks: Option<Arc<tokio::sync::Notify>>,
+    schedule: Option<Arc<WakeSchedule>>,
+    /// The epoch tick: a deadline closer than this is registered with the
+    /// schedule.
+    tick: Duration,
 }
 
 impl AttemptClock {
@@ -68,15 +73,42 @@ impl AttemptClock {
             activity,
             cancel,
             ticks: None,
+            schedule: None,
+            tick: Duration::ZERO,
         }
     }
 
     /// Also wake on `ticks` (the epoch ticker) when a deadline is near, for
-    /// a stop within a tick of it rather than within tokio's rounding.
-    pub fn with_ticks(self, ticks: Arc<tokio::sync::Notify>) -> Self {
+    /// a stop within a tick of it rather than within tokio's rounding; and
+    /// have the ticker fire at a deadline that falls between two of its
+    /// ticks (`schedule`), for a stop at the deadline itself.
+    pub fn with_ticker(self, ticks: Arc<tokio::sync::Notify>, schedule: Arc<WakeSchedule>, tick: Duration) -> Self {
         AttemptClock {
             ticks: Some(ticks),
+            schedule: Some(schedule),
+            tick,
             ..self
+        }
+    }
+
+    /// The epoch callback's check: stop if a deadline passed; else, when
+    /// the nearer deadline falls before the next regular tick, have the
+    /// ticker fire at it (a CPU-bound guest only notices a deadline on an
+    /// epoch change).
+    pub fn check_on_tick(&self, now: Instant) -> Option<StopReason> {
+        let reason = self.check(now);
+        if reason.is_none() {
+            self.register_if_near(now);
+        }
+        reason
+    }
+
+    fn register_if_near(&self, now: Instant) {
+        if let Some(schedule) = &self.schedule {
+            let next = self.wall_deadline.min(self.idle_deadline());
+            if next.saturating_duration_since(now) <= self.tick {
+                schedule.wake_at(next);
+            }
         }
     }
 
@@ -117,10 +149,18 @@ impl AttemptClock {
             let near = next.saturating_duration_since(now) <= NEAR_DEADLINE;
             match &self.ticks {
                 Some(ticks) if near => {
+                    // Listening before registering: the tick fired at the
+                    // deadline cannot slip between the two.
+                    let notified = ticks.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
+                    if let Some(schedule) = &self.schedule {
+                        schedule.wake_at(next);
+                    }
                     tokio::select! {
                         biased;
                         () = self.cancel.cancelled() => return StopReason::Cancelled,
-                        () = ticks.notified() => {}
+                        () = &mut notified => {}
                         // Should the ticker stall: never later than tokio's timer.
                         () = tokio::time::sleep_until(next.into()) => {}
                     }

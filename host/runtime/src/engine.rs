@@ -1,8 +1,10 @@
 //! The one wasmtime [`Engine`] a process runs every attempt on, and the
 //! epoch ticker that drives deadline checks.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -57,15 +59,47 @@ pub fn engine_config(settings: &RuntimeSettings) -> wasmtime::Result<Config> {
     Ok(config)
 }
 
-/// A background thread that advances the engine's epoch every tick, so the
-/// store's deadline callback runs that often. Each tick also wakes whoever
-/// waits on [`EpochTicker::ticks`]: a watch close to its deadline uses it
-/// for sub-millisecond precision (tokio's timer rounds up to whole
-/// milliseconds). Stops when dropped.
+/// Instants the epoch ticker must also fire at, between its regular ticks:
+/// an attempt whose deadline falls within the next tick registers it, so a
+/// CPU-bound guest is interrupted at its deadline rather than at the next
+/// whole tick (up to a tick late), and a watch waiting on a blocked guest
+/// wakes on it too. Bounded: registrations past [`MAX_PENDING_WAKES`] are
+/// dropped, and the regular tick still stops the attempt.
+#[derive(Debug, Default)]
+pub struct WakeSchedule {
+    wakes: Mutex<BinaryHeap<Reverse<Instant>>>,
+    changed: Condvar,
+}
+
+/// At most this many pending wakes (an attempt registers one or two, only
+/// in the last tick before a deadline).
+const MAX_PENDING_WAKES: usize = 1 << 16;
+
+impl WakeSchedule {
+    /// Fire a tick at `at` (no later than the regular tick after it).
+    pub fn wake_at(&self, at: Instant) {
+        let mut wakes = self.wakes.lock().unwrap_or_else(PoisonError::into_inner);
+        if wakes.len() >= MAX_PENDING_WAKES {
+            return;
+        }
+        let earlier = wakes.peek().is_none_or(|Reverse(first)| at < *first);
+        wakes.push(Reverse(at));
+        if earlier {
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// A background thread that advances the engine's epoch every tick, and at
+/// every instant in its [`WakeSchedule`], so the store's deadline callback
+/// runs then. Each tick also wakes whoever waits on [`EpochTicker::ticks`]:
+/// a watch close to its deadline uses it for sub-millisecond precision
+/// (tokio's timer rounds up to whole milliseconds). Stops when dropped.
 #[derive(Debug)]
 pub struct EpochTicker {
     stop: Arc<AtomicBool>,
     ticks: Arc<tokio::sync::Notify>,
+    schedule: Arc<WakeSchedule>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -74,34 +108,20 @@ impl EpochTicker {
     pub fn start(engine: &Engine, tick: Duration) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let ticks = Arc::new(tokio::sync::Notify::new());
+        let schedule = Arc::new(WakeSchedule::default());
         let thread = {
             let engine = engine.clone();
             let stop = stop.clone();
             let ticks = ticks.clone();
-            std::thread::Builder::new().name("stepd-epoch".into()).spawn(move || {
-                // Tick on an absolute schedule: a sleep that overshoots
-                // shortens the next one instead of drifting.
-                let mut next = Instant::now() + tick;
-                while !stop.load(Ordering::Relaxed) {
-                    let now = Instant::now();
-                    if next > now {
-                        std::thread::sleep(next - now);
-                    }
-                    engine.increment_epoch();
-                    ticks.notify_waiters();
-                    next += tick;
-                    let now = Instant::now();
-                    if next < now {
-                        // Fell behind (the machine was busy): start afresh
-                        // rather than firing a burst of catch-up ticks.
-                        next = now + tick;
-                    }
-                }
-            })?
+            let schedule = schedule.clone();
+            std::thread::Builder::new()
+                .name("stepd-epoch".into())
+                .spawn(move || tick_until_stopped(&engine, tick, &stop, &ticks, &schedule))?
         };
         Ok(EpochTicker {
             stop,
             ticks,
+            schedule,
             thread: Some(thread),
         })
     }
@@ -110,13 +130,88 @@ impl EpochTicker {
     pub fn ticks(&self) -> Arc<tokio::sync::Notify> {
         self.ticks.clone()
     }
+
+    /// Where attempts register the deadlines they are about to reach.
+    pub fn schedule(&self) -> Arc<WakeSchedule> {
+        self.schedule.clone()
+    }
+}
+
+/// The ticker thread: tick on an absolute schedule (a wait that overshoots
+/// shortens the next one instead of drifting), and also at each registered
+/// wake.
+fn tick_until_stopped(
+    engine: &Engine,
+    tick: Duration,
+    stop: &AtomicBool,
+    ticks: &tokio::sync::Notify,
+    schedule: &WakeSchedule,
+) {
+    let mut next_tick = Instant::now() + tick;
+    let mut wakes = schedule.wakes.lock().unwrap_or_else(PoisonError::into_inner);
+    while !stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let due = wakes.peek().map_or(next_tick, |Reverse(first)| next_tick.min(*first));
+        if due > now {
+            wakes = schedule
+                .changed
+                .wait_timeout(wakes, due - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+            continue;
+        }
+        while wakes.peek().is_some_and(|Reverse(first)| *first <= now) {
+            wakes.pop();
+        }
+        drop(wakes);
+        engine.increment_epoch();
+        ticks.notify_waiters();
+        if now >= next_tick {
+            next_tick += tick;
+            if next_tick < now {
+                // Fell behind (the machine was busy): start afresh rather
+                // than firing a burst of catch-up ticks.
+                next_tick = now + tick;
+            }
+        }
+        wakes = schedule.wakes.lock().unwrap_or_else(PoisonError::into_inner);
+    }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Taking the lock orders the store before the thread's next check.
+        drop(self.schedule.wakes.lock().unwrap_or_else(PoisonError::into_inner));
+        self.schedule.changed.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_registered_wake_fires_between_two_regular_ticks() {
+        let engine = Engine::new(&engine_config(&RuntimeSettings::default()).expect("config")).expect("engine");
+        // A tick far longer than the wake's distance: only the wake can be
+        // what fires in time.
+        let ticker = EpochTicker::start(&engine, Duration::from_millis(500)).expect("ticker");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let ticks = ticker.ticks();
+        let notified = ticks.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let started = Instant::now();
+        ticker.schedule().wake_at(started + Duration::from_millis(5));
+        tokio::time::timeout(Duration::from_millis(200), notified)
+            .await
+            .expect("the wake fired well before the next regular tick");
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(5), "fired early: {waited:?}");
+        assert!(waited < Duration::from_millis(100), "fired late: {waited:?}");
     }
 }

@@ -374,7 +374,7 @@ impl Runtime {
                 activity.clone(),
                 request.cancel.clone(),
             )
-            .with_ticks(self.ticker.ticks()),
+            .with_ticker(self.ticker.ticks(), self.ticker.schedule(), self.settings.epoch_tick),
         );
         let wasi = sandbox_wasi(&request.workspace, &request.grants, &output)?;
         let http = self.outbound_http(request.grants.http.clone(), &activity)?;
@@ -504,7 +504,7 @@ impl Runtime {
             // Every tick: stop if a deadline passed, else yield to tokio so
             // the watch (and other tasks) get to run.
             let clock = clock.clone();
-            store.epoch_deadline_callback(move |_| match clock.check(Instant::now()) {
+            store.epoch_deadline_callback(move |_| match clock.check_on_tick(Instant::now()) {
                 Some(reason) => Err(wasmtime::Error::new(reason)),
                 None => Ok(UpdateDeadline::Yield(1)),
             });
