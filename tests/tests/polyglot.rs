@@ -515,7 +515,13 @@ async fn given_a_cold_compile_cache_when_a_python_step_with_a_short_deadline_run
 
 /// `stepd plugin …` with this build's component cache; exit code and output.
 fn stepd_plugin(args: &[&str]) -> (Option<i32>, String) {
+    stepd_plugin_in(&std::env::current_dir().expect("cwd"), args)
+}
+
+/// [`stepd_plugin`] run from `cwd`.
+fn stepd_plugin_in(cwd: &Path, args: &[&str]) -> (Option<i32>, String) {
     let out = std::process::Command::new(stepd_bin())
+        .current_dir(cwd)
         .arg("plugin")
         .args(args)
         .env(
@@ -592,18 +598,27 @@ fn given_plugin_new_for_each_language_when_built_then_it_passes_plugin_run() {
         .to_owned();
     let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sdk/rust");
     let dist = dir.path().join("dist");
+    // The shared plugin target (its toolchains are installed), as a path
+    // relative to the directory the build runs from.
+    let up = "../".repeat(dir.path().components().count() - 1);
+    let relative_target = format!("{up}{}", path_str(&target).trim_start_matches('/'));
     for lang in ["rust", "python", "js"] {
-        let name = format!("hello-{lang}");
-        let (code, text) = stepd_plugin(&[
-            "new",
-            &name,
-            "--lang",
-            lang,
-            "--dir",
-            path_str(dir.path()),
-            "--sdk",
-            path_str(&sdk),
-        ]);
+        // A name of this run's own: the toolchains' cache keys hash the
+        // files (which hold the name), so this build really runs the builders.
+        let name = format!("hello-{lang}-{}", std::process::id());
+        let scaffold = || {
+            stepd_plugin(&[
+                "new",
+                &name,
+                "--lang",
+                lang,
+                "--dir",
+                path_str(dir.path()),
+                "--sdk",
+                path_str(&sdk),
+            ])
+        };
+        let (code, text) = scaffold();
         assert_eq!(code, Some(0), "{lang}: {text}");
         assert!(
             text.contains(&format!("stepd plugin build {}", dir.path().join(&name).display())),
@@ -611,27 +626,15 @@ fn given_plugin_new_for_each_language_when_built_then_it_passes_plugin_run() {
         );
         assert!(dir.path().join(&name).join("job.json").is_file(), "{lang}");
         // Scaffolding over an existing plugin is refused; nothing is lost.
-        let (code, text) = stepd_plugin(&[
-            "new",
-            &name,
-            "--lang",
-            lang,
-            "--dir",
-            path_str(dir.path()),
-            "--sdk",
-            path_str(&sdk),
-        ]);
+        let (code, text) = scaffold();
         assert_ne!(code, Some(0), "{lang}: {text}");
         assert!(text.contains("already exists"), "{lang}: {text}");
 
-        let (code, text) = stepd_plugin(&[
-            "build",
-            path_str(&dir.path().join(&name)),
-            "--out",
-            path_str(&dist),
-            "--target-dir",
-            path_str(&target),
-        ]);
+        // Relative paths, as a user types them, from the plugins' parent.
+        let (code, text) = stepd_plugin_in(
+            dir.path(),
+            &["build", &name, "--out", "dist", "--target-dir", &relative_target],
+        );
         assert_eq!(code, Some(0), "{lang}: {text}");
         let workspace = dir.path().join(format!("ws-{lang}"));
         let (code, text) = stepd_plugin(&[
@@ -681,6 +684,11 @@ fn given_plugin_new_for_each_language_when_built_then_it_passes_plugin_run() {
             std::fs::read_to_string(data.join("work/scaffold/workspace/hello.txt")).expect("the job wrote it"),
             format!("Hello from {name}\n")
         );
+        for built in ["python", "javascript"].map(|l| target.join("toolchains/built").join(l)) {
+            for ext in ["wasm", "key"] {
+                let _ = std::fs::remove_file(built.join(format!("{name}.{ext}")));
+            }
+        }
     }
 }
 

@@ -153,6 +153,9 @@ pub struct PluginSource {
 impl PluginSource {
     /// Read the plugin in `dir`: a Rust crate, a Python or a JavaScript step.
     pub fn read(dir: &Path) -> Result<Self, PluginBuildError> {
+        // Absolute, for builders that resolve paths from elsewhere.
+        let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned());
+        let dir = absolute.as_path();
         let not_a_plugin = |reason: String| PluginBuildError::NotAPlugin {
             dir: dir.to_owned(),
             reason,
@@ -291,6 +294,8 @@ pub fn componentize_with_world(
 ) -> Result<(), PluginBuildError> {
     let toolchains = toolchain::Toolchains::new(target_dir);
     let _held = toolchains.lock()?;
+    let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let (wit_dir, source, out) = (&absolute(wit_dir), &absolute(source), &absolute(out));
     let failed = |reason: String| PluginBuildError::Componentize {
         dir: source.to_owned(),
         reason,

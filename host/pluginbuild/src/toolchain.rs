@@ -93,6 +93,9 @@ pub(crate) struct JavaScript {
 
 impl Toolchains {
     pub(crate) fn new(target_dir: &Path) -> Self {
+        // Absolute: the builders run elsewhere and resolve what they are
+        // given from there (rolldown takes an alias only as an absolute path).
+        let target_dir = std::path::absolute(target_dir).unwrap_or_else(|_| target_dir.to_owned());
         Toolchains {
             root: target_dir.join("toolchains"),
         }
