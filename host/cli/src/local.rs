@@ -1,5 +1,5 @@
 //! The commands that run steps in this process: `stepd run` (a whole job,
-//! with self-heal and a live view) and `stepd plugin run|check|build`.
+//! with self-heal and a live view) and `stepd plugin run|check|build|new`.
 //! They use the runtime and self-heal crates only — no store, queue,
 //! worker or API — which tests/tests/architecture.rs checks.
 
@@ -297,8 +297,8 @@ fn cancel_on_ctrl_c() -> CancellationToken {
     cancel
 }
 
-/// `stepd plugin build`: compile plugin crates for wasm32-wasip2 and put
-/// the components where `--plugins` looks names up.
+/// `stepd plugin build`: build plugins in any of the three languages and
+/// put the components where `--plugins` looks names up.
 pub fn plugin_build(args: &PluginBuildArgs) -> anyhow::Result<ExitCode> {
     let plugins = if args.dirs.is_empty() {
         stepd_plugin_build::plugins_under(Path::new("plugins"))?
