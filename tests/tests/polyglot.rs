@@ -14,10 +14,21 @@ use stepd_records::redact::Redactor;
 use stepd_runtime::{AttemptOutcome, AttemptReport, GuestErrorKind, Runtime};
 use stepd_selfheal::{classify, run_local, FailureClass, JobStatus, LocalRun, LocalRunOptions};
 use stepd_settings::Settings;
-use stepd_tests::{attempt, git_repo, load, plugin_dir, stepd_bin, test_settings, Scratch};
+use stepd_tests::{attempt, attempt_with, git_repo, load, plugin_dir, stepd_bin, test_settings, Scratch};
 
 /// The two guest languages besides Rust, by their plugins' name prefix.
 const LANGUAGES: [&str; 2] = ["py", "js"];
+
+/// Attempt 1 of `plugin` over the scratch workspace, a minute for each
+/// deadline, nothing granted.
+async fn within_a_minute(
+    runtime: &Runtime,
+    plugin: &stepd_runtime::Plugin,
+    scratch: &Scratch,
+    inputs: Value,
+) -> AttemptReport {
+    attempt_with(runtime, plugin, &scratch.workspace(), inputs, Default::default()).await
+}
 
 fn output_text(report: &AttemptReport) -> String {
     report.output.chunks.iter().map(|c| c.text.as_str()).collect()
@@ -29,14 +40,11 @@ async fn given_python_and_js_write_file_steps_when_they_run_then_the_files_are_w
     for lang in LANGUAGES {
         let plugin = load(&runtime, &format!("{lang}-write-file"));
         let scratch = Scratch::new();
-        let report = attempt(
+        let report = within_a_minute(
             &runtime,
             &plugin,
-            &scratch.workspace(),
-            1,
+            &scratch,
             json!({"files": {"a.txt": "alpha\n", "docs/b.md": "# beta\n"}}),
-            Duration::from_secs(60),
-            Duration::from_secs(60),
         )
         .await;
         assert_eq!(
@@ -98,14 +106,11 @@ async fn given_python_and_js_write_file_steps_when_they_run_then_the_files_are_w
         );
 
         // A path out of the workspace is the job's mistake, named.
-        let refused = attempt(
+        let refused = within_a_minute(
             &runtime,
             &plugin,
-            &scratch.workspace(),
-            1,
+            &scratch,
             json!({"path": "../outside.txt", "text": "x"}),
-            Duration::from_secs(60),
-            Duration::from_secs(60),
         )
         .await;
         assert!(
@@ -141,16 +146,7 @@ async fn given_a_step_error_of_each_kind_when_a_python_or_js_step_raises_it_then
         let scratch = Scratch::new();
         for (name, kind, class) in kinds {
             let message = format!("{name} from {lang}: connection reset by peer");
-            let report = attempt(
-                &runtime,
-                &plugin,
-                &scratch.workspace(),
-                1,
-                json!({"kind": name, "message": message}),
-                Duration::from_secs(60),
-                Duration::from_secs(60),
-            )
-            .await;
+            let report = within_a_minute(&runtime, &plugin, &scratch, json!({"kind": name, "message": message})).await;
             assert_eq!(
                 report.outcome,
                 AttemptOutcome::GuestError {
@@ -163,16 +159,7 @@ async fn given_a_step_error_of_each_kind_when_a_python_or_js_step_raises_it_then
             assert_eq!(classify(&report.outcome), Some(class), "{lang} {name}");
         }
         // A mistyped input is a contract error naming the field.
-        let report = attempt(
-            &runtime,
-            &plugin,
-            &scratch.workspace(),
-            1,
-            json!({"kind": 7}),
-            Duration::from_secs(60),
-            Duration::from_secs(60),
-        )
-        .await;
+        let report = within_a_minute(&runtime, &plugin, &scratch, json!({"kind": 7})).await;
         assert!(
             matches!(&report.outcome, AttemptOutcome::GuestError { kind: GuestErrorKind::Contract, message } if message.contains("inputs.kind must be a string")),
             "{lang}: {:?}",
@@ -189,16 +176,7 @@ async fn given_python_and_js_steps_when_one_crashes_fails_a_file_read_or_reads_a
         let plugin = load(&runtime, &format!("{lang}-write-file"));
         let scratch = Scratch::new();
         // A plain exception is a crash, as a panic is: logged, then a trap.
-        let crashed = attempt(
-            &runtime,
-            &plugin,
-            &scratch.workspace(),
-            1,
-            json!({"crash": true}),
-            Duration::from_secs(60),
-            Duration::from_secs(60),
-        )
-        .await;
+        let crashed = within_a_minute(&runtime, &plugin, &scratch, json!({"crash": true})).await;
         assert!(
             matches!(crashed.outcome, AttemptOutcome::Trap { .. }),
             "{lang}: {:?}",
@@ -217,14 +195,11 @@ async fn given_python_and_js_steps_when_one_crashes_fails_a_file_read_or_reads_a
 
         // A file error that escapes is `other`, with the text a Rust
         // step's io::Error has, so it is classified alike.
-        let missing = attempt(
+        let missing = within_a_minute(
             &runtime,
             &plugin,
-            &scratch.workspace(),
-            1,
+            &scratch,
             json!({"read": "missing.txt", "path": "x.txt", "text": "x"}),
-            Duration::from_secs(60),
-            Duration::from_secs(60),
         )
         .await;
         assert!(
@@ -243,7 +218,7 @@ async fn given_python_and_js_steps_when_one_crashes_fails_a_file_read_or_reads_a
             env: vec![("GREETING".into(), "hello from the host".into())],
             ..Default::default()
         };
-        let granted = stepd_tests::attempt_with(
+        let granted = attempt_with(
             &runtime,
             &plugin,
             &scratch.workspace(),
@@ -323,14 +298,11 @@ async fn given_fuel_and_memory_limits_when_python_and_js_steps_exceed_them_then_
         )
         .await;
         assert_eq!(spun.outcome, AttemptOutcome::OutOfFuel, "{lang}");
-        let grown = attempt(
+        let grown = within_a_minute(
             &runtime,
             &plugin,
-            &scratch.workspace(),
-            1,
+            &scratch,
             json!({"allocateMb": 200, "path": "never.txt", "text": "x"}),
-            Duration::from_secs(60),
-            Duration::from_secs(60),
         )
         .await;
         assert!(
@@ -340,14 +312,11 @@ async fn given_fuel_and_memory_limits_when_python_and_js_steps_exceed_them_then_
         );
         assert!(!scratch.workspace().join("never.txt").exists(), "{lang}");
         // Within the limits, the same plugin still runs.
-        let fine = attempt(
+        let fine = within_a_minute(
             &runtime,
             &plugin,
-            &scratch.workspace(),
-            1,
+            &scratch,
             json!({"allocateMb": 16, "path": "fine.txt", "text": "ok"}),
-            Duration::from_secs(60),
-            Duration::from_secs(60),
         )
         .await;
         assert!(fine.outcome.is_success(), "{lang}: {:?}", fine.outcome);

@@ -2,9 +2,9 @@
 //! SDK, sdk/js/stepd.js) and built into a component of the world with the
 //! pinned componentize-js, by the toolchain's `build.mjs`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use crate::toolchain::{builder, cached_build, run, Toolchains};
+use crate::toolchain::{builder, cached_build, run, JavaScript, Toolchains};
 use crate::{PluginBuildError, PluginLanguage, PluginSource};
 
 /// The file that makes a directory a JavaScript step.
@@ -21,17 +21,25 @@ pub(crate) fn build(toolchains: &Toolchains, plugin: &PluginSource) -> Result<Pa
         |out| {
             let js = toolchains.javascript()?;
             eprintln!("building the JavaScript step {} with componentize-js", plugin.name);
-            run(builder("node")
-                .arg(js.dir.join("build.mjs"))
-                .arg(plugin.dir.join(ENTRY))
-                .arg(js.dir.join("stepd.js"))
-                .arg(&js.wit)
-                .arg("step")
-                .arg(out))
-            .map_err(|reason| PluginBuildError::Componentize {
-                dir: plugin.dir.clone(),
-                reason: format!("node build.mjs (componentize-js): {reason}"),
+            componentize(js, &js.wit, "step", &plugin.dir.join(ENTRY), out).map_err(|reason| {
+                PluginBuildError::Componentize {
+                    dir: plugin.dir.clone(),
+                    reason,
+                }
             })
         },
     )
+}
+
+/// Run `build.mjs`: bundle `entry` (with `stepd` resolving to the SDK) and
+/// make it a component of `world` (in `wit`), written to `out`.
+pub(crate) fn componentize(js: &JavaScript, wit: &Path, world: &str, entry: &Path, out: &Path) -> Result<(), String> {
+    run(builder("node")
+        .arg(js.dir.join("build.mjs"))
+        .arg(entry)
+        .arg(js.dir.join("stepd.js"))
+        .arg(wit)
+        .arg(world)
+        .arg(out))
+    .map_err(|reason| format!("node build.mjs (componentize-js): {reason}"))
 }

@@ -223,7 +223,7 @@ pub struct BuildOptions {
     pub out_dir: PathBuf,
 }
 
-/// Build `plugins` (the Rust ones members of one cargo workspace) and copy
+/// Build `plugins` (Rust ones with one cargo build per workspace) and copy
 /// each component to `<out_dir>/<name>.wasm`, rewritten only when it
 /// changed, so readers of an unchanged plugin never see it half-written.
 /// Returns the components' paths, in the order given.
@@ -236,16 +236,13 @@ pub fn build(plugins: &[PluginSource], options: &BuildOptions) -> Result<Vec<Pat
         built.extend(rust::build(&options.cargo, &workspace, &options.target_dir)?);
     }
     let toolchains = toolchain::Toolchains::new(&options.target_dir);
-    let others = plugins.iter().filter(|p| p.language != PluginLanguage::Rust);
-    let _held = match others.clone().next() {
-        Some(_) => Some(toolchains.lock()?),
-        None => None,
-    };
-    for plugin in others {
+    let needs_toolchains = plugins.iter().any(|p| p.language != PluginLanguage::Rust);
+    let _held = needs_toolchains.then(|| toolchains.lock()).transpose()?;
+    for plugin in plugins {
         let component = match plugin.language {
+            PluginLanguage::Rust => continue,
             PluginLanguage::Python => python::build(&toolchains, plugin)?,
             PluginLanguage::JavaScript => js::build(&toolchains, plugin)?,
-            PluginLanguage::Rust => unreachable!("filtered out above"),
         };
         built.push((plugin.name.clone(), component));
     }
@@ -302,34 +299,13 @@ pub fn componentize_with_world(
     };
     match language {
         PluginLanguage::Python => {
-            let python = toolchains.python()?;
-            let (Some(dir), Some(module)) = (source.parent(), source.file_stem()) else {
-                return Err(failed("a Python source must be a file".into()));
+            let (Some(dir), Some(module)) = (source.parent(), source.file_stem().and_then(|m| m.to_str())) else {
+                return Err(failed("a Python source must be a file with a UTF-8 name".into()));
             };
-            toolchain::run(
-                toolchain::builder(&python.componentize_py)
-                    .arg("-d")
-                    .arg(wit_dir)
-                    .args(["-w", world, "componentize", "-p"])
-                    .arg(dir)
-                    .arg(module)
-                    .arg("-o")
-                    .arg(out),
-            )
-            .map_err(failed)
+            python::componentize(toolchains.python()?, wit_dir, world, &[dir], module, out).map_err(failed)
         }
         PluginLanguage::JavaScript => {
-            let js = toolchains.javascript()?;
-            toolchain::run(
-                toolchain::builder("node")
-                    .arg(js.dir.join("build.mjs"))
-                    .arg(source)
-                    .arg(js.dir.join("stepd.js"))
-                    .arg(wit_dir)
-                    .arg(world)
-                    .arg(out),
-            )
-            .map_err(failed)
+            js::componentize(toolchains.javascript()?, wit_dir, world, source, out).map_err(failed)
         }
         PluginLanguage::Rust => Err(failed("Rust components are built by cargo; see rust.rs".into())),
     }

@@ -49,7 +49,8 @@ fn workspace_root(dir: &Path) -> PathBuf {
 pub(crate) fn by_workspace<'a>(crates: &[&'a PluginSource]) -> Vec<Vec<&'a PluginSource>> {
     let mut groups: Vec<(PathBuf, Vec<&'a PluginSource>)> = Vec::new();
     for plugin in crates {
-        let root = workspace_root(&std::path::absolute(&plugin.dir).unwrap_or_else(|_| plugin.dir.clone()));
+        // `PluginSource::read` made the directory absolute.
+        let root = workspace_root(&plugin.dir);
         match groups.iter_mut().find(|(r, _)| *r == root) {
             Some((_, group)) => group.push(plugin),
             None => groups.push((root, vec![plugin])),

@@ -61,7 +61,7 @@ pub fn scaffold(new: &NewPlugin) -> Result<PathBuf, PluginBuildError> {
             let sdk = std::fs::canonicalize(sdk).map_err(io_error(sdk))?;
             let mut files = vec![
                 (PathBuf::from("Cargo.toml"), rust_manifest(name, &sdk)),
-                (PathBuf::from("src/lib.rs"), RUST_STEP.replace("{name}", name)),
+                (PathBuf::from("src/lib.rs"), rust_step(name)),
             ];
             // The project's lock pins the SDK's dependencies at the versions
             // already built, so the first build reuses them.
@@ -117,25 +117,18 @@ stepd-sdk = {{ path = "{sdk}" }}
     )
 }
 
-const RUST_STEP: &str = r#"//! {name}: a stepd step. It writes `inputs.text` to `inputs.path` in the
-//! workspace.
-use stepd_sdk::{log, serde::Deserialize, StepContext, StepError, StepOutput};
+/// The Rust step is `plugins/typed-write`, the SDK's measure (its code is
+/// held to 15 lines by tests/tests/sdk.rs), under a header of its own.
+const RUST_STEP_BODY: &str = include_str!("../../../plugins/typed-write/src/lib.rs");
 
-#[derive(Deserialize)]
-#[serde(crate = "stepd_sdk::serde")]
-struct Inputs {
-    path: String,
-    text: String,
+fn rust_step(name: &str) -> String {
+    let body: String = RUST_STEP_BODY
+        .lines()
+        .skip_while(|line| line.starts_with("//!"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    format!("//! {name}: a stepd step. It writes `inputs.text` to `inputs.path` in the\n//! workspace.\n{body}")
 }
-
-fn run(ctx: StepContext) -> Result<StepOutput, StepError> {
-    let Inputs { path, text } = ctx.inputs()?;
-    std::fs::write(stepd_sdk::workspace_path(&path), &text)?;
-    log!("wrote {path} ({} bytes)", text.len());
-    Ok(StepOutput::summary(format!("wrote {path}")))
-}
-stepd_sdk::export_fn!(run);
-"#;
 
 const PYTHON_STEP: &str = r#""""{name}: a stepd step. It writes ``inputs.text`` to ``inputs.path`` in the
 workspace."""

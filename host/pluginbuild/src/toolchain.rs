@@ -6,6 +6,7 @@
 //! on a plugin directory anywhere, not only inside this repository; they
 //! are written out next to the toolchains whenever they differ.
 
+use std::cell::OnceCell;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -67,13 +68,18 @@ const JS: &[Embedded] = &[
     ("js/stepd.js", include_str!("../../../sdk/js/stepd.js")),
 ];
 
-/// The toolchain directory of one build.
-#[derive(Debug, Clone)]
+/// The toolchain directory of one build. Each toolchain is checked (and
+/// installed when its pin changed) once per build, however many plugins
+/// use it.
+#[derive(Debug)]
 pub(crate) struct Toolchains {
     root: PathBuf,
+    python: OnceCell<Python>,
+    javascript: OnceCell<JavaScript>,
 }
 
 /// An installed Python toolchain.
+#[derive(Debug)]
 pub(crate) struct Python {
     /// The pinned componentize-py.
     pub componentize_py: PathBuf,
@@ -84,6 +90,7 @@ pub(crate) struct Python {
 }
 
 /// An installed JavaScript toolchain.
+#[derive(Debug)]
 pub(crate) struct JavaScript {
     /// The directory holding `build.mjs`, `stepd.js` and `node_modules`.
     pub dir: PathBuf,
@@ -98,6 +105,8 @@ impl Toolchains {
         let target_dir = std::path::absolute(target_dir).unwrap_or_else(|_| target_dir.to_owned());
         Toolchains {
             root: target_dir.join("toolchains"),
+            python: OnceCell::new(),
+            javascript: OnceCell::new(),
         }
     }
 
@@ -124,7 +133,10 @@ impl Toolchains {
 
     /// The pinned componentize-py in a virtual environment of its own,
     /// (re)installed when `sdk/python/requirements.txt` changed.
-    pub(crate) fn python(&self) -> Result<Python, PluginBuildError> {
+    pub(crate) fn python(&self) -> Result<&Python, PluginBuildError> {
+        if let Some(python) = self.python.get() {
+            return Ok(python);
+        }
         let wit = self.write(WIT)?.join("wit");
         self.write(PYTHON)?;
         let dir = self.root.join("python");
@@ -160,16 +172,19 @@ impl Toolchains {
             .map_err(|e| fail(format!("pip install -r sdk/python/requirements.txt: {e}")))?;
             std::fs::write(&stamp, requirements).map_err(io_error(&stamp))?;
         }
-        Ok(Python {
+        Ok(self.python.get_or_init(|| Python {
             componentize_py: venv.join("bin/componentize-py"),
             sdk: dir.join("sdk"),
             wit,
-        })
+        }))
     }
 
     /// The pinned componentize-js and rolldown, (re)installed with `npm ci`
     /// when `sdk/js/package-lock.json` changed.
-    pub(crate) fn javascript(&self) -> Result<JavaScript, PluginBuildError> {
+    pub(crate) fn javascript(&self) -> Result<&JavaScript, PluginBuildError> {
+        if let Some(js) = self.javascript.get() {
+            return Ok(js);
+        }
         let wit = self.write(WIT)?.join("wit");
         self.write(JS)?;
         let dir = self.root.join("js");
@@ -186,7 +201,7 @@ impl Toolchains {
             })?;
             std::fs::write(&stamp, lock).map_err(io_error(&stamp))?;
         }
-        Ok(JavaScript { dir, wit })
+        Ok(self.javascript.get_or_init(|| JavaScript { dir, wit }))
     }
 
     /// Write `files` under the toolchain directory where they differ.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::capture::ActivityClock;
-use super::engine::WakeSchedule;
+use super::engine::Ticks;
 
 /// Why the host stopped an attempt before it returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -52,11 +52,7 @@ pub struct AttemptClock {
     idle_timeout: Duration,
     activity: Arc<ActivityClock>,
     cancel: CancellationToken,
-    ticks: Option<Arc<tokio::sync::Notify>>,
-    schedule: Option<Arc<WakeSchedule>>,
-    /// The epoch tick: a deadline closer than this is registered with the
-    /// schedule.
-    tick: Duration,
+    ticks: Option<Arc<Ticks>>,
 }
 
 impl AttemptClock {
@@ -73,20 +69,16 @@ impl AttemptClock {
             activity,
             cancel,
             ticks: None,
-            schedule: None,
-            tick: Duration::ZERO,
         }
     }
 
-    /// Also wake on `ticks` (the epoch ticker) when a deadline is near, for
-    /// a stop within a tick of it rather than within tokio's rounding; and
+    /// Also wake on the epoch ticker's `ticks` when a deadline is near, for
+    /// a stop within a tick of it rather than within tokio's rounding, and
     /// have the ticker fire at a deadline that falls between two of its
-    /// ticks (`schedule`), for a stop at the deadline itself.
-    pub fn with_ticker(self, ticks: Arc<tokio::sync::Notify>, schedule: Arc<WakeSchedule>, tick: Duration) -> Self {
+    /// ticks, for a stop at the deadline itself.
+    pub fn with_ticks(self, ticks: Arc<Ticks>) -> Self {
         AttemptClock {
             ticks: Some(ticks),
-            schedule: Some(schedule),
-            tick,
             ..self
         }
     }
@@ -104,10 +96,10 @@ impl AttemptClock {
     }
 
     fn register_if_near(&self, now: Instant) {
-        if let Some(schedule) = &self.schedule {
+        if let Some(ticks) = &self.ticks {
             let next = self.wall_deadline.min(self.idle_deadline());
-            if next.saturating_duration_since(now) <= self.tick {
-                schedule.wake_at(next);
+            if next.saturating_duration_since(now) <= ticks.period() {
+                ticks.wake_at(next);
             }
         }
     }
@@ -154,9 +146,7 @@ impl AttemptClock {
                     let notified = ticks.notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
-                    if let Some(schedule) = &self.schedule {
-                        schedule.wake_at(next);
-                    }
+                    ticks.wake_at(next);
                     tokio::select! {
                         biased;
                         () = self.cancel.cancelled() => return StopReason::Cancelled,

@@ -59,14 +59,18 @@ pub fn engine_config(settings: &RuntimeSettings) -> wasmtime::Result<Config> {
     Ok(config)
 }
 
-/// Instants the epoch ticker must also fire at, between its regular ticks:
-/// an attempt whose deadline falls within the next tick registers it, so a
-/// CPU-bound guest is interrupted at its deadline rather than at the next
-/// whole tick (up to a tick late), and a watch waiting on a blocked guest
-/// wakes on it too. Bounded: registrations past [`MAX_PENDING_WAKES`] are
-/// dropped, and the regular tick still stops the attempt.
-#[derive(Debug, Default)]
-pub struct WakeSchedule {
+/// What the epoch ticker shares with the attempts: its period, a signal on
+/// every tick, and the instants it must also fire at between its regular
+/// ticks. An attempt whose deadline falls within the next tick registers
+/// it ([`Ticks::wake_at`]), so a CPU-bound guest is interrupted at its
+/// deadline rather than at the next whole tick (up to a tick late), and a
+/// watch waiting on a blocked guest wakes on it too. Bounded: registrations
+/// past [`MAX_PENDING_WAKES`] are dropped, and the regular tick still stops
+/// the attempt.
+#[derive(Debug)]
+pub struct Ticks {
+    period: Duration,
+    signal: tokio::sync::Notify,
     wakes: Mutex<BinaryHeap<Reverse<Instant>>>,
     changed: Condvar,
 }
@@ -75,7 +79,17 @@ pub struct WakeSchedule {
 /// in the last tick before a deadline).
 const MAX_PENDING_WAKES: usize = 1 << 16;
 
-impl WakeSchedule {
+impl Ticks {
+    /// The ticker's regular period.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// Resolves on the next tick (a regular one or a registered wake).
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.signal.notified()
+    }
+
     /// Fire a tick at `at` (no later than the regular tick after it).
     pub fn wake_at(&self, at: Instant) {
         let mut wakes = self.wakes.lock().unwrap_or_else(PoisonError::into_inner);
@@ -91,15 +105,14 @@ impl WakeSchedule {
 }
 
 /// A background thread that advances the engine's epoch every tick, and at
-/// every instant in its [`WakeSchedule`], so the store's deadline callback
-/// runs then. Each tick also wakes whoever waits on [`EpochTicker::ticks`]:
-/// a watch close to its deadline uses it for sub-millisecond precision
-/// (tokio's timer rounds up to whole milliseconds). Stops when dropped.
+/// every instant registered with its [`Ticks`], so the store's deadline
+/// callback runs then. Each tick also signals [`Ticks::notified`]: a watch
+/// close to its deadline uses it for sub-millisecond precision (tokio's
+/// timer rounds up to whole milliseconds). Stops when dropped.
 #[derive(Debug)]
 pub struct EpochTicker {
     stop: Arc<AtomicBool>,
-    ticks: Arc<tokio::sync::Notify>,
-    schedule: Arc<WakeSchedule>,
+    ticks: Arc<Ticks>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -107,53 +120,44 @@ impl EpochTicker {
     /// Start ticking `engine` every `tick`.
     pub fn start(engine: &Engine, tick: Duration) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let ticks = Arc::new(tokio::sync::Notify::new());
-        let schedule = Arc::new(WakeSchedule::default());
+        let ticks = Arc::new(Ticks {
+            period: tick,
+            signal: tokio::sync::Notify::new(),
+            wakes: Mutex::default(),
+            changed: Condvar::new(),
+        });
         let thread = {
             let engine = engine.clone();
             let stop = stop.clone();
             let ticks = ticks.clone();
-            let schedule = schedule.clone();
             std::thread::Builder::new()
                 .name("stepd-epoch".into())
-                .spawn(move || tick_until_stopped(&engine, tick, &stop, &ticks, &schedule))?
+                .spawn(move || tick_until_stopped(&engine, &stop, &ticks))?
         };
         Ok(EpochTicker {
             stop,
             ticks,
-            schedule,
             thread: Some(thread),
         })
     }
 
-    /// Notified on every tick.
-    pub fn ticks(&self) -> Arc<tokio::sync::Notify> {
+    /// What attempts wait on and register their deadlines with.
+    pub fn ticks(&self) -> Arc<Ticks> {
         self.ticks.clone()
-    }
-
-    /// Where attempts register the deadlines they are about to reach.
-    pub fn schedule(&self) -> Arc<WakeSchedule> {
-        self.schedule.clone()
     }
 }
 
 /// The ticker thread: tick on an absolute schedule (a wait that overshoots
 /// shortens the next one instead of drifting), and also at each registered
 /// wake.
-fn tick_until_stopped(
-    engine: &Engine,
-    tick: Duration,
-    stop: &AtomicBool,
-    ticks: &tokio::sync::Notify,
-    schedule: &WakeSchedule,
-) {
-    let mut next_tick = Instant::now() + tick;
-    let mut wakes = schedule.wakes.lock().unwrap_or_else(PoisonError::into_inner);
+fn tick_until_stopped(engine: &Engine, stop: &AtomicBool, ticks: &Ticks) {
+    let mut next_tick = Instant::now() + ticks.period;
+    let mut wakes = ticks.wakes.lock().unwrap_or_else(PoisonError::into_inner);
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         let due = wakes.peek().map_or(next_tick, |Reverse(first)| next_tick.min(*first));
         if due > now {
-            wakes = schedule
+            wakes = ticks
                 .changed
                 .wait_timeout(wakes, due - now)
                 .unwrap_or_else(PoisonError::into_inner)
@@ -165,16 +169,16 @@ fn tick_until_stopped(
         }
         drop(wakes);
         engine.increment_epoch();
-        ticks.notify_waiters();
+        ticks.signal.notify_waiters();
         if now >= next_tick {
-            next_tick += tick;
+            next_tick += ticks.period;
             if next_tick < now {
                 // Fell behind (the machine was busy): start afresh rather
                 // than firing a burst of catch-up ticks.
-                next_tick = now + tick;
+                next_tick = now + ticks.period;
             }
         }
-        wakes = schedule.wakes.lock().unwrap_or_else(PoisonError::into_inner);
+        wakes = ticks.wakes.lock().unwrap_or_else(PoisonError::into_inner);
     }
 }
 
@@ -182,8 +186,8 @@ impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Taking the lock orders the store before the thread's next check.
-        drop(self.schedule.wakes.lock().unwrap_or_else(PoisonError::into_inner));
-        self.schedule.changed.notify_one();
+        drop(self.ticks.wakes.lock().unwrap_or_else(PoisonError::into_inner));
+        self.ticks.changed.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -206,7 +210,7 @@ mod tests {
         tokio::pin!(notified);
         notified.as_mut().enable();
         let started = Instant::now();
-        ticker.schedule().wake_at(started + Duration::from_millis(5));
+        ticks.wake_at(started + Duration::from_millis(5));
         tokio::time::timeout(Duration::from_millis(200), notified)
             .await
             .expect("the wake fired well before the next regular tick");

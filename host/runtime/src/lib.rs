@@ -374,7 +374,7 @@ impl Runtime {
                 activity.clone(),
                 request.cancel.clone(),
             )
-            .with_ticker(self.ticker.ticks(), self.ticker.schedule(), self.settings.epoch_tick),
+            .with_ticks(self.ticker.ticks()),
         );
         let wasi = sandbox_wasi(&request.workspace, &request.grants, &output)?;
         let http = self.outbound_http(request.grants.http.clone(), &activity)?;

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use stepd_runtime::{AttemptOutcome, AttemptRequest, Plugin, Runtime};
+use stepd_runtime::{AttemptRequest, Runtime};
 
 use super::Summary;
 
@@ -66,15 +66,7 @@ pub(super) async fn measure(
     deadline: Duration,
 ) -> anyhow::Result<Vec<LanguageRow>> {
     const LONG: Duration = Duration::from_secs(600);
-    let load = |name: &str| -> anyhow::Result<Plugin> {
-        let path = plugins.join(format!("{name}.wasm"));
-        runtime.load_plugin(&path).with_context(|| {
-            format!(
-                "loading {} (build the plugins first: `stepd plugin build`)",
-                path.display()
-            )
-        })
-    };
+    let load = |name: &str| super::runtime::load_plugin(runtime, plugins, name);
     let mut loaded = Vec::new();
     for language in &LANGUAGES {
         loaded.push((language.name, load(language.write)?, load(language.spin)?));
@@ -115,24 +107,14 @@ pub(super) async fn measure(
             if round % 2 == 1 {
                 continue;
             }
-            let t = Instant::now();
-            let first = runtime
-                .run_attempt(spin, request(1, spin_inputs(language), deadline, LONG))
-                .await?;
-            if first.outcome != AttemptOutcome::WallTimeout {
-                bail!(
-                    "{language} soft reset: attempt 1 ended {} instead of wall_timeout",
-                    first.outcome
-                );
-            }
-            let stopped = t + Duration::from_secs_f64(first.wall_clock_seconds);
-            let second = runtime
-                .run_attempt(write, request(2, write_inputs(), LONG, LONG))
-                .await?;
-            if !second.outcome.is_success() {
-                bail!("{language} soft reset: attempt 2 ended {}", second.outcome);
-            }
-            resets[i].push(stopped.elapsed().as_secs_f64());
+            let reset = super::runtime::soft_reset_once(
+                runtime,
+                (spin, request(1, spin_inputs(language), deadline, LONG)),
+                (write, request(2, write_inputs(), LONG, LONG)),
+            )
+            .await
+            .with_context(|| format!("{language} soft reset"))?;
+            resets[i].push(reset.from_stop);
         }
     }
     let mut rows = Vec::new();

@@ -87,15 +87,7 @@ async fn measure(args: &RuntimeBenchArgs, workspace: &Path) -> anyhow::Result<St
     let bench = Bench { workspace };
     let base = Settings::load(None).context("reading settings")?.runtime;
     let runtime = Runtime::new(base.clone())?;
-    let load = |rt: &Runtime, name: &str| -> anyhow::Result<Plugin> {
-        let path = args.plugins.join(format!("{name}.wasm"));
-        rt.load_plugin(&path).with_context(|| {
-            format!(
-                "loading {} (build the plugins first: `cargo build -p stepd-tests`)",
-                path.display()
-            )
-        })
-    };
+    let load = |rt: &Runtime, name: &str| load_plugin(rt, &args.plugins, name);
     let spin = load(&runtime, "spin")?;
     let hang = load(&runtime, "hang")?;
     let deadline = Duration::from_millis(args.deadline_ms);
@@ -145,23 +137,15 @@ async fn measure(args: &RuntimeBenchArgs, workspace: &Path) -> anyhow::Result<St
     let mut soft_reset = Vec::new();
     let mut soft_reset_from_deadline = Vec::new();
     for _ in 0..(args.iterations / 4).max(1) {
-        let t = Instant::now();
-        let first = runtime
-            .run_attempt(&hang, bench.request(1, hang_spin.clone(), deadline, LONG))
-            .await?;
-        if first.outcome != AttemptOutcome::WallTimeout {
-            bail!(
-                "soft-reset row: attempt 1 ended {} instead of wall_timeout",
-                first.outcome
-            );
-        }
-        let stopped = t + Duration::from_secs_f64(first.wall_clock_seconds);
-        let second = runtime
-            .run_attempt(&hang, bench.request(2, hang_spin.clone(), LONG, LONG))
-            .await?;
-        expect_success(&second.outcome)?;
-        soft_reset.push(stopped.elapsed().as_secs_f64());
-        soft_reset_from_deadline.push(t.elapsed().saturating_sub(deadline).as_secs_f64());
+        let reset = soft_reset_once(
+            &runtime,
+            (&hang, bench.request(1, hang_spin.clone(), deadline, LONG)),
+            (&hang, bench.request(2, hang_spin.clone(), LONG, LONG)),
+        )
+        .await
+        .context("soft-reset row")?;
+        soft_reset.push(reset.from_stop);
+        soft_reset_from_deadline.push(reset.from_deadline);
     }
 
     // 3. deadline lateness, CPU-bound and sleeping guests, wall and idle.
@@ -300,6 +284,48 @@ async fn measure(args: &RuntimeBenchArgs, workspace: &Path) -> anyhow::Result<St
         languages,
         settings: base,
     }))
+}
+
+/// A plugin of the plugin directory, or an error saying how to build it.
+pub(super) fn load_plugin(rt: &Runtime, plugins: &Path, name: &str) -> anyhow::Result<Plugin> {
+    let path = plugins.join(format!("{name}.wasm"));
+    rt.load_plugin(&path).with_context(|| {
+        format!(
+            "loading {} (build the plugins first: `stepd plugin build`)",
+            path.display()
+        )
+    })
+}
+
+/// One soft reset's cost, in seconds.
+pub(super) struct SoftReset {
+    /// From the host stopping attempt 1 to attempt 2's call returning.
+    pub from_stop: f64,
+    /// From attempt 1's deadline to attempt 2's call returning (adds the
+    /// deadline's lateness).
+    pub from_deadline: f64,
+}
+
+/// Run `stuck` into its wall deadline, then `fresh` in a new instance, as
+/// self-heal's soft reset does.
+pub(super) async fn soft_reset_once(
+    runtime: &Runtime,
+    (stuck, stuck_request): (&Plugin, AttemptRequest),
+    (fresh, fresh_request): (&Plugin, AttemptRequest),
+) -> anyhow::Result<SoftReset> {
+    let deadline = stuck_request.limits.wall_timeout;
+    let t = Instant::now();
+    let first = runtime.run_attempt(stuck, stuck_request).await?;
+    if first.outcome != AttemptOutcome::WallTimeout {
+        bail!("attempt 1 ended {} instead of wall_timeout", first.outcome);
+    }
+    let stopped = t + Duration::from_secs_f64(first.wall_clock_seconds);
+    let second = runtime.run_attempt(fresh, fresh_request).await?;
+    expect_success(&second.outcome)?;
+    Ok(SoftReset {
+        from_stop: stopped.elapsed().as_secs_f64(),
+        from_deadline: t.elapsed().saturating_sub(deadline).as_secs_f64(),
+    })
 }
 
 fn expect_success(outcome: &AttemptOutcome) -> anyhow::Result<()> {
