@@ -299,6 +299,52 @@ fn bench_runtime_prints_every_row_of_its_report() {
 }
 
 #[test]
+fn bench_scale_stops_every_hung_step_and_reports_memory() {
+    let out = stepd(&["bench", "scale", "--steps", "40", "--deadline-ms", "300"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    // Every row: 40 started, 40 stopped by the wall deadline.
+    let rows: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("off ") || l.starts_with("on "))
+        .collect();
+    assert_eq!(rows.len(), 4, "fuel off and on, two kinds each:\n{report}");
+    for row in rows {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(&fields[2..4], ["40", "40"], "{row}\n{report}");
+    }
+    assert!(report.contains("peak while it ran"), "{report}");
+}
+
+#[test]
+fn bench_queue_measures_a_burst_by_the_stores_clock_and_breaks_a_job_down() {
+    let out = stepd(&["bench", "queue", "--embedded-only", "--jobs", "30", "--alone", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    for row in [
+        "embedded (SQLite)            in serve",
+        "embedded (SQLite)         2 processes",
+        "per burst job, wall time in each phase",
+        "crash recovery",
+    ] {
+        assert!(report.contains(row), "missing {row:?} in:\n{report}");
+    }
+    // The breakdown saw wasm attempts and store writes on the workers.
+    let breakdown = report
+        .lines()
+        .skip_while(|l| !l.starts_with("per burst job"))
+        .find(|l| l.contains("in serve"))
+        .unwrap_or_default()
+        .to_owned();
+    let numbers: Vec<f64> = breakdown.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(numbers.len(), 4, "{breakdown}");
+    assert!(
+        numbers[0] > 0.0 && numbers[3] > 0.0,
+        "store and wasm time per job: {breakdown}"
+    );
+}
+
+#[test]
 fn bench_replay_prints_its_table_and_targets() {
     let out = stepd(&["bench", "replay", "--files", "120", "--steps", "3", "--rounds", "1"]);
     assert!(out.status.success(), "{}", text(&out));

@@ -134,10 +134,15 @@ enum BenchCommand {
     /// Checkpoint (snapshot + patch) and hard-reset (rebuild + replay) cost
     /// on generated 1k- and 10k-file repositories, against the git CLI.
     Replay(crate::bench::ReplayBenchArgs),
-    /// Submit → succeeded latency and throughput with 1 and 2 worker
-    /// processes, embedded and on PostgreSQL + RabbitMQ, and the cost of a
+    /// Submit → succeeded latency and throughput of a burst of jobs, with
+    /// workers inside `serve` and in 2 processes, embedded and on
+    /// PostgreSQL + RabbitMQ; where each job's time goes; the cost of a
     /// crash recovery.
     Queue(crate::bench::QueueBenchArgs),
+    /// Sleeping and spinning steps by the thousand at once on one host,
+    /// fuel off and on: how many were stopped by their deadline, how
+    /// late, and the peak resident memory.
+    Scale(crate::bench::ScaleBenchArgs),
     /// Workers SIGKILLed at seeded points of a 5-step job on the embedded
     /// default and on PostgreSQL + RabbitMQ (jobs finished, final trees,
     /// checkpoints, event order, time to recover), the services restarted
@@ -291,6 +296,10 @@ async fn run(cli: Cli, from_file: Vec<String>) -> anyhow::Result<ExitCode> {
         }
         Command::Bench(BenchCommand::Queue(args)) => {
             crate::bench::run_queue_bench(&args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Scale(args)) => {
+            crate::bench::run_scale_bench(&args).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Replay(args)) => {

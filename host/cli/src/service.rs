@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// Workers in this process (0: API only).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
+    /// Jobs each embedded worker runs at once (default: the cores).
+    #[arg(long, default_value_t = default_concurrency())]
+    pub concurrency: usize,
     #[command(flatten)]
     pub data: DataArgs,
     /// Submit this job payload once the server is up, follow its events,
@@ -59,8 +62,8 @@ pub struct ServeArgs {
 /// `stepd worker`.
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
-    /// Jobs this process runs at once.
-    #[arg(long, default_value_t = 1)]
+    /// Jobs this process runs at once (default: the cores).
+    #[arg(long, default_value_t = default_concurrency())]
     pub concurrency: usize,
     /// Serve `/metrics`, `/healthz` and `/readyz` here (`host:port`; port
     /// 0 picks one, which the start-up line names). Unset: no listener.
@@ -68,6 +71,13 @@ pub struct WorkerArgs {
     pub metrics_listen: Option<String>,
     #[command(flatten)]
     pub data: DataArgs,
+}
+
+/// A worker runs as many jobs at once as the host has cores: a job's
+/// control-plane work (store, workspace) waits on the disk, and one per
+/// core keeps both busy.
+fn default_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 struct Process {
@@ -89,13 +99,14 @@ async fn start(data: &DataArgs) -> anyhow::Result<Process> {
         .clone()
         .unwrap_or_else(|| Store::sqlite_url(&data.data_dir));
     let store = Store::open(&url).await.context("opening the store")?;
-    let dispatcher = Dispatcher::connect(
+    let mut dispatcher = Dispatcher::connect(
         settings.service.amqp_url.as_deref(),
         &settings.service.amqp_queue,
         settings.service.sweep,
     )
     .await
     .context("connecting to RabbitMQ")?;
+    dispatcher.wake_across_processes(&data.data_dir.join("wake"));
     let stop = CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {
@@ -156,6 +167,14 @@ fn spawn_workers(
         p.prometheus.set_pool_slots(wanted);
     }
     let runtime = Arc::new(Runtime::new(runtime_settings).context("starting the wasm runtime")?);
+    if runtime.handles_per_attempt() < p.settings.runtime.handles_limit {
+        tracing::warn!(
+            "each attempt may hold {} handles, not the {} configured, so that {wanted} attempts fit in this \
+             process's descriptor limit at once (raise `ulimit -n` for more)",
+            runtime.handles_per_attempt(),
+            p.settings.runtime.handles_limit
+        );
+    }
     if p.settings.runtime.http_extra_ca.is_some() {
         // A bad CA file stops the process here, not a step later.
         runtime.http_tls().context("STEPD_HTTP_EXTRA_CA")?;
@@ -263,7 +282,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         p.settings.retry,
         p.stop.clone(),
     ));
-    let workers = spawn_workers(&p, &args.data, args.workers, 1)?;
+    let workers = spawn_workers(&p, &args.data, args.workers, args.concurrency.max(1))?;
     let server = tokio::spawn(stepd_api::serve(listener, state, p.stop.clone()));
 
     let mut code = ExitCode::SUCCESS;

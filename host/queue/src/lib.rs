@@ -5,7 +5,9 @@
 //! store); RabbitMQ through lapin when `AMQP_URL` is set.
 
 mod amqp;
+mod wake;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +52,8 @@ pub struct Embedded {
     ready: Arc<Notify>,
     control: broadcast::Sender<String>,
     poll: Duration,
+    /// Other processes' workers on this host (see `wake.rs`).
+    others: Option<Arc<wake::WakeSockets>>,
 }
 
 impl Embedded {
@@ -58,6 +62,7 @@ impl Embedded {
             ready: Arc::new(Notify::new()),
             control: broadcast::channel(256).0,
             poll,
+            others: None,
         }
     }
 }
@@ -83,6 +88,23 @@ impl Dispatcher {
         match amqp_url {
             Some(url) => Ok(Dispatcher::Amqp(AmqpDispatcher::connect(url, queue).await?, local)),
             None => Ok(Dispatcher::Embedded(local)),
+        }
+    }
+
+    /// Embedded dispatch only: also wake, and be woken by, the other
+    /// processes whose sockets are in `dir` (`<data>/wake`), so a worker in
+    /// another process claims a job within milliseconds of its submit
+    /// rather than at its next poll. A directory where no socket can be
+    /// bound (a path too long for one) leaves polling alone, with a warning.
+    pub fn wake_across_processes(&mut self, dir: &Path) {
+        let Dispatcher::Embedded(local) = self else { return };
+        match wake::WakeSockets::bind(dir, local.ready.clone()) {
+            Ok(sockets) => local.others = Some(Arc::new(sockets)),
+            Err(e) => tracing::warn!(
+                dir = %dir.display(),
+                error = %e,
+                "no wake-up socket; other processes' workers find new jobs by polling"
+            ),
         }
     }
 
@@ -112,8 +134,13 @@ impl Dispatcher {
     /// Tell workers job `id` is ready.
     pub async fn announce(&self, id: &str) -> Result<(), QueueError> {
         self.local().ready.notify_one();
-        if let Dispatcher::Amqp(amqp, _) = self {
-            amqp.publish(id).await?;
+        match self {
+            Dispatcher::Amqp(amqp, _) => amqp.publish(id).await?,
+            Dispatcher::Embedded(local) => {
+                if let Some(others) = &local.others {
+                    others.signal_others();
+                }
+            }
         }
         Ok(())
     }

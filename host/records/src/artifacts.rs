@@ -13,6 +13,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::phases::{self, Phase};
+
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, OpenOptions};
 
@@ -136,6 +138,20 @@ pub struct JobArtifacts {
     path: PathBuf,
     redactor: Arc<Redactor>,
     mirror: Option<Arc<dyn ArtifactMirror>>,
+    durability: Durability,
+}
+
+/// Whether an artifact write reaches the disk before it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Each whole-file write is flushed (`stepd run`: the artifacts are the
+    /// job's only record, and a resume reads its checkpoints back).
+    #[default]
+    Flushed,
+    /// The artifacts are a copy of a record kept elsewhere (the service's
+    /// store): a write is atomic (a rename) but not flushed, and a power
+    /// loss may leave an older copy.
+    Cache,
 }
 
 impl std::fmt::Debug for JobArtifacts {
@@ -166,6 +182,10 @@ impl JobArtifacts {
     /// Open (creating if needed) `<root>/agent_jobs/<job_id>/` and its
     /// sub-directories.
     pub fn open(root: &Path, job_id: &str, redactor: Arc<Redactor>) -> Result<Self, ArtifactError> {
+        phases::timed(Phase::Artifacts, || Self::open_now(root, job_id, redactor))
+    }
+
+    fn open_now(root: &Path, job_id: &str, redactor: Arc<Redactor>) -> Result<Self, ArtifactError> {
         if !is_valid_job_id(job_id) {
             return Err(ArtifactError::InvalidJobId(job_id.to_owned()));
         }
@@ -175,15 +195,22 @@ impl JobArtifacts {
         let job_rel = format!("agent_jobs/{job_id}");
         root_dir.create_dir_all(&job_rel).map_err(io_error(&job_rel))?;
         let dir = root_dir.open_dir(&job_rel).map_err(io_error(&job_rel))?;
-        for sub in ["patches/steps", "state/steps", "state/self_heal", "logs/steps"] {
-            dir.create_dir_all(sub).map_err(io_error(sub))?;
-        }
+        // Sub-directories (`patches/steps`, `state/steps`,
+        // `state/self_heal`, `logs/steps`) are made by their first write:
+        // every directory is an inode a busy host creates per job.
         Ok(JobArtifacts {
             dir: Arc::new(dir),
             path: root.join(job_rel),
             redactor,
             mirror: None,
+            durability: Durability::Flushed,
         })
+    }
+
+    /// The same directory, written with `durability`.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
     }
 
     /// The same directory, with every write also handed to `mirror`.
@@ -199,11 +226,17 @@ impl JobArtifacts {
 
     /// Write `bytes` to `rel` atomically: a temporary file, then a rename.
     fn write_atomic(&self, rel: &str, bytes: &[u8]) -> Result<(), ArtifactError> {
+        phases::timed(Phase::Artifacts, || self.write_atomic_now(rel, bytes))
+    }
+
+    fn write_atomic_now(&self, rel: &str, bytes: &[u8]) -> Result<(), ArtifactError> {
         let tmp = format!("{rel}.tmp-{}", uuid::Uuid::new_v4().simple());
         let result = (|| {
-            let mut file = self.dir.create(&tmp)?;
+            let mut file = self.in_parent(rel, || self.dir.create(&tmp))?;
             file.write_all(bytes)?;
-            file.sync_all()?;
+            if self.durability == Durability::Flushed {
+                file.sync_all()?;
+            }
             self.dir.rename(&tmp, &self.dir, rel)
         })();
         if result.is_err() {
@@ -218,14 +251,34 @@ impl JobArtifacts {
 
     /// Append `text` to `rel`, creating it when missing.
     fn append(&self, rel: &str, text: &str) -> Result<(), ArtifactError> {
+        phases::timed(Phase::Artifacts, || self.append_now(rel, text))
+    }
+
+    fn append_now(&self, rel: &str, text: &str) -> Result<(), ArtifactError> {
         let mut options = OpenOptions::new();
         options.append(true).create(true);
-        let mut file = self.dir.open_with(rel, &options).map_err(io_error(rel))?;
+        let mut file = self
+            .in_parent(rel, || self.dir.open_with(rel, &options))
+            .map_err(io_error(rel))?;
         file.write_all(text.as_bytes()).map_err(io_error(rel))?;
         if let Some(mirror) = &self.mirror {
             mirror.append(rel, text);
         }
         Ok(())
+    }
+
+    /// Run `create`, making `rel`'s parent directory first when it is
+    /// missing (the first write into it).
+    fn in_parent<T>(&self, rel: &str, create: impl Fn() -> std::io::Result<T>) -> std::io::Result<T> {
+        match create() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if let Some((parent, _)) = rel.rsplit_once('/') {
+                    self.dir.create_dir_all(parent)?;
+                }
+                create()
+            }
+            other => other,
+        }
     }
 
     fn write_json<T: serde::Serialize>(&self, rel: &str, value: &T) -> Result<(), ArtifactError> {

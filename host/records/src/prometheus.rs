@@ -40,6 +40,10 @@ pub struct Prometheus {
     oldest_lease_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     running_attempts: Gauge,
     pool_slots: Gauge,
+    phases: Family<Labels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// What `phases` showed at the last scrape (counters only go up by
+    /// the difference).
+    phases_shown: std::sync::Mutex<[f64; 4]>,
 }
 
 impl std::fmt::Debug for Prometheus {
@@ -125,7 +129,15 @@ impl Prometheus {
             "instance slots of this process's runtime (running attempts over slots is the pool's usage)",
             pool_slots.clone(),
         );
+        let phases = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "stepd_phase_seconds",
+            "wall time this process's jobs spent, by phase (store, workspace, artifacts, wasm), summed over concurrent jobs",
+            phases.clone(),
+        );
         Arc::new(Prometheus {
+            phases,
+            phases_shown: std::sync::Mutex::new([0.0; 4]),
             registry,
             counters,
             duration,
@@ -174,6 +186,19 @@ impl Prometheus {
 
     /// Everything in the text exposition format.
     pub fn encode(&self) -> String {
+        {
+            let mut shown = self
+                .phases_shown
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for ((phase, total), shown) in super::phases::totals().into_iter().zip(shown.iter_mut()) {
+                let total = total.as_secs_f64();
+                self.phases
+                    .get_or_create(&vec![("phase".to_owned(), phase.as_str().to_owned())])
+                    .inc_by(total - *shown);
+                *shown = total;
+            }
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
@@ -212,5 +237,6 @@ mod tests {
         );
         assert!(text.contains("stepd_jobs{status=\"succeeded\"} 3"), "{text}");
         assert!(text.contains("stepd_queue_depth 1"), "{text}");
+        assert!(text.contains("stepd_phase_seconds_total{phase=\"wasm\"}"), "{text}");
     }
 }

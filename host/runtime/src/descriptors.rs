@@ -22,7 +22,7 @@ pub const DESCRIPTOR_RESERVE: u64 = 512;
 
 /// The fewest handles an attempt may be given: a step's standard streams,
 /// its workspace and a few files.
-pub const MIN_HANDLES_PER_ATTEMPT: usize = 32;
+pub const MIN_HANDLES_PER_ATTEMPT: usize = 16;
 
 /// Raise the process's soft descriptor limit to its hard limit, so the
 /// budget is as large as the operator allowed. Returns the soft limit now
@@ -67,30 +67,34 @@ fn budget_size(process_limit: Option<u64>) -> usize {
 
 impl DescriptorBudget {
     /// The process's budget (`process_limit - DESCRIPTOR_RESERVE`, fixed by
-    /// the first runtime), of which each attempt claims `handles_limit`
-    /// (fewer when the budget is smaller). `None` when the process cannot
-    /// spare even [`MIN_HANDLES_PER_ATTEMPT`].
-    pub(crate) fn for_process(process_limit: Option<u64>, handles_limit: usize) -> Option<Self> {
+    /// the first runtime), of which each attempt claims `handles_limit`, or
+    /// its share when `slots` attempts at once would overdraw the budget
+    /// (never fewer than [`MIN_HANDLES_PER_ATTEMPT`]): a host configured to
+    /// run a thousand steps runs them all, each with fewer handles, rather
+    /// than a few with many while the rest wait. `None` when the process
+    /// cannot spare even [`MIN_HANDLES_PER_ATTEMPT`].
+    pub(crate) fn for_process(process_limit: Option<u64>, handles_limit: usize, slots: usize) -> Option<Self> {
         let permits = PROCESS_BUDGET.get_or_init(|| Arc::new(Semaphore::new(budget_size(process_limit))));
-        Self::within(permits.clone(), process_limit, handles_limit)
+        Self::within(permits.clone(), process_limit, handles_limit, slots)
     }
 
-    fn within(permits: Arc<Semaphore>, process_limit: Option<u64>, handles_limit: usize) -> Option<Self> {
+    fn within(permits: Arc<Semaphore>, process_limit: Option<u64>, handles_limit: usize, slots: usize) -> Option<Self> {
         let budget = budget_size(process_limit);
         if budget < MIN_HANDLES_PER_ATTEMPT {
             return None;
         }
+        let share = budget / slots.max(1);
         Some(DescriptorBudget {
             permits,
-            per_attempt: handles_limit.clamp(MIN_HANDLES_PER_ATTEMPT, budget),
+            per_attempt: handles_limit.min(share).clamp(MIN_HANDLES_PER_ATTEMPT, budget),
         })
     }
 
     /// A budget of its own (tests).
     #[cfg(test)]
-    fn new(process_limit: Option<u64>, handles_limit: usize) -> Option<Self> {
+    fn new(process_limit: Option<u64>, handles_limit: usize, slots: usize) -> Option<Self> {
         let permits = Arc::new(Semaphore::new(budget_size(process_limit)));
-        Self::within(permits, process_limit, handles_limit)
+        Self::within(permits, process_limit, handles_limit, slots)
     }
 
     /// The handles one attempt may hold.
@@ -122,18 +126,28 @@ mod tests {
 
     #[test]
     fn the_budget_keeps_the_reserve_and_shrinks_a_share_that_would_not_fit() {
-        let budget = DescriptorBudget::new(Some(20_000), 1024).expect("room");
+        let budget = DescriptorBudget::new(Some(20_000), 1024, 1).expect("room");
         assert_eq!(budget.per_attempt(), 1024);
         assert_eq!(budget.available(), 20_000 - DESCRIPTOR_RESERVE as usize);
-        let small = DescriptorBudget::new(Some(DESCRIPTOR_RESERVE + 100), 1024).expect("room");
+        let small = DescriptorBudget::new(Some(DESCRIPTOR_RESERVE + 100), 1024, 1).expect("room");
         assert_eq!(small.per_attempt(), 100);
-        assert!(DescriptorBudget::new(Some(DESCRIPTOR_RESERVE + 10), 1024).is_none());
-        assert!(DescriptorBudget::new(Some(100), 1024).is_none());
+        assert!(DescriptorBudget::new(Some(DESCRIPTOR_RESERVE + 10), 1024, 1).is_none());
+        assert!(DescriptorBudget::new(Some(100), 1024, 1).is_none());
+    }
+
+    #[test]
+    fn a_thousand_slots_share_the_budget_so_all_of_them_fit_at_once() {
+        let budget = DescriptorBudget::new(Some(20_000), 1024, 1000).expect("room");
+        assert_eq!(budget.per_attempt(), 19);
+        assert!(budget.per_attempt() * 1000 <= budget.available());
+        // Never below the floor: past it, attempts wait instead.
+        let crowded = DescriptorBudget::new(Some(20_000), 1024, 100_000).expect("room");
+        assert_eq!(crowded.per_attempt(), MIN_HANDLES_PER_ATTEMPT);
     }
 
     #[tokio::test]
     async fn attempts_past_the_budget_wait_for_a_running_one_to_finish() {
-        let budget = DescriptorBudget::new(Some(DESCRIPTOR_RESERVE + 2048), 1024).expect("room");
+        let budget = DescriptorBudget::new(Some(DESCRIPTOR_RESERVE + 2048), 1024, 1).expect("room");
         let first = budget.claim().await;
         let _second = budget.claim().await;
         assert_eq!(budget.available(), 0);

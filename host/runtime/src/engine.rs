@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+use crate::limits::StoreCounts;
 use stepd_settings::RuntimeSettings;
 
 /// Stack the guest may use, in bytes: deep enough for real code, small
@@ -20,11 +21,26 @@ const MAX_WASM_STACK: usize = 1 << 20;
 /// modules with 2 tables and 1 memory, and a componentize-js one fewer. Sized
 /// so every slot can hold a Python step with room for larger components
 /// (tests/tests/polyglot.rs fills a small pool with them). The pool only
-/// reserves address space for these; what one attempt may really create is
-/// bounded by `instances_limit` in the store's limiter (limits.rs).
+/// reserves address space for these. The store's limiter holds each attempt
+/// to its slot's share ([`store_counts`]), so busy slots never exhaust it.
 const CORE_INSTANCES_PER_SLOT: u32 = 20;
 const MEMORIES_PER_SLOT: u32 = 4;
 const TABLES_PER_SLOT: u32 = 8;
+
+/// What one attempt's store may create: `instances_limit` of each, held
+/// to one pool slot's share when the pooling allocator is on.
+pub fn store_counts(settings: &RuntimeSettings) -> StoreCounts {
+    let limit = settings.instances_limit;
+    if !settings.pooling {
+        return StoreCounts::uniform(limit);
+    }
+    let share = |per_slot: u32| limit.min(per_slot as usize);
+    StoreCounts {
+        instances: share(CORE_INSTANCES_PER_SLOT),
+        memories: share(MEMORIES_PER_SLOT),
+        tables: share(TABLES_PER_SLOT),
+    }
+}
 
 /// Build the engine configuration every attempt depends on: component
 /// model, epoch interruption (deadlines), fuel (CPU budget, when metering is

@@ -31,7 +31,7 @@ pub use capture::{clip_text, ActivityClock, CapturedOutput, OutputCapture, Outpu
 pub use deadline::{AttemptClock, StopReason};
 pub use descriptors::{descriptor_limit, raise_descriptor_limit, DESCRIPTOR_RESERVE, MIN_HANDLES_PER_ATTEMPT};
 pub use engine::{engine_config, EpochTicker};
-pub use limits::{MemoryLimitExceeded, SandboxLimiter, TableLimitExceeded, INSTANCE_LIMIT_MESSAGE};
+pub use limits::{MemoryLimitExceeded, SandboxLimiter, StoreCounts, TableLimitExceeded, INSTANCE_LIMIT_MESSAGE};
 pub use outbound::{is_public, HttpExchange, HttpGrant, HttpLog, MAX_LOGGED_REQUESTS};
 pub use outcome::{AttemptOutcome, AttemptReport, GuestErrorKind};
 pub use plugin::{resolve_plugin_path, Plugin, PluginError};
@@ -260,14 +260,18 @@ impl Runtime {
             .and_then(|()| types::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state))
             .map_err(|e| RuntimeError::Linker(format!("{e:#}")))?;
         let process_limit = descriptor_limit();
-        let descriptors = descriptors::DescriptorBudget::for_process(process_limit, settings.handles_limit)
-            .ok_or_else(|| {
-                RuntimeError::Limits(format!(
-                    "the process may open only {} file descriptors: stepd keeps {DESCRIPTOR_RESERVE} for \
+        let descriptors = descriptors::DescriptorBudget::for_process(
+            process_limit,
+            settings.handles_limit,
+            settings.pool_slots as usize,
+        )
+        .ok_or_else(|| {
+            RuntimeError::Limits(format!(
+                "the process may open only {} file descriptors: stepd keeps {DESCRIPTOR_RESERVE} for \
                      itself and needs {MIN_HANDLES_PER_ATTEMPT} more for an attempt (raise `ulimit -n`)",
-                    process_limit.unwrap_or(0)
-                ))
-            })?;
+                process_limit.unwrap_or(0)
+            ))
+        })?;
         let ticker = EpochTicker::start(&engine, settings.epoch_tick).map_err(RuntimeError::Ticker)?;
         let slots = settings
             .pooling
@@ -406,7 +410,7 @@ impl Runtime {
                 data: out.data,
             },
             Ok(Ok(Err(err))) => guest_error_outcome(err),
-            Ok(Err(trap)) => trap_outcome(&trap, self.descriptors.per_attempt(), self.settings.instances_limit),
+            Ok(Err(trap)) => trap_outcome(&trap, self.descriptors.per_attempt(), self.store_counts().instances),
         };
         let deadline_overrun_seconds = match &outcome {
             AttemptOutcome::WallTimeout => Some(clock.wall_deadline()),
@@ -461,6 +465,13 @@ impl Runtime {
         Ok((memory_limit, fuel))
     }
 
+    /// What one attempt's store may create (instances, memories, tables):
+    /// the settings' `instances_limit`, held to a pool slot's share when
+    /// pooling.
+    pub fn store_counts(&self) -> StoreCounts {
+        engine::store_counts(&self.settings)
+    }
+
     /// A fresh store for one attempt: the sandboxed WASI context, the
     /// limiter, the fuel and the epoch deadline that checks `clock`.
     fn attempt_store(
@@ -477,11 +488,7 @@ impl Runtime {
         let state = AttemptState {
             wasi,
             table,
-            limiter: SandboxLimiter::new(
-                memory_limit,
-                self.settings.table_elements_limit,
-                self.settings.instances_limit,
-            ),
+            limiter: SandboxLimiter::new(memory_limit, self.settings.table_elements_limit, self.store_counts()),
             output: output.clone(),
             http_ctx: WasiHttpCtx::new(),
             http,

@@ -33,6 +33,32 @@ pub struct TableLimitExceeded {
 /// itself), so this prefix is the only sign of them.
 pub const INSTANCE_LIMIT_MESSAGE: &str = "resource limit exceeded:";
 
+/// Most core instances, memories and tables one attempt's store may
+/// create. With the pooling allocator these are never more than one pool
+/// slot's share (host/runtime/src/engine.rs), so attempts holding every
+/// slot still fit in the pool: a full host makes an attempt wait for a
+/// slot, it never fails one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreCounts {
+    /// Core module instances.
+    pub instances: usize,
+    /// Linear memories.
+    pub memories: usize,
+    /// Tables.
+    pub tables: usize,
+}
+
+impl StoreCounts {
+    /// The same ceiling for all three.
+    pub fn uniform(limit: usize) -> Self {
+        StoreCounts {
+            instances: limit,
+            memories: limit,
+            tables: limit,
+        }
+    }
+}
+
 /// Ceilings for one attempt's store.
 #[derive(Debug, Clone)]
 pub struct SandboxLimiter {
@@ -41,18 +67,18 @@ pub struct SandboxLimiter {
     /// Most elements of any one table.
     table_elements: usize,
     /// Most instances, memories and tables in the store.
-    instances: usize,
+    counts: StoreCounts,
     /// Bytes of linear memory granted so far (memories never shrink).
     memory_in_use: usize,
 }
 
 impl SandboxLimiter {
     /// A limiter with nothing granted yet.
-    pub fn new(memory_bytes: usize, table_elements: usize, instances: usize) -> Self {
+    pub fn new(memory_bytes: usize, table_elements: usize, counts: StoreCounts) -> Self {
         SandboxLimiter {
             memory_bytes,
             table_elements,
-            instances,
+            counts,
             memory_in_use: 0,
         }
     }
@@ -91,15 +117,15 @@ impl ResourceLimiter for SandboxLimiter {
     }
 
     fn instances(&self) -> usize {
-        self.instances
+        self.counts.instances
     }
 
     fn tables(&self) -> usize {
-        self.instances
+        self.counts.tables
     }
 
     fn memories(&self) -> usize {
-        self.instances
+        self.counts.memories
     }
 }
 
@@ -111,7 +137,7 @@ mod tests {
 
     #[test]
     fn the_memory_ceiling_counts_every_memory_of_the_attempt_together() {
-        let mut limiter = SandboxLimiter::new(512 * MIB, 1000, 10);
+        let mut limiter = SandboxLimiter::new(512 * MIB, 1000, StoreCounts::uniform(10));
         // Two memories of 200 MiB fit; a third one does not, although each
         // alone would be well under the ceiling.
         assert!(limiter.memory_growing(0, 200 * MIB, None).expect("first memory"));
@@ -128,7 +154,7 @@ mod tests {
 
     #[test]
     fn a_table_past_the_element_limit_is_a_typed_error_not_a_refusal() {
-        let mut limiter = SandboxLimiter::new(MIB, 1000, 10);
+        let mut limiter = SandboxLimiter::new(MIB, 1000, StoreCounts::uniform(10));
         assert!(limiter.table_growing(0, 1000, None).expect("at the limit"));
         let err = limiter.table_growing(0, 1001, None).expect_err("past the limit");
         let exceeded = err.downcast_ref::<TableLimitExceeded>().expect("a typed limit error");

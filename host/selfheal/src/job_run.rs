@@ -15,6 +15,7 @@ use stepd_job::payload::{ResolvedStep, ValidatedJob};
 use stepd_records::artifacts::{JobArtifacts, StepState};
 use stepd_records::events::{Event, EventSink, StepAttemptRef};
 use stepd_records::metrics::Metrics;
+use stepd_records::phases::{self, Phase};
 use stepd_records::redact::Redactor;
 use stepd_runtime::{AttemptGrants, CancellationToken, Plugin, RetryContext, Runtime};
 use stepd_settings::SelfHealConfig;
@@ -254,7 +255,9 @@ impl<'a> JobRun<'a> {
             }
         }
         let refs: Vec<&[u8]> = patches.iter().map(|p| p.as_ref()).collect();
-        let rebuilt = self.workspace.rebuild_from_baseline(self.baseline, &refs);
+        let rebuilt = phases::timed(Phase::Workspace, || {
+            self.workspace.rebuild_from_baseline(self.baseline, &refs)
+        });
         self.current_tree = rebuilt.as_ref().ok().copied();
         rebuilt.map_err(RebuildError::Replay)
     }

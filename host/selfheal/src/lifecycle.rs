@@ -18,9 +18,10 @@ use tracing::Instrument;
 
 use stepd_job::control::{ControlAction, RecoveryRequest};
 use stepd_job::payload::ValidatedJob;
-use stepd_records::artifacts::{ArtifactError, ArtifactMirror, JobArtifacts};
+use stepd_records::artifacts::{ArtifactError, ArtifactMirror, Durability, JobArtifacts};
 use stepd_records::events::{Event, EventObserver, EventSink};
 use stepd_records::metrics::Metrics;
+use stepd_records::phases::{self, Phase};
 use stepd_records::redact::Redactor;
 use stepd_runtime::{CancellationToken, Runtime};
 use stepd_settings::{RetryBackoff, SelfHealConfig, WorkspaceQuota};
@@ -107,6 +108,9 @@ pub struct JobSpec<'a> {
     /// Gets a copy of every artifact write (the store, when API processes
     /// may run on other hosts than this one).
     pub artifact_mirror: Option<Arc<dyn ArtifactMirror>>,
+    /// Whether the artifacts are the job's record (flushed) or a copy of
+    /// the host's (the service's store).
+    pub artifact_durability: Durability,
 }
 
 /// Where a run of the job starts, as earlier runs left it.
@@ -310,7 +314,8 @@ pub async fn run_job<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<Opti
 
 async fn run_job_in_span<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<Option<JobStatus>, LifecycleError> {
     let redactor = spec.redactor.clone();
-    let mut artifacts = blocking(|| JobArtifacts::open(&spec.artifact_root, &spec.job_id, redactor.clone()))?;
+    let mut artifacts = blocking(|| JobArtifacts::open(&spec.artifact_root, &spec.job_id, redactor.clone()))?
+        .with_durability(spec.artifact_durability);
     if let Some(mirror) = spec.artifact_mirror {
         artifacts = artifacts.with_mirror(mirror);
     }
@@ -339,7 +344,8 @@ async fn run_job_in_span<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<
         pinned: start.baseline_commit.as_deref(),
     };
     let (workspace, baseline) = loop {
-        match prepare(&source, &job, host, &events, &redactor).await? {
+        let prepared = phases::timed_async(Phase::Workspace, prepare(&source, &job, host, &events, &redactor)).await?;
+        match prepared {
             Prepared::Ready(workspace, tree) => break (*workspace, tree),
             // An operator's request this run was to carry out ends with
             // the job: it was acted on, and is acknowledged.
@@ -408,6 +414,9 @@ async fn run_job_in_span<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<
     let rebuilt = if start.rebuild {
         Some(run.resume_from_step(start.step)?)
     } else {
+        // Just materialised: the workspace is the baseline tree, and the
+        // first step's patch starts from it without a snapshot.
+        run.current_tree = Some(baseline);
         None
     };
     if let Some(Ok(())) = rebuilt {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use stepd_job::control::RecoveryRequest;
 use stepd_job::payload::ValidatedJob;
-use stepd_records::artifacts::JobArtifacts;
+use stepd_records::artifacts::{Durability, JobArtifacts};
 use stepd_records::events::{Event, EventObserver, EventSink};
 use stepd_records::metrics::Metrics;
 use stepd_records::redact::Redactor;
@@ -107,6 +107,7 @@ pub async fn run_local(
         redactor,
         observer,
         artifact_mirror: None,
+        artifact_durability: Durability::Flushed,
     };
     let status = run_job(spec, &mut LocalHost { cancel }).await?;
     // A local host always ends the job itself.

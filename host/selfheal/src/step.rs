@@ -10,6 +10,7 @@ use stepd_job::payload::ResolvedStep;
 use stepd_records::artifacts::{AttemptRecord, StepState, SCHEMA_VERSION};
 use stepd_records::events::{AttemptFailure, Event, SelfHealDecision, StepAttemptRef};
 use stepd_records::metrics::MetricScope;
+use stepd_records::phases::{self, Phase};
 use stepd_runtime::{
     AttemptLimits, AttemptOutcome, AttemptReport, AttemptRequest, Plugin, RetryContext, RuntimeError, StepContext,
 };
@@ -161,7 +162,7 @@ impl JobRun<'_> {
         if let Some(tree) = self.current_tree {
             return Ok(tree);
         }
-        let tree = blocking(|| self.workspace.snapshot())?;
+        let tree = blocking(|| phases::timed(Phase::Workspace, || self.workspace.snapshot()))?;
         self.current_tree = Some(tree);
         Ok(tree)
     }
@@ -204,9 +205,9 @@ impl JobRun<'_> {
             attempt,
         }))?;
         let running = self.metrics.attempt_running();
-        let mut report = self
-            .run_attempt(step, plugin, attempt, state.retry_context.take())
-            .await?;
+        let retry_context = state.retry_context.take();
+        let mut report =
+            phases::timed_async(Phase::Wasm, self.run_attempt(step, plugin, attempt, retry_context)).await?;
         drop(running);
         let scope = MetricScope {
             step: &step.id,
@@ -217,10 +218,11 @@ impl JobRun<'_> {
         self.count_http(scope, step, &report);
         let start_tree = state.start_tree;
         let (after, patch) = blocking(|| -> Result<_, SelfHealError> {
-            let changes = self
-                .workspace
-                .snapshot_within(self.quota)
-                .and_then(|after| Ok((after, self.workspace.diff_within(start_tree, after, self.quota)?)));
+            let changes = phases::timed(Phase::Workspace, || {
+                self.workspace
+                    .snapshot_within(self.quota)
+                    .and_then(|after| Ok((after, self.workspace.diff_within(start_tree, after, self.quota)?)))
+            });
             let changes = match changes {
                 Ok(changes) => changes,
                 // The step left the workspace over a limit: its failure.

@@ -247,6 +247,13 @@ pub const SETTING_KEYS: &[SettingKey] = &[
     key("service", "sweep_ms", "STEPD_SWEEP_MS", Some("1000"), Shown::Plain),
     key(
         "service",
+        "work_retention_seconds",
+        "STEPD_WORK_RETENTION_SECONDS",
+        Some("86400"),
+        Shown::Plain,
+    ),
+    key(
+        "service",
         "operator_tokens",
         "STEPD_OPERATOR_TOKENS",
         None,

@@ -33,6 +33,11 @@ pub struct ServiceSettings {
     /// `STEPD_SWEEP_MS` (default 1000): how often a process looks for
     /// expired leases and for queued jobs nobody was told about.
     pub sweep: Duration,
+    /// `STEPD_WORK_RETENTION_SECONDS` (default 86400; 0: at once): how long
+    /// an ended job's work directory (workspace and object store) stays on
+    /// its worker's host for inspection before the worker removes it. The
+    /// store keeps everything needed to run the job again.
+    pub work_retention: Duration,
     /// `STEPD_OPERATOR_TOKENS`: comma-separated bearer tokens of the
     /// operator scope. Never printed.
     #[serde(serialize_with = "serialize_token_count")]
@@ -52,6 +57,7 @@ impl Default for ServiceSettings {
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_millis(1000),
             sweep: Duration::from_millis(1000),
+            work_retention: Duration::from_secs(86_400),
             operator_tokens: Vec::new(),
             worker_tokens: Vec::new(),
         }
@@ -100,6 +106,13 @@ impl ServiceSettings {
         }
         if let Some(v) = lookup("STEPD_SWEEP_MS") {
             s.sweep = Duration::from_millis(parse_positive("STEPD_SWEEP_MS", &v)?);
+        }
+        if let Some(v) = lookup("STEPD_WORK_RETENTION_SECONDS") {
+            let seconds = v
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| invalid("STEPD_WORK_RETENTION_SECONDS", &v, "must be an integer >= 0"))?;
+            s.work_retention = Duration::from_secs(seconds);
         }
         s.operator_tokens = tokens(lookup("STEPD_OPERATOR_TOKENS"));
         s.worker_tokens = tokens(lookup("STEPD_WORKER_TOKENS"));

@@ -25,6 +25,17 @@ const JOB_COLUMNS: &str = "id, status, attempt, max_attempts, next_attempt_at, p
     lease_expires_at, payload, live_control, cancel_requested, resume_step, current_step_id, \
     current_step_index, workspace_path, last_error, version, created_at, updated_at, finished_at";
 
+/// When a job was submitted and ended ([`Store::job_timings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobTiming {
+    /// Where it stands.
+    pub status: JobState,
+    /// Submitted (Unix ms).
+    pub created_at: i64,
+    /// Ended (Unix ms).
+    pub finished_at: Option<i64>,
+}
+
 /// A job to submit.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -131,30 +142,23 @@ impl Store {
     /// Add a queued job, claimable at once. No event: a job's log starts
     /// with the first `task.job.started` a worker records.
     pub async fn insert_job(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
-        let now = self.clock().await?;
         let live = serde_json::to_string(&LiveControl::default()).unwrap_or_default();
-        let result = sqlx::query(
+        let result = sqlx::query(&self.with_now(&format!(
             "INSERT INTO jobs (id, status, attempt, max_attempts, next_attempt_at, payload, resolved, live_control, \
-             created_at, updated_at) VALUES ($1, 'queued', 1, $2, $3, $4, $5, $6, $3, $3)",
-        )
+             created_at, updated_at) VALUES ($1, 'queued', 1, $2, {{now}}, $3, $4, $5, {{now}}, {{now}}) RETURNING {JOB_COLUMNS}",
+        )))
         .bind(&job.id)
         .bind(i64::from(job.max_attempts))
-        .bind(now)
         .bind(job.payload.to_string())
         .bind(job.resolved.as_ref().map(serde_json::Value::to_string))
         .bind(live)
-        .execute(&self.pool)
+        .fetch_one(&self.durable)
         .await;
         match result {
-            Ok(_) => {}
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                return Err(StoreError::DuplicateJob(job.id.clone()))
-            }
-            Err(e) => return Err(db("insert job")(e)),
+            Ok(row) => decode_job(&row),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::DuplicateJob(job.id.clone())),
+            Err(e) => Err(db("insert job")(e)),
         }
-        self.get_job(&job.id)
-            .await?
-            .ok_or_else(|| StoreError::UnknownJob(job.id.clone()))
     }
 
     /// One job, or `None`.
@@ -241,45 +245,97 @@ impl Store {
         })
     }
 
+    /// Those of `ids` that ended at least `age` ago (by the database's
+    /// clock): their work directories may go.
+    pub async fn ended_before(&self, ids: &[String], age: Duration) -> Result<Vec<String>, StoreError> {
+        let mut ended = Vec::new();
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> = (2..chunk.len() + 2).map(|i| format!("${i}")).collect();
+            let sql = self.with_now(&format!(
+                "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at <= {{now}} - $1 \
+                 AND status NOT IN ('queued', 'running') AND id IN ({})",
+                placeholders.join(", ")
+            ));
+            let mut query = sqlx::query(&sql).bind(duration_ms(age));
+            for id in chunk {
+                query = query.bind(id);
+            }
+            let rows = query.fetch_all(&self.pool).await.map_err(db("find ended jobs"))?;
+            for row in &rows {
+                ended.push(row.try_get::<String, _>("id").map_err(db("find ended jobs"))?);
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Every job's status, submit time and end time (Unix ms), oldest
+    /// first: what `stepd bench queue` measures a run by, with the store's
+    /// own clock.
+    pub async fn job_timings(&self) -> Result<Vec<JobTiming>, StoreError> {
+        let rows = sqlx::query("SELECT status, created_at, finished_at FROM jobs ORDER BY created_at")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("read job timings"))?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get("status").map_err(db("read job timings"))?;
+                Ok(JobTiming {
+                    status: JobState::parse(&status).ok_or_else(|| StoreError::Malformed {
+                        job_id: String::new(),
+                        column: "status",
+                        message: format!("unknown status {status:?}"),
+                    })?,
+                    created_at: r.try_get("created_at").map_err(db("read job timings"))?,
+                    finished_at: r.try_get("finished_at").map_err(db("read job timings"))?,
+                })
+            })
+            .collect()
+    }
+
     /// Claim the oldest claimable job: queued, due, not held by a pause.
     /// Atomic: two workers never get the same job.
     pub async fn claim_next(&self, by: &ClaimedBy) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.claim_many(by, 1).await?.into_iter().next())
+    }
+
+    /// Claim up to `limit` of the oldest claimable jobs in one statement
+    /// (a worker with several free slots fills them at once), oldest first.
+    pub async fn claim_many(&self, by: &ClaimedBy, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
         let lock = match self.backend {
             super::Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             super::Backend::Sqlite => "",
         };
-        let now = self.clock().await?;
-        let row = sqlx::query(&format!(
-            "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = $2, updated_at = $3, \
+        let rows = sqlx::query(&self.with_now(&format!(
+            "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = {{now}} + $2, updated_at = {{now}}, \
              published_at = NULL, version = version + 1 \
-             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND next_attempt_at <= $3 AND held = 0 \
-                         ORDER BY next_attempt_at, created_at LIMIT 1 {lock}) \
+             WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND next_attempt_at <= {{now}} AND held = 0 \
+                          ORDER BY next_attempt_at, created_at LIMIT $3 {lock}) \
                AND status = 'queued' \
              RETURNING {JOB_COLUMNS}"
-        ))
+        )))
         .bind(&by.owner)
-        .bind(now + duration_ms(by.lease))
-        .bind(now)
-        .fetch_optional(&self.pool)
+        .bind(duration_ms(by.lease))
+        .bind(i64::from(limit.max(1)))
+        .fetch_all(&self.pool)
         .await
-        .map_err(db("claim next job"))?;
-        row.as_ref().map(decode_job).transpose()
+        .map_err(db("claim jobs"))?;
+        let mut jobs = rows.iter().map(decode_job).collect::<Result<Vec<_>, _>>()?;
+        jobs.sort_by_key(|job| (job.next_attempt_at, job.created_at));
+        Ok(jobs)
     }
 
     /// Claim job `id` if it is claimable (a "job ready" message named it).
     /// `None` when it is not: already claimed, ended, held or not yet due —
     /// which makes duplicate messages harmless.
     pub async fn claim_job(&self, id: &str, by: &ClaimedBy) -> Result<Option<JobRecord>, StoreError> {
-        let now = self.clock().await?;
-        let row = sqlx::query(&format!(
-            "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = $2, updated_at = $3, \
+        let row = sqlx::query(&self.with_now(&format!(
+            "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = {{now}} + $2, updated_at = {{now}}, \
              published_at = NULL, version = version + 1 \
-             WHERE id = $4 AND status = 'queued' AND next_attempt_at <= $3 AND held = 0 \
+             WHERE id = $3 AND status = 'queued' AND next_attempt_at <= {{now}} AND held = 0 \
              RETURNING {JOB_COLUMNS}"
-        ))
+        )))
         .bind(&by.owner)
-        .bind(now + duration_ms(by.lease))
-        .bind(now)
+        .bind(duration_ms(by.lease))
         .bind(id)
         .fetch_optional(&self.pool)
         .await
@@ -290,13 +346,11 @@ impl Store {
     /// Renew `by`'s lease on job `id` and return the job (with its
     /// `liveControl`). `None` when `by` no longer holds it.
     pub async fn heartbeat(&self, id: &str, by: &ClaimedBy) -> Result<Option<JobRecord>, StoreError> {
-        let now = self.clock().await?;
-        let row = sqlx::query(&format!(
-            "UPDATE jobs SET lease_expires_at = $1, updated_at = $2 \
-             WHERE id = $3 AND lease_owner = $4 AND status = 'running' RETURNING {JOB_COLUMNS}"
-        ))
-        .bind(now + duration_ms(by.lease))
-        .bind(now)
+        let row = sqlx::query(&self.with_now(&format!(
+            "UPDATE jobs SET lease_expires_at = {{now}} + $1, updated_at = {{now}} \
+             WHERE id = $2 AND lease_owner = $3 AND status = 'running' RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(duration_ms(by.lease))
         .bind(id)
         .bind(&by.owner)
         .fetch_optional(&self.pool)
@@ -315,15 +369,14 @@ impl Store {
         step_index: u32,
         workspace: &str,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE jobs SET current_step_id = $1, current_step_index = $2, workspace_path = $3, updated_at = $4, \
+        let done = sqlx::query(&self.with_now(
+            "UPDATE jobs SET current_step_id = $1, current_step_index = $2, workspace_path = $3, updated_at = {now}, \
              version = version + 1 \
-             WHERE id = $5 AND lease_owner = $6 AND status = 'running'",
-        )
+             WHERE id = $4 AND lease_owner = $5 AND status = 'running'",
+        ))
         .bind(step_id)
         .bind(i64::from(step_index))
         .bind(workspace)
-        .bind(self.clock().await?)
         .bind(id)
         .bind(owner)
         .execute(&self.pool)
@@ -350,15 +403,13 @@ impl Store {
         version: i64,
         ending: &EventRecord,
     ) -> Result<bool, StoreError> {
-        let now = self.clock().await?;
         let mut tx = self.pool.begin().await.map_err(db("finish job"))?;
-        let done = sqlx::query(
-            "UPDATE jobs SET status = $1, lease_owner = NULL, lease_expires_at = NULL, finished_at = $2, \
-             updated_at = $2, last_error = $3, resume_step = NULL, version = version + 1 \
-             WHERE id = $4 AND lease_owner = $5 AND status = 'running' AND version = $6",
-        )
+        let done = sqlx::query(&self.with_now(
+            "UPDATE jobs SET status = $1, lease_owner = NULL, lease_expires_at = NULL, finished_at = {now}, \
+             updated_at = {now}, last_error = $2, resume_step = NULL, version = version + 1 \
+             WHERE id = $3 AND lease_owner = $4 AND status = 'running' AND version = $5",
+        ))
         .bind(status.as_str())
-        .bind(now)
         .bind(error)
         .bind(id)
         .bind(owner)
@@ -386,17 +437,15 @@ impl Store {
         attempt: u32,
         delay: Duration,
     ) -> Result<Option<JobState>, StoreError> {
-        let now = self.clock().await?;
-        let row = sqlx::query(
+        let row = sqlx::query(&self.with_now(
             "UPDATE jobs SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END, \
-             finished_at = CASE WHEN cancel_requested = 1 THEN $3 ELSE NULL END, \
-             attempt = $1, next_attempt_at = $2, lease_owner = NULL, \
-             lease_expires_at = NULL, published_at = NULL, updated_at = $3, version = version + 1 \
-             WHERE id = $4 AND lease_owner = $5 AND status = 'running' RETURNING status",
-        )
+             finished_at = CASE WHEN cancel_requested = 1 THEN {now} ELSE NULL END, \
+             attempt = $1, next_attempt_at = {now} + $2, lease_owner = NULL, \
+             lease_expires_at = NULL, published_at = NULL, updated_at = {now}, version = version + 1 \
+             WHERE id = $3 AND lease_owner = $4 AND status = 'running' RETURNING status",
+        ))
         .bind(i64::from(attempt))
-        .bind(now + duration_ms(delay))
-        .bind(now)
+        .bind(duration_ms(delay))
         .bind(id)
         .bind(owner)
         .fetch_optional(&self.pool)
@@ -414,12 +463,11 @@ impl Store {
     /// Give up a claim without ending the job (shutdown): queued again at
     /// once, same attempt.
     pub async fn release(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
+        let done = sqlx::query(&self.with_now(
             "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, published_at = NULL, \
-             next_attempt_at = $1, updated_at = $1, version = version + 1 \
-             WHERE id = $2 AND lease_owner = $3 AND status = 'running'",
-        )
-        .bind(self.clock().await?)
+             next_attempt_at = {now}, updated_at = {now}, version = version + 1 \
+             WHERE id = $1 AND lease_owner = $2 AND status = 'running'",
+        ))
         .bind(id)
         .bind(owner)
         .execute(&self.pool)
@@ -568,8 +616,7 @@ impl Store {
 
     /// Record that a "job ready" message for `id` went out.
     pub async fn mark_announced(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET published_at = $1 WHERE id = $2 AND status = 'queued'")
-            .bind(self.clock().await?)
+        sqlx::query(&self.with_now("UPDATE jobs SET published_at = {now} WHERE id = $1 AND status = 'queued'"))
             .bind(id)
             .execute(&self.pool)
             .await
@@ -592,7 +639,7 @@ impl Store {
         let job = &plan.job;
         let now = self.clock().await?;
         let live = serde_json::to_string(&job.live_control).unwrap_or_default();
-        let mut tx = self.pool.begin().await.map_err(db("apply control"))?;
+        let mut tx = self.durable.begin().await.map_err(db("apply control"))?;
         let done = sqlx::query(
             "UPDATE jobs SET status = $1, attempt = $2, cancel_requested = $3, resume_step = $4, live_control = $5, \
              held = $6, finished_at = $7, last_error = $8, updated_at = $9, version = version + 1, \

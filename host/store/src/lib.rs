@@ -19,9 +19,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
-pub use artifacts::StoredArtifact;
-pub use jobs::{ClaimedBy, ControlWrite, NewJob, StoreGauges};
-pub use records::{AttemptRow, CheckpointRow, ControlEventRow, StoredEvent};
+pub use artifacts::{ArtifactChange, StoredArtifact};
+pub use jobs::{ClaimedBy, ControlWrite, JobTiming, NewJob, StoreGauges};
+pub use records::{AttemptRow, CheckpointRow, ControlEventRow, CurrentStep, ProgressBatch, StoredEvent};
 pub use schema::{Backend, SchemaError};
 
 use stepd_job::control::LiveControl;
@@ -219,8 +219,55 @@ impl JobRecord {
 /// The store: a pool on SQLite or PostgreSQL. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {
+    /// Everything a worker writes, and every read.
     pool: AnyPool,
+    /// Writes a caller was promised are kept (submit, operator control).
+    durable: AnyPool,
     backend: Backend,
+}
+
+/// How SQLite commits reach the disk (WAL mode). `Normal` flushes the log
+/// only at checkpoints: a process crash loses nothing, a power loss may
+/// lose the last commits but never corrupts the file. `Full` flushes the
+/// log at every commit, and with it every commit before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Synchronous {
+    Normal,
+    Full,
+}
+
+async fn connect(url: &str, backend: Backend, synchronous: Synchronous) -> Result<AnyPool, StoreError> {
+    let connections = match (backend, synchronous) {
+        (Backend::Postgres, _) => 8,
+        (Backend::Sqlite, Synchronous::Normal) => 4,
+        (Backend::Sqlite, Synchronous::Full) => 2,
+    };
+    let mut options = AnyPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(30));
+    if backend == Backend::Sqlite {
+        // WAL lets readers go on while a writer commits; writers wait
+        // for each other instead of failing at once.
+        options = options.after_connect(move |conn, _| {
+            Box::pin(async move {
+                conn.execute("PRAGMA busy_timeout = 30000").await?;
+                conn.execute("PRAGMA foreign_keys = ON").await?;
+                conn.execute(match synchronous {
+                    Synchronous::Normal => "PRAGMA synchronous = NORMAL",
+                    Synchronous::Full => "PRAGMA synchronous = FULL",
+                })
+                .await?;
+                Ok(())
+            })
+        });
+    }
+    let pool = options.connect(url).await.map_err(db("connect"))?;
+    if backend == Backend::Sqlite {
+        pool.execute("PRAGMA journal_mode = WAL")
+            .await
+            .map_err(db("enable WAL"))?;
+    }
+    Ok(pool)
 }
 
 /// Now, in Unix milliseconds.
@@ -252,27 +299,16 @@ impl Store {
         } else {
             Backend::Sqlite
         };
-        let mut options = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
-            .acquire_timeout(Duration::from_secs(30));
-        if backend == Backend::Sqlite {
-            // WAL lets readers go on while a writer commits; writers wait
-            // for each other instead of failing at once.
-            options = options.after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute("PRAGMA busy_timeout = 30000").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    Ok(())
-                })
-            });
-        }
-        let pool = options.connect(url).await.map_err(db("connect"))?;
-        if backend == Backend::Sqlite {
-            pool.execute("PRAGMA journal_mode = WAL")
-                .await
-                .map_err(db("enable WAL"))?;
-        }
-        let store = Store { pool, backend };
+        let pool = connect(url, backend, Synchronous::Normal).await?;
+        // Submits and operator actions are promises to a caller: on SQLite
+        // they commit through connections that flush the log to disk
+        // (docs/OPERATIONS.md#store-durability). PostgreSQL flushes every
+        // commit.
+        let durable = match backend {
+            Backend::Sqlite => connect(url, backend, Synchronous::Full).await?,
+            Backend::Postgres => pool.clone(),
+        };
+        let store = Store { pool, durable, backend };
         store.migrate().await?;
         Ok(store)
     }
@@ -299,6 +335,12 @@ impl Store {
         }
     }
 
+    /// `template` with every `{now}` replaced by the database's own
+    /// clock ([`Backend::now_sql`]).
+    fn with_now(&self, template: &str) -> String {
+        template.replace("{now}", self.backend.now_sql())
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
@@ -307,6 +349,7 @@ impl Store {
     /// Close the pool (tests and shutdown).
     pub async fn close(&self) {
         self.pool.close().await;
+        self.durable.close().await;
     }
 
     /// Bring the schema up to date: old bookkeeping bridged, then sqlx's

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
+use super::artifacts::{apply_artifact_change, ArtifactChange};
 use super::{db, now_ms, u32_col, Store, StoreError};
 use stepd_records::events::{Event, HttpRequestRecord};
 
@@ -96,6 +97,44 @@ pub struct CheckpointRow {
     pub state: String,
 }
 
+/// The step a worker is running, as the job row shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentStep {
+    /// The step's id.
+    pub step_id: String,
+    /// Its index.
+    pub step_index: u32,
+    /// The workspace directory on the worker.
+    pub workspace: String,
+}
+
+/// What a worker writes in one transaction ([`Store::record_progress`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProgressBatch {
+    /// Events (already redacted), each with its time, in order.
+    pub events: Vec<(String, serde_json::Value)>,
+    /// The step now running, when one started.
+    pub current_step: Option<CurrentStep>,
+    /// Finished attempts.
+    pub attempts: Vec<AttemptRow>,
+    /// A finished step's checkpoint.
+    pub checkpoint: Option<CheckpointRow>,
+    /// Changes to the job's artifact copy (PostgreSQL deployments), in
+    /// order.
+    pub artifacts: Vec<ArtifactChange>,
+}
+
+impl ProgressBatch {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+            && self.current_step.is_none()
+            && self.attempts.is_empty()
+            && self.checkpoint.is_none()
+            && self.artifacts.is_empty()
+    }
+}
+
 fn decode_event(row: &AnyRow) -> Result<StoredEvent, StoreError> {
     let get = |r: &AnyRow| -> Result<(i64, String, String, String, String), sqlx::Error> {
         Ok((
@@ -169,6 +208,93 @@ impl Store {
         Ok(seq)
     }
 
+    /// Write what a worker recorded of job `job_id` since its last batch
+    /// in one transaction: its events, numbered together after the last
+    /// one; the running step, while `owner` holds the job; the finished
+    /// attempts; a finished step's checkpoint, only under `owner`'s lease;
+    /// and the artifact copy's changes. Returns whether the checkpoint was kept (true without one).
+    /// All or nothing, so a retry after a failure numbers no event twice.
+    pub async fn record_progress(&self, job_id: &str, owner: &str, batch: &ProgressBatch) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("record progress"))?;
+        Self::append_values_in(&mut tx, job_id, &batch.events).await?;
+        if let Some(step) = &batch.current_step {
+            sqlx::query(&self.with_now(
+                "UPDATE jobs SET current_step_id = $1, current_step_index = $2, workspace_path = $3, \
+                 updated_at = {now}, version = version + 1 \
+                 WHERE id = $4 AND lease_owner = $5 AND status = 'running'",
+            ))
+            .bind(&step.step_id)
+            .bind(i64::from(step.step_index))
+            .bind(&step.workspace)
+            .bind(job_id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("set current step"))?;
+        }
+        for attempt in &batch.attempts {
+            Self::record_attempt_in(&mut tx, job_id, attempt).await?;
+        }
+        let kept = match &batch.checkpoint {
+            Some(checkpoint) => Self::put_checkpoint_in(&mut tx, job_id, owner, checkpoint).await?,
+            None => true,
+        };
+        for change in &batch.artifacts {
+            apply_artifact_change(self.backend, &mut *tx, job_id, change).await?;
+        }
+        tx.commit().await.map_err(db("record progress"))?;
+        Ok(kept)
+    }
+
+    /// Append `events` (each its time and JSON) inside `tx`, numbered
+    /// together: one statement takes their numbers, a few insert them.
+    pub(super) async fn append_values_in(
+        tx: &mut Transaction<'static, Any>,
+        job_id: &str,
+        events: &[(String, serde_json::Value)],
+    ) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+        // Numbering through the job row serialises appenders on the row
+        // lock, on SQLite and PostgreSQL alike.
+        let row = sqlx::query("UPDATE jobs SET event_seq = event_seq + $1 WHERE id = $2 RETURNING event_seq")
+            .bind(count)
+            .bind(job_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db("number events"))?
+            .ok_or_else(|| StoreError::UnknownJob(job_id.to_owned()))?;
+        let last: i64 = row.try_get(0).map_err(db("number events"))?;
+        let mut seq = last - count + 1;
+        // Five parameters a row; well under both databases' limits.
+        for chunk in events.chunks(200) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = i * 5;
+                    format!("(${}, ${}, ${}, ${}, ${})", p + 1, p + 2, p + 3, p + 4, p + 5)
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO job_events (job_id, seq, at, name, payload) VALUES {}",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (at, event) in chunk {
+                query = query
+                    .bind(job_id)
+                    .bind(seq)
+                    .bind(at.as_str())
+                    .bind(event["event"].as_str().unwrap_or_default().to_owned())
+                    .bind(event["payload"].to_string());
+                seq += 1;
+            }
+            query.execute(&mut **tx).await.map_err(db("append events"))?;
+        }
+        Ok(())
+    }
+
     /// Append `event` now (the worker's own lifecycle notes).
     pub async fn record_event(&self, job_id: &str, event: &Event) -> Result<i64, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("append event"))?;
@@ -233,6 +359,16 @@ impl Store {
 
     /// Record (or replace) one step attempt.
     pub async fn record_attempt(&self, job_id: &str, attempt: &AttemptRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("record attempt"))?;
+        Self::record_attempt_in(&mut tx, job_id, attempt).await?;
+        tx.commit().await.map_err(db("record attempt"))
+    }
+
+    async fn record_attempt_in(
+        tx: &mut Transaction<'static, Any>,
+        job_id: &str,
+        attempt: &AttemptRow,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO step_attempts (job_id, step_index, attempt, step_id, outcome, failure_class, strategy, \
              wall_clock_seconds, worker, finished_at, fuel_consumed, http, retry_context) \
@@ -255,7 +391,7 @@ impl Store {
         .bind(attempt.fuel_consumed)
         .bind((!attempt.http.is_empty()).then(|| serde_json::to_string(&attempt.http).unwrap_or_default()))
         .bind(attempt.retry_context.as_ref().map(ToString::to_string))
-        .execute(&self.pool)
+        .execute(&mut **tx)
         .await
         .map_err(db("record attempt"))?;
         Ok(())
@@ -307,6 +443,18 @@ impl Store {
         owner: &str,
         checkpoint: &CheckpointRow,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db("store checkpoint"))?;
+        let kept = Self::put_checkpoint_in(&mut tx, job_id, owner, checkpoint).await?;
+        tx.commit().await.map_err(db("store checkpoint"))?;
+        Ok(kept)
+    }
+
+    async fn put_checkpoint_in(
+        tx: &mut Transaction<'static, Any>,
+        job_id: &str,
+        owner: &str,
+        checkpoint: &CheckpointRow,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "INSERT INTO step_checkpoints (job_id, step_index, step_id, patch, state, created_at) \
              SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS \
@@ -321,7 +469,7 @@ impl Store {
         .bind(&checkpoint.state)
         .bind(now_ms())
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&mut **tx)
         .await
         .map_err(db("store checkpoint"))?;
         Ok(done.rows_affected() == 1)

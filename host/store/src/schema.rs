@@ -41,6 +41,17 @@ impl Backend {
         }
     }
 
+    /// Now in Unix milliseconds, as a SQL expression the database
+    /// evaluates: one value for the whole statement, by the database's
+    /// clock on PostgreSQL (see `Store::clock`), with no round trip of its
+    /// own.
+    pub(crate) fn now_sql(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "CAST(ROUND((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)",
+            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM statement_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
+
     /// Whether a table of this name exists (in the current schema).
     async fn has_table(self, conn: &mut AnyConnection, table: &str) -> Result<bool, StoreError> {
         let query = match self {

@@ -19,6 +19,7 @@ use stepd_selfheal::{
 use stepd_store::{ClaimedBy, JobRecord, JobState, Store};
 
 use crate::live::{JobLink, ServiceHooks};
+use crate::on_store;
 use crate::recorder::EventRecorder;
 
 /// A claimed job's host.
@@ -87,7 +88,9 @@ impl JobHost for ServiceHost {
     /// goes on at the first unfinished step (or before it, when an operator
     /// asked to resume earlier).
     async fn restore(&mut self, artifacts: &JobArtifacts) -> Result<JobStart, LifecycleError> {
-        let rows = self.store.checkpoints(&self.job_id).await.map_err(store_error)?;
+        let rows = on_store(self.store.checkpoints(&self.job_id))
+            .await
+            .map_err(store_error)?;
         let any_stored = !rows.is_empty();
         let mut checkpoints = Vec::new();
         for (row, step_index) in rows.into_iter().zip(0u32..) {
@@ -102,7 +105,7 @@ impl JobHost for ServiceHost {
             });
         }
         let prefix = u32::try_from(checkpoints.len()).unwrap_or(u32::MAX);
-        let attempts = self.store.attempts(&self.job_id).await.map_err(store_error)?;
+        let attempts = on_store(self.store.attempts(&self.job_id)).await.map_err(store_error)?;
         let last_attempts = attempts.iter().map(|row| (row.step_index, row.attempt)).collect();
         // Each step's last recorded attempt (rows come by step, then
         // attempt): when it failed with a successor to tell, tell it.
@@ -123,12 +126,15 @@ impl JobHost for ServiceHost {
         }
         let step = self.resume_step.map_or(prefix, |k| k.min(prefix));
         // Every hard reset self-heal spent is an event in the store.
-        let resets_used = self
-            .store
-            .count_events(&self.job_id, stepd_records::events::SELF_HEAL_ESCALATED)
+        let resets_used = on_store(
+            self.store
+                .count_events(&self.job_id, stepd_records::events::SELF_HEAL_ESCALATED),
+        )
+        .await
+        .map_err(store_error)?;
+        let baseline_commit = on_store(self.store.baseline_commit(&self.job_id))
             .await
             .map_err(store_error)?;
-        let baseline_commit = self.store.baseline_commit(&self.job_id).await.map_err(store_error)?;
         Ok(JobStart {
             baseline_commit,
             resets_used,
@@ -146,9 +152,7 @@ impl JobHost for ServiceHost {
         Some(Arc::new(ServiceHooks {
             link: self.link.clone(),
             events: events.clone(),
-            store: self.store.clone(),
-            job_id: self.job_id.clone(),
-            owner: self.owner().to_owned(),
+            recorder: self.recorder.clone(),
         }))
     }
 
@@ -191,9 +195,7 @@ impl JobHost for ServiceHost {
         // Recorded in the artifacts once, on the first try.
         let mut record: Option<EventRecord> = None;
         loop {
-            let Some(now) = self
-                .store
-                .heartbeat(&self.job_id, &self.by)
+            let Some(now) = on_store(self.store.heartbeat(&self.job_id, &self.by))
                 .await
                 .map_err(store_error)?
             else {
@@ -217,18 +219,16 @@ impl JobHost for ServiceHost {
                 None => events.emit_unobserved(ending.event.clone())?,
             };
             self.recorder.flush().await;
-            let finished = self
-                .store
-                .finish(
-                    &self.job_id,
-                    self.owner(),
-                    state,
-                    error.as_deref(),
-                    now.version,
-                    &ending_record,
-                )
-                .await
-                .map_err(store_error)?;
+            let finished = on_store(self.store.finish(
+                &self.job_id,
+                self.owner(),
+                state,
+                error.as_deref(),
+                now.version,
+                &ending_record,
+            ))
+            .await
+            .map_err(store_error)?;
             record = Some(ending_record);
             if finished {
                 return Ok(Settled::Left(Some(ending.status)));
@@ -243,9 +243,7 @@ impl JobHost for ServiceHost {
         delay: Duration,
     ) -> Result<Requeued, LifecycleError> {
         self.recorder.flush().await;
-        let now = self
-            .store
-            .requeue(&self.job_id, self.owner(), next_attempt, delay)
+        let now = on_store(self.store.requeue(&self.job_id, self.owner(), next_attempt, delay))
             .await
             .map_err(store_error)?;
         if now == Some(JobState::Cancelled) {
@@ -264,8 +262,7 @@ impl JobHost for ServiceHost {
     /// lose it.
     async fn hand_back(&mut self, _events: &EventSink) -> Result<Option<JobStatus>, LifecycleError> {
         self.recorder.flush().await;
-        self.store
-            .release(&self.job_id, self.owner())
+        on_store(self.store.release(&self.job_id, self.owner()))
             .await
             .map_err(store_error)?;
         Ok(None)

@@ -6,7 +6,14 @@
 mod host;
 mod live;
 mod recorder;
+mod retention;
 mod service;
 
 pub use live::JobLink;
+
+/// Await a store call, counting its time to the store's phase
+/// (`stepd_records::phases`).
+pub(crate) async fn on_store<F: std::future::Future>(call: F) -> F::Output {
+    stepd_records::phases::timed_async(stepd_records::phases::Phase::Store, call).await
+}
 pub use service::{worker_name, Worker, WorkerOptions};

@@ -17,6 +17,9 @@ use stepd_runtime::CancellationToken;
 use stepd_selfheal::RunHooks;
 use stepd_store::{CheckpointRow, ClaimedBy, JobRecord, Store};
 
+use crate::on_store;
+use crate::recorder::EventRecorder;
+
 /// What the heartbeat has learnt about a claimed job.
 pub struct JobLink {
     live: watch::Sender<LiveControl>,
@@ -157,7 +160,7 @@ impl JobLink {
                 () = done.cancelled() => return,
             }
             let sent = std::time::Instant::now();
-            let renewed = store.heartbeat(&job_id, &by).await;
+            let renewed = on_store(store.heartbeat(&job_id, &by)).await;
             if sent.elapsed() * 3 > by.lease {
                 tracing::warn!(job = %job_id, took = ?sent.elapsed(), "a heartbeat took over a third of the lease");
             }
@@ -192,12 +195,8 @@ pub struct ServiceHooks {
     pub link: Arc<JobLink>,
     /// Where hold events go.
     pub events: EventSink,
-    /// Where checkpoints go.
-    pub store: Store,
-    /// The job.
-    pub job_id: String,
-    /// The worker (checkpoints are only written under its lease).
-    pub owner: String,
+    /// Where checkpoints go (with the events before them).
+    pub recorder: EventRecorder,
 }
 
 impl RunHooks for ServiceHooks {
@@ -235,18 +234,10 @@ impl RunHooks for ServiceHooks {
                 patch: patch.to_vec(),
                 state: serde_json::to_string(state).map_err(|e| e.to_string())?,
             };
-            let mut last = String::new();
-            for delay in [0u64, 200, 1000, 3000] {
-                if delay > 0 {
-                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
-                }
-                match self.store.put_checkpoint(&self.job_id, &self.owner, &row).await {
-                    Ok(true) => return Ok(()),
-                    Ok(false) => return Err("this worker no longer holds the job's lease".into()),
-                    Err(e) => last = e.to_string(),
-                }
+            match self.recorder.checkpoint(row).await? {
+                true => Ok(()),
+                false => Err("this worker no longer holds the job's lease".into()),
             }
-            Err(last)
         })
     }
 }

@@ -1,12 +1,14 @@
 //! Copies a running job's events into the store, in order, off the
 //! attempt loop's path: the loop's event sink is synchronous, so it hands
-//! each record to a channel and this task writes it (numbered by the
-//! store), noting the running step and each finished attempt as it goes.
-//! With PostgreSQL it copies the job's artifacts too (see
-//! [`EventRecorder::artifact_mirror`]), on the same channel, so they keep
-//! their order with the events. `flush` waits until everything handed over
-//! so far is written, so a job's status never changes before its events
-//! and artifacts are readable.
+//! each record to a channel and this task writes them. Whatever queued up
+//! while the last write ran goes into the next transaction together
+//! (`Store::record_progress`): the events, numbered once per batch, the
+//! running step, each finished attempt, and a finished step's checkpoint,
+//! so a step's end costs one commit. With PostgreSQL it copies the job's
+//! artifacts too (see [`EventRecorder::artifact_mirror`]), in the same
+//! batches, appends to one artifact folded into one statement. `flush` waits until
+//! everything handed over so far is written, so a job's status never
+//! changes before its events and artifacts are readable.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,21 +16,20 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use stepd_records::artifacts::ArtifactMirror;
-use stepd_records::events::{Event, EventObserver, EventRecord};
-use stepd_store::{AttemptRow, Store};
+use stepd_records::events::{Event, EventObserver, EventRecord, StepAttemptRef};
+use stepd_store::{ArtifactChange, AttemptRow, CheckpointRow, CurrentStep, ProgressBatch, Store};
+
+use crate::on_store;
 
 enum Message {
     Record(Box<EventRecord>),
-    Artifact(ArtifactWrite),
+    Artifact(ArtifactChange),
+    Checkpoint(CheckpointRow, oneshot::Sender<Result<bool, String>>),
     Flush(oneshot::Sender<()>),
 }
 
-/// One artifact write to copy.
-enum ArtifactWrite {
-    Put(String, Vec<u8>),
-    Append(String, String),
-    Remove(String),
-}
+/// Most messages folded into one transaction.
+const MAX_BATCH: usize = 512;
 
 /// The sending side; the observer it makes goes on the job's event sink.
 #[derive(Clone)]
@@ -36,23 +37,56 @@ pub struct EventRecorder {
     tx: mpsc::UnboundedSender<Message>,
 }
 
+/// The writer task's side: the job, and what it has not written yet.
+struct Writer {
+    store: Store,
+    job_id: String,
+    worker: String,
+    workspace: String,
+    pending: ProgressBatch,
+}
+
 impl EventRecorder {
     /// Start the writer task for job `job_id`, run by `worker` whose
-    /// workspace is `workspace`.
+    /// workspace is `workspace`. Whatever has queued up while it wrote goes
+    /// into the next transaction together.
     pub fn start(store: Store, job_id: String, worker: String, workspace: String) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let mut writer = Writer {
+            store,
+            job_id,
+            worker,
+            workspace,
+            pending: ProgressBatch::default(),
+        };
         tokio::spawn(async move {
-            while let Some(message) = rx.recv().await {
-                match message {
-                    Message::Record(record) => write(&store, &job_id, &worker, &workspace, &record).await,
-                    Message::Artifact(artifact) => copy(&store, &job_id, &artifact).await,
-                    Message::Flush(done) => {
-                        let _ = done.send(());
+            while let Some(first) = rx.recv().await {
+                let mut next = Some(first);
+                let mut taken = 0;
+                while let Some(message) = next.take() {
+                    writer.take(message).await;
+                    taken += 1;
+                    if taken < MAX_BATCH {
+                        next = rx.try_recv().ok();
                     }
                 }
+                // A failure is logged where it happened; the events
+                // stay in events.jsonl.
+                let _ = writer.write().await;
             }
         });
         EventRecorder { tx }
+    }
+
+    /// Keep a finished step's checkpoint in the store, in one transaction
+    /// with the events recorded before it: `Ok(false)` when this worker no
+    /// longer holds the job's lease.
+    pub async fn checkpoint(&self, row: CheckpointRow) -> Result<bool, String> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Message::Checkpoint(row, done))
+            .map_err(|_| "the job's recorder stopped".to_owned())?;
+        wait.await.map_err(|_| "the job's recorder stopped".to_owned())?
     }
 
     /// An observer for [`stepd_records::events::EventSink::with_observer`].
@@ -84,112 +118,134 @@ struct StoreMirror {
 
 impl ArtifactMirror for StoreMirror {
     fn put(&self, rel: &str, bytes: &[u8]) {
-        let _ = self
-            .tx
-            .send(Message::Artifact(ArtifactWrite::Put(rel.to_owned(), bytes.to_vec())));
+        let _ = self.tx.send(Message::Artifact(ArtifactChange::Put {
+            path: rel.to_owned(),
+            bytes: bytes.to_vec(),
+        }));
     }
 
     fn append(&self, rel: &str, text: &str) {
-        let _ = self.tx.send(Message::Artifact(ArtifactWrite::Append(
-            rel.to_owned(),
-            text.to_owned(),
-        )));
+        let _ = self.tx.send(Message::Artifact(ArtifactChange::Append {
+            path: rel.to_owned(),
+            text: text.to_owned(),
+        }));
     }
 
     fn remove(&self, rel: &str) {
-        let _ = self.tx.send(Message::Artifact(ArtifactWrite::Remove(rel.to_owned())));
+        let _ = self
+            .tx
+            .send(Message::Artifact(ArtifactChange::Remove { path: rel.to_owned() }));
     }
 }
 
-/// Copy one artifact write, retrying a store that is briefly unreachable;
-/// the worker's own disk keeps the artifact whatever happens here.
-async fn copy(store: &Store, job_id: &str, artifact: &ArtifactWrite) {
-    for delay in [0u64, 100, 300, 1000, 3000] {
-        // No sleep before the first try: tokio rounds even a zero sleep
-        // up to a millisecond, paid on every event of every job.
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        let (rel, done) = match artifact {
-            ArtifactWrite::Put(rel, bytes) => (rel, store.put_artifact(job_id, rel, bytes).await),
-            ArtifactWrite::Append(rel, text) => (rel, store.append_artifact(job_id, rel, text).await),
-            ArtifactWrite::Remove(rel) => (rel, store.remove_artifact(job_id, rel).await),
-        };
-        match done {
-            Ok(()) => return,
-            Err(e) if delay == 3000 => {
-                tracing::error!(job = job_id, artifact = %rel, error = %e, "artifact copy lost from the store");
+impl Writer {
+    /// Fold `message` into the pending batch, or write the batch and
+    /// answer it.
+    async fn take(&mut self, message: Message) {
+        match message {
+            Message::Record(record) => self.add(&record),
+            Message::Checkpoint(row, done) => {
+                self.pending.checkpoint = Some(row);
+                let _ = done.send(self.write().await);
             }
-            Err(e) => tracing::warn!(job = job_id, artifact = %rel, error = %e, "copying an artifact failed; retrying"),
+            Message::Artifact(change) => {
+                let folded = match self.pending.artifacts.last_mut() {
+                    Some(last) => last.absorb(change),
+                    None => Some(change),
+                };
+                self.pending.artifacts.extend(folded);
+            }
+            Message::Flush(done) => {
+                let _ = self.write().await;
+                let _ = done.send(());
+            }
         }
     }
-}
 
-async fn write(store: &Store, job_id: &str, worker: &str, workspace: &str, record: &EventRecord) {
-    let value = serde_json::to_value(record).unwrap_or_default();
-    // A store that is briefly unreachable must not drop events: retry, then
-    // give up loudly (the artifact copy in events.jsonl stays complete).
-    for delay in [0u64, 100, 300, 1000, 3000] {
-        // No sleep before the first try: tokio rounds even a zero sleep
-        // up to a millisecond, paid on every event of every job.
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        match store.append_event(job_id, &record.at, &value).await {
-            Ok(_) => break,
-            Err(e) if delay == 3000 => tracing::error!(job = job_id, error = %e, "event lost from the store"),
-            Err(e) => tracing::warn!(job = job_id, error = %e, "storing an event failed; retrying"),
-        }
-    }
-    let attempt = match &record.event {
-        Event::AttemptStarted(at) => {
-            if let Err(e) = store
-                .set_current_step(job_id, worker, &at.step_id, at.step_index, workspace)
-                .await
-            {
-                tracing::warn!(job = job_id, error = %e, "noting the current step failed");
-            }
-            None
-        }
-        Event::AttemptFinished {
-            step,
-            wall_clock_seconds,
-            fuel_consumed,
-            granted,
-            ..
-        } => Some(AttemptRow {
+    fn add(&mut self, record: &EventRecord) {
+        let value = serde_json::to_value(record).unwrap_or_default();
+        self.pending.events.push((record.at.clone(), value));
+        let worker = self.worker.clone();
+        let row = |step: &StepAttemptRef, outcome: String, wall: f64, fuel: Option<u64>| AttemptRow {
             step_index: step.step_index,
             attempt: step.attempt,
             step_id: step.step_id.clone(),
-            outcome: "succeeded".into(),
+            outcome,
             failure_class: None,
             strategy: None,
-            wall_clock_seconds: *wall_clock_seconds,
-            fuel_consumed: fuel_consumed.map(|f| i64::try_from(f).unwrap_or(i64::MAX)),
-            worker: worker.to_owned(),
+            wall_clock_seconds: wall,
+            fuel_consumed: fuel.map(|f| i64::try_from(f).unwrap_or(i64::MAX)),
+            worker,
             finished_at: record.at.clone(),
-            http: granted.http.clone(),
+            http: Vec::new(),
             retry_context: None,
-        }),
-        Event::AttemptFailed(failure) => Some(AttemptRow {
-            step_index: failure.step.step_index,
-            attempt: failure.step.attempt,
-            step_id: failure.step.step_id.clone(),
-            outcome: failure.outcome.clone(),
-            failure_class: Some(failure.failure_class.clone()),
-            strategy: Some(failure.strategy.clone()),
-            wall_clock_seconds: failure.wall_clock_seconds,
-            fuel_consumed: failure.fuel_consumed.map(|f| i64::try_from(f).unwrap_or(i64::MAX)),
-            worker: worker.to_owned(),
-            finished_at: record.at.clone(),
-            http: failure.granted.http.clone(),
-            retry_context: failure.retry_context.clone(),
-        }),
-        _ => None,
-    };
-    if let Some(row) = attempt {
-        if let Err(e) = store.record_attempt(job_id, &row).await {
-            tracing::warn!(job = job_id, error = %e, "recording an attempt failed");
+        };
+        match &record.event {
+            Event::AttemptStarted(at) => {
+                self.pending.current_step = Some(CurrentStep {
+                    step_id: at.step_id.clone(),
+                    step_index: at.step_index,
+                    workspace: self.workspace.clone(),
+                });
+            }
+            Event::AttemptFinished {
+                step,
+                wall_clock_seconds,
+                fuel_consumed,
+                granted,
+                ..
+            } => {
+                let mut attempt = row(step, "succeeded".into(), *wall_clock_seconds, *fuel_consumed);
+                attempt.http = granted.http.clone();
+                self.pending.attempts.push(attempt);
+            }
+            Event::AttemptFailed(failure) => {
+                let mut attempt = row(
+                    &failure.step,
+                    failure.outcome.clone(),
+                    failure.wall_clock_seconds,
+                    failure.fuel_consumed,
+                );
+                attempt.failure_class = Some(failure.failure_class.clone());
+                attempt.strategy = Some(failure.strategy.clone());
+                attempt.http = failure.granted.http.clone();
+                attempt.retry_context = failure.retry_context.clone();
+                self.pending.attempts.push(attempt);
+            }
+            _ => {}
         }
+    }
+
+    /// Write the pending batch, retrying a store that is briefly
+    /// unreachable; then give up loudly (the artifact copy in
+    /// `events.jsonl` stays complete). Returns whether its checkpoint, if
+    /// any, was kept, or why it could not be written.
+    async fn write(&mut self) -> Result<bool, String> {
+        if self.pending.is_empty() {
+            return Ok(true);
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let mut last = String::new();
+        for delay in [0u64, 100, 300, 1000, 3000] {
+            // No sleep before the first try: tokio rounds even a zero sleep
+            // up to a millisecond, paid on every batch of every job.
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            match on_store(self.store.record_progress(&self.job_id, &self.worker, &batch)).await {
+                Ok(kept) => return Ok(kept),
+                Err(e) => {
+                    tracing::warn!(job = %self.job_id, error = %e, "storing events failed; retrying");
+                    last = e.to_string();
+                }
+            }
+        }
+        tracing::error!(
+            job = %self.job_id,
+            events = batch.events.len(),
+            error = %last,
+            "events lost from the store"
+        );
+        Err(last)
     }
 }

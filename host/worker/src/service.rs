@@ -5,7 +5,6 @@
 //! queues it again with backoff. A job another worker started continues at
 //! its first unfinished step, rebuilt from the stored checkpoints.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,8 +13,11 @@ use tokio::sync::Semaphore;
 use super::host::ServiceHost;
 use super::live::JobLink;
 use super::recorder::EventRecorder;
+use super::retention::{self, RunningJobs};
+use crate::on_store;
 use stepd_job::payload::{HostGrants, JobPayload, ValidatedJob};
 use stepd_queue::{Dispatcher, Hint};
+use stepd_records::artifacts::Durability;
 use stepd_records::metrics::Metrics;
 use stepd_records::prometheus::Prometheus;
 use stepd_records::redact::Redactor;
@@ -120,34 +122,49 @@ impl Worker {
     pub async fn run(&self, stop: CancellationToken) {
         self.warm_plugins(&stop);
         let slots = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
-        let running: Arc<std::sync::Mutex<HashMap<String, Arc<JobLink>>>> = Arc::default();
+        let running: RunningJobs = Arc::default();
+        if !self.settings.service.work_retention.is_zero() {
+            tokio::spawn(retention::prune_until(
+                self.store.clone(),
+                self.options.work_root.clone(),
+                self.settings.service.work_retention,
+                running.clone(),
+                stop.clone(),
+            ));
+        }
         let prefetch = u16::try_from(self.options.concurrency).unwrap_or(u16::MAX);
         loop {
-            let permit = tokio::select! {
+            let first = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
                 () = stop.cancelled() => break,
             };
-            let job = tokio::select! {
-                job = self.next_job(prefetch) => job,
+            // Every free slot is filled by the same claim.
+            let mut permits = vec![first];
+            while let Ok(permit) = slots.clone().try_acquire_owned() {
+                permits.push(permit);
+            }
+            let jobs = tokio::select! {
+                jobs = self.next_jobs(prefetch, permits.len()) => jobs,
                 () = stop.cancelled() => break,
             };
-            let Some(job) = job else { continue };
-            let link = JobLink::new(&job);
-            running
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(job.id.clone(), link.clone());
-            let worker = self.clone();
-            let running = running.clone();
-            tokio::spawn(async move {
-                let id = job.id.clone();
-                worker.run_claimed(job, link).await;
+            for (job, permit) in jobs.into_iter().zip(permits) {
+                let link = JobLink::new(&job);
                 running
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&id);
-                drop(permit);
-            });
+                    .insert(job.id.clone(), link.clone());
+                let worker = self.clone();
+                let running = running.clone();
+                tokio::spawn(async move {
+                    let id = job.id.clone();
+                    worker.run_claimed(job, link).await;
+                    running
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .remove(&id);
+                    drop(permit);
+                });
+            }
         }
         // Shutting down: stop every running job and wait until each was
         // handed back.
@@ -163,44 +180,46 @@ impl Worker {
             .await;
     }
 
-    /// Claim one job: any claimable one (embedded), or the one a message
-    /// names (RabbitMQ; the message is acked once the claim was tried).
-    async fn next_job(&self, prefetch: u16) -> Option<JobRecord> {
+    /// Claim up to `free` jobs: any claimable ones (embedded), or the one
+    /// a message names (RabbitMQ; the message is acked once the claim was
+    /// tried).
+    async fn next_jobs(&self, prefetch: u16, free: usize) -> Vec<JobRecord> {
         let by = self.claimed_by();
+        let free = u32::try_from(free).unwrap_or(u32::MAX);
         if let Dispatcher::Embedded(_) = self.dispatcher {
-            match self.store.claim_next(&by).await {
-                Ok(Some(job)) => return Some(job),
-                Ok(None) => {}
+            match on_store(self.store.claim_many(&by, free)).await {
+                Ok(jobs) if !jobs.is_empty() => return jobs,
+                Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "claiming failed"),
             }
         }
         match self.dispatcher.next(prefetch).await {
-            Ok(Hint::Any) => match self.store.claim_next(&by).await {
-                Ok(job) => job,
+            Ok(Hint::Any) => match on_store(self.store.claim_many(&by, free)).await {
+                Ok(jobs) => jobs,
                 Err(e) => {
                     tracing::warn!(error = %e, "claiming failed");
-                    None
+                    Vec::new()
                 }
             },
             Ok(Hint::Job(delivery)) => {
-                let claimed = self.store.claim_job(&delivery.job_id, &by).await;
+                let claimed = on_store(self.store.claim_job(&delivery.job_id, &by)).await;
                 match claimed {
                     Ok(job) => {
                         delivery.ack().await;
-                        job
+                        job.into_iter().collect()
                     }
                     // Handed back to the broker, which delivers it again.
                     Err(e) => {
                         tracing::warn!(job = %delivery.job_id, error = %e, "claiming failed");
                         delivery.nack().await;
                         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                        None
+                        Vec::new()
                     }
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "waiting for work failed");
-                None
+                Vec::new()
             }
         }
     }
@@ -221,7 +240,14 @@ impl Worker {
         ));
         let id = job.id.clone();
         match self.drive(job, &link).await {
-            Ok(status) => tracing::info!(job = %id, ?status, "job left this worker"),
+            Ok(status) => {
+                tracing::info!(job = %id, ?status, "job left this worker");
+                // No retention: an ended job's directory goes with it.
+                if status.is_some() && self.settings.service.work_retention.is_zero() {
+                    let work_root = self.options.work_root.clone();
+                    let _ = tokio::task::spawn_blocking(move || retention::remove_job_dir(&work_root, &id)).await;
+                }
+            }
             Err(e) => tracing::error!(job = %id, error = %e, "job stopped on a host error"),
         }
         done.cancel();
@@ -242,7 +268,9 @@ impl Worker {
             workspace_dir.display().to_string(),
         );
         // The job was resolved once, at submit: run that form as it is.
-        let stored = self.store.resolved_job(&job.id).await.map_err(LifecycleError::host)?;
+        let stored = on_store(self.store.resolved_job(&job.id))
+            .await
+            .map_err(LifecycleError::host)?;
         let resolved = match stored {
             Some(resolved) => serde_json::from_value::<ValidatedJob>(resolved)
                 .map_err(|e| format!("the resolved job stored for {} is unreadable: {e}", job.id)),
@@ -285,6 +313,8 @@ impl Worker {
             // With PostgreSQL the API may run on another host: it serves
             // the store's copy. The embedded default reads this disk.
             artifact_mirror: (self.store.backend() == Backend::Postgres).then(|| recorder.artifact_mirror()),
+            // The store is the job's record; the artifacts are its copy.
+            artifact_durability: Durability::Cache,
         };
         let mut host = ServiceHost::new(
             self.store.clone(),

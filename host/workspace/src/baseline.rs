@@ -203,11 +203,24 @@ fn plain_directory(repo: &Repository, repository: &str, path: &Path) -> Result<T
         .add_new_mempack_backend(1000)
         .map_err(git_err(context("preparing an in-memory pack")))?;
     let snap = snapshot::snapshot(&odb, &dir, path, &mut StatCache::default(), None)?;
-    // The in-memory pack holds what commits reach: record the tree in a
-    // commit (fixed author and time, so the same files give the same commit).
     let tree = import
         .find_tree(snap.tree)
         .map_err(git_err(context("reading the tree")))?;
+    // A small baseline (the usual one-file task) is written as loose
+    // objects: a pack, its index, a commit and a ref cost more files than
+    // the objects themselves.
+    if let Some(objects) = few_objects(&import, &tree, LOOSE_BASELINE_OBJECTS) {
+        let store = repo.odb().map_err(git_err(context("opening the object store")))?;
+        for oid in objects {
+            let object = odb.read(oid).map_err(git_err(context("reading an object")))?;
+            store
+                .write(object.kind(), object.data())
+                .map_err(git_err(context("writing an object")))?;
+        }
+        return Ok(TreeId(snap.tree));
+    }
+    // The in-memory pack holds what commits reach: record the tree in a
+    // commit (fixed author and time, so the same files give the same commit).
     let signature =
         Signature::new("stepd", "stepd@localhost", &Time::new(0, 0)).map_err(git_err(context("signing")))?;
     let commit = import
@@ -231,6 +244,35 @@ fn plain_directory(repo: &Repository, repository: &str, path: &Path) -> Result<T
     repo.reference(BASELINE_REF, commit, true, "stepd: plain-directory baseline")
         .map_err(git_err(context(&format!("updating {BASELINE_REF}"))))?;
     Ok(TreeId(snap.tree))
+}
+
+/// Most objects (trees and blobs) a plain-directory baseline is written
+/// loose with.
+const LOOSE_BASELINE_OBJECTS: usize = 64;
+
+/// The ids of `tree` and everything under it, when there are at most
+/// `limit`; `None` past it.
+fn few_objects(repo: &Repository, tree: &git2::Tree<'_>, limit: usize) -> Option<Vec<git2::Oid>> {
+    let mut objects = vec![tree.id()];
+    let mut pending = vec![tree.id()];
+    while let Some(id) = pending.pop() {
+        let tree = repo.find_tree(id).ok()?;
+        for entry in tree.iter() {
+            if objects.len() >= limit {
+                return None;
+            }
+            // Submodule entries (commits) are not in the store.
+            match entry.kind() {
+                Some(ObjectType::Tree) => {
+                    objects.push(entry.id());
+                    pending.push(entry.id());
+                }
+                Some(ObjectType::Blob) => objects.push(entry.id()),
+                _ => {}
+            }
+        }
+    }
+    Some(objects)
 }
 
 #[cfg(test)]

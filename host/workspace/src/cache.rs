@@ -144,6 +144,17 @@ impl StatCache {
         }
     }
 
+    /// Whether re-reading every cached file would cost more than waiting
+    /// out [`RACY_MARGIN`] (a reset waits then), or than writing the cache
+    /// to disk (a snapshot saves it then, for a process that opens the
+    /// workspace again): past about a thousand files or 16 MiB, which take
+    /// this machine's class of disk some 25 ms to open and hash.
+    pub fn is_large(&self) -> bool {
+        const FILES: usize = 1024;
+        const BYTES: u64 = 16 << 20;
+        self.files.len() > FILES || self.files.values().map(|f| f.stat.size).sum::<u64>() > BYTES
+    }
+
     /// The latest sub-second-precision ctime (ns since the epoch), if any:
     /// what a reset waits out so the files it wrote are trusted at once.
     pub fn latest_precise_ctime(&self) -> Option<i128> {

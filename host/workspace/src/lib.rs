@@ -423,7 +423,11 @@ fn open_or_init_store(git_dir: &Path) -> Result<Repository, WorkspaceError> {
                 path: git_dir.to_owned(),
                 source,
             })?;
-            Repository::init_bare(git_dir).map_err(git_error)
+            // No template: the hook samples and description a `git init`
+            // copies are a dozen files per job nobody reads.
+            let mut options = git2::RepositoryInitOptions::new();
+            options.bare(true).external_template(false);
+            Repository::init_opts(git_dir, &options).map_err(git_error)
         }
         Err(e) => Err(git_error(e)),
     }
@@ -595,7 +599,7 @@ impl Workspace {
         drop(odb);
         self.last_stats = snap.stats;
         if snap.changed {
-            self.cache.save(&self.git_dir, self.root_id)?;
+            self.persist_cache()?;
         }
         Ok(TreeId(snap.tree))
     }
@@ -638,17 +642,31 @@ impl Workspace {
         let odb = self.odb()?;
         let mut cache = materialize::write_tree(&self.repo, &odb, &self.root, &self.root_path, &git_tree)?;
         drop(odb);
-        // Wait out the racy window (at most RACY_MARGIN) so every file just
-        // written is trusted by the next snapshot instead of re-read.
-        if let Some(latest) = cache.latest_precise_ctime() {
-            let wait = latest + RACY_MARGIN.as_nanos() as i128 + 1_000_000 - cache::now_ns();
-            if wait > 0 {
-                std::thread::sleep(Duration::from_nanos(wait.min(2 * RACY_MARGIN.as_nanos() as i128) as u64));
+        // Every file just written is racy: the next snapshot re-reads it.
+        // For a tree too large to re-read cheaply, wait out the racy window
+        // instead (at most RACY_MARGIN), so it is trusted at once; a small
+        // tree, the usual baseline, is faster to re-read than to wait for.
+        if cache.is_large() {
+            if let Some(latest) = cache.latest_precise_ctime() {
+                let wait = latest + RACY_MARGIN.as_nanos() as i128 + 1_000_000 - cache::now_ns();
+                if wait > 0 {
+                    std::thread::sleep(Duration::from_nanos(wait.min(2 * RACY_MARGIN.as_nanos() as i128) as u64));
+                }
             }
         }
         cache.mark_racy(cache::now_ns());
         self.cache = cache;
-        self.cache.save(&self.git_dir, self.root_id)
+        self.persist_cache()
+    }
+
+    /// Save the stat cache for a process that opens this workspace again
+    /// ([`Workspace::open`]) — when it is worth a file: a small tree is
+    /// re-read faster than its cache is written on every snapshot.
+    fn persist_cache(&self) -> Result<(), WorkspaceError> {
+        if self.cache.is_large() {
+            self.cache.save(&self.git_dir, self.root_id)?;
+        }
+        Ok(())
     }
 
     /// Rebuild: apply `patches` in order onto `baseline` (each checked as by

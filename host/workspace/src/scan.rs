@@ -23,6 +23,9 @@ use super::cache::{git_mode, FileStat};
 use super::relpath::is_dot_git;
 use super::{display_path, Quota, WorkspaceError, MAX_DEPTH};
 
+/// A tree of fewer entries than this is listed on one thread.
+const SMALL_TREE: usize = 256;
+
 /// Most threads a scan uses: past a few, the filesystem is the bottleneck.
 const MAX_THREADS: usize = 4;
 
@@ -100,7 +103,15 @@ impl Bounds<'_> {
 /// List the whole tree under `root` (shown in errors as `root_path`),
 /// stopping as soon as what was listed is over `quota`: a workspace of a
 /// million files costs the host no more than the quota's worth of listing.
-pub(crate) fn scan(root: &Dir, root_path: &Path, quota: Option<Quota>) -> Result<Scan, WorkspaceError> {
+/// `expected_entries` is what the last snapshot saw: a tree that small is
+/// listed on the calling thread alone, since starting helpers would cost
+/// more than they save.
+pub(crate) fn scan(
+    root: &Dir,
+    root_path: &Path,
+    quota: Option<Quota>,
+    expected_entries: usize,
+) -> Result<Scan, WorkspaceError> {
     let bounds = Bounds { quota, root_path };
     let state = Mutex::new(State {
         queue: vec![Job { index: 0, depth: 0 }],
@@ -112,7 +123,11 @@ pub(crate) fn scan(root: &Dir, root_path: &Path, quota: Option<Quota>) -> Result
         bytes: 0,
     });
     let wake = Condvar::new();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if expected_entries < SMALL_TREE {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
     std::thread::scope(|scope| {
         for _ in 1..threads.min(MAX_THREADS) {
             // A helper that cannot be started only makes the scan slower:

@@ -52,7 +52,10 @@ pub(crate) fn snapshot(
     cache: &mut StatCache,
     quota: Option<Quota>,
 ) -> Result<Snapshot, WorkspaceError> {
-    let Scan { dirs, paths } = scan::scan(root, root_path, quota)?;
+    // An empty cache knows nothing of the tree's size: assume it large.
+    let known = cache.files.len() + cache.dirs.len();
+    let expected = if known == 0 { usize::MAX } else { known };
+    let Scan { dirs, paths } = scan::scan(root, root_path, quota, expected)?;
     cache.generation = cache.generation.wrapping_add(1);
     let mut walk = Walk {
         odb,

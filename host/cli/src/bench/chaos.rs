@@ -344,6 +344,7 @@ async fn campaign(
         database_url,
         amqp_url: &args.services.amqp_url,
         workers: 1,
+        serve_workers: 0,
         data_dir: None,
     })
     .await?;
@@ -412,6 +413,7 @@ async fn restart_campaign(args: &ChaosBenchArgs, url: &str, repo: &Path, seed: u
         database_url: Some(url),
         amqp_url: &args.services.amqp_url,
         workers: 2,
+        serve_workers: 0,
         data_dir: None,
     })
     .await?;

@@ -1,4 +1,5 @@
-//! The processes a benchmark drives: a `stepd serve` and `stepd worker`s
+//! The processes a benchmark drives: a `stepd serve` (with or without
+//! workers of its own) and `stepd worker`s
 //! of this same binary on the embedded default or on PostgreSQL and
 //! RabbitMQ, each in a scratch directory, with a scratch database when
 //! one is needed. Shared by `stepd bench queue` and `stepd bench chaos`.
@@ -115,6 +116,8 @@ pub(crate) struct DeployOptions<'a> {
     pub amqp_url: &'a str,
     /// `stepd worker` processes beside the server.
     pub workers: usize,
+    /// Workers inside the `stepd serve` process (`--workers`).
+    pub serve_workers: usize,
     /// Where the processes keep their data (the SQLite store, workspaces,
     /// artifacts); default: the deployment's scratch directory.
     pub data_dir: Option<&'a Path>,
@@ -128,6 +131,8 @@ pub(crate) struct Deployment {
     dir: tempfile::TempDir,
     _server: Proc,
     pub(crate) workers: Vec<Proc>,
+    /// The `/metrics` of every process that runs workers.
+    metrics: Vec<String>,
     http: reqwest::Client,
 }
 
@@ -167,8 +172,9 @@ impl Deployment {
                 format!("stepd.bench.{}", uuid::Uuid::new_v4().simple()),
             ));
         }
+        let serve_workers = options.serve_workers.to_string();
         let server = Proc::spawn(
-            &["serve", "--listen", "127.0.0.1:0", "--workers", "0"],
+            &["serve", "--listen", "127.0.0.1:0", "--workers", &serve_workers],
             &env,
             dir.path(),
         )?;
@@ -178,7 +184,13 @@ impl Deployment {
             .find(|w| w.starts_with("http://"))
             .context("address in the serving line")?
             .to_owned();
+        let metrics = if options.serve_workers > 0 {
+            vec![format!("{url}/metrics")]
+        } else {
+            Vec::new()
+        };
         let mut deployment = Deployment {
+            metrics,
             url,
             env,
             dir,
@@ -192,12 +204,66 @@ impl Deployment {
         Ok(deployment)
     }
 
+    /// Stop every process and hand back the scratch directory, for the
+    /// caller to remove later: removing a deployment's tens of thousands
+    /// of files right before the next run would slow that run's file
+    /// creation (ext4 skips recently freed inodes when it allocates).
+    pub(crate) fn stop(self) -> tempfile::TempDir {
+        let Deployment {
+            dir, _server, workers, ..
+        } = self;
+        drop(workers);
+        drop(_server);
+        dir
+    }
+
+    /// The store the processes share (its URL).
+    pub(crate) fn store_url(&self) -> String {
+        let value = |name: &str| self.env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        match value("DATABASE_URL") {
+            Some(url) => url,
+            None => stepd_store::Store::sqlite_url(Path::new(&value("STEPD_DATA_DIR").unwrap_or_default())),
+        }
+    }
+
     /// Start one more `stepd worker`.
     pub(crate) fn add_worker(&mut self) -> anyhow::Result<()> {
-        let worker = Proc::spawn(&["worker"], &self.env, self.dir.path())?;
-        worker.wait_for("stepd worker")?;
+        let worker = Proc::spawn(
+            &["worker", "--metrics-listen", "127.0.0.1:0"],
+            &self.env,
+            self.dir.path(),
+        )?;
+        let line = worker.wait_for("stepd worker metrics on http://")?;
+        let metrics = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .context("address in the metrics line")?;
+        self.metrics.push(format!("{metrics}/metrics"));
+        worker.wait_for("stepd worker (")?;
         self.workers.push(worker);
         Ok(())
+    }
+
+    /// Each phase's seconds (`stepd_phase_seconds_total`) summed over the
+    /// processes that run workers.
+    pub(crate) async fn phase_seconds(&self) -> anyhow::Result<Vec<(String, f64)>> {
+        let mut totals: Vec<(String, f64)> = Vec::new();
+        for url in &self.metrics {
+            let text = self.http.get(url).send().await?.text().await?;
+            for line in text.lines().filter(|l| l.starts_with("stepd_phase_seconds_total{")) {
+                let (Some(phase), Some(value)) = (
+                    line.split('"').nth(1),
+                    line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()),
+                ) else {
+                    continue;
+                };
+                match totals.iter_mut().find(|(p, _)| p == phase) {
+                    Some((_, total)) => *total += value,
+                    None => totals.push((phase.to_owned(), value)),
+                }
+            }
+        }
+        Ok(totals)
     }
 
     /// Submit a payload; its job id.

@@ -68,6 +68,7 @@ pub(crate) async fn disk_fills_mid_job(plugins: &Path, small_fs: &Path, repo: &P
         database_url: None,
         amqp_url: "",
         workers: 1,
+        serve_workers: 0,
         data_dir: Some(&data),
     })
     .await?;

@@ -1,7 +1,8 @@
 //! `stepd bench`: speed targets measured side by side in one run, so the
 //! ratios hold on a noisy shared machine. `runtime` measures what an attempt
 //! costs; `replay` what checkpoints and hard resets cost; `queue` what the
-//! control plane adds, end to end; `chaos` what a killed worker, a
+//! control plane adds, end to end; `scale` how a host holds a thousand
+//! hung steps at once; `chaos` what a killed worker, a
 //! restarted database or broker and a full disk cost a job (nothing, is
 //! the target).
 
@@ -14,11 +15,13 @@ pub mod queue;
 pub mod replay;
 mod restarts;
 pub mod runtime;
+pub mod scale;
 
 pub use chaos::{run_chaos_bench, ChaosBenchArgs};
 pub use queue::{run_queue_bench, QueueBenchArgs};
 pub use replay::{run_replay_bench, ReplayBenchArgs};
 pub use runtime::{run_runtime_bench, RuntimeBenchArgs};
+pub use scale::{run_scale_bench, ScaleBenchArgs};
 
 /// Distribution of a set of samples, in seconds.
 #[derive(Debug, Clone, Copy)]

@@ -1,10 +1,11 @@
 //! `stepd bench queue`: the control plane end to end, with real processes
-//! — a `stepd serve` (API only) and 1 or 2 `stepd worker` processes of
-//! this same binary — on the embedded default (SQLite, no broker) and on
-//! PostgreSQL + RabbitMQ. Measures submit → succeeded latency and
-//! throughput of 1-step trivial jobs, and what a crash costs: from the
-//! moment a SIGKILLed worker's lease expires to the moment another worker
-//! starts the interrupted step again, rebuilt from the checkpoints.
+//! — a `stepd serve` with its own worker, or an API-only `stepd serve` and
+//! two `stepd worker` processes of this same binary — on the embedded
+//! default (SQLite, no broker) and on PostgreSQL + RabbitMQ. Measures
+//! submit → succeeded latency and throughput of 1-step trivial jobs by the
+//! store's own timestamps, and what a crash costs: from the moment a
+//! SIGKILLed worker's lease expires to the moment another worker starts
+//! the interrupted step again, rebuilt from the checkpoints.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -17,13 +18,18 @@ use super::deploy::{
     drop_database, scratch_database, seconds_between, time_of, DeployOptions, Deployment, ServicesArgs,
 };
 use super::Summary;
+use futures_util::StreamExt;
+use stepd_store::{JobState, JobTiming, Store};
 
 /// Arguments of `stepd bench queue`.
 #[derive(Debug, Args)]
 pub struct QueueBenchArgs {
-    /// Jobs per throughput run.
-    #[arg(long, default_value_t = 40)]
+    /// Jobs per throughput run, all submitted at once.
+    #[arg(long, default_value_t = 2000)]
     pub jobs: usize,
+    /// Jobs run one at a time first, for the single-job latency.
+    #[arg(long, default_value_t = 20)]
+    pub alone: usize,
     /// The services and plugins.
     #[command(flatten)]
     pub services: ServicesArgs,
@@ -41,71 +47,98 @@ struct Throughput {
     alone: Summary,
     /// A burst of jobs: submit → succeeded, queueing included.
     latency: Summary,
+    /// Jobs over the span from the first submit to the last end, both by
+    /// the store's clock.
     jobs_per_second: f64,
+    /// Per burst job: each phase's seconds (summed over concurrent jobs,
+    /// divided by the burst's jobs).
+    phases: Vec<(String, f64)>,
 }
 
-async fn wait_succeeded(d: &Deployment, id: &str) -> anyhow::Result<Value> {
+/// Submits in flight at once during a burst.
+const SUBMITTERS: usize = 32;
+
+/// Wait until the store holds no queued or running job; fail on a job
+/// that did not succeed.
+async fn wait_all_ended(store: &Store, expected: usize) -> anyhow::Result<Vec<JobTiming>> {
     let start = Instant::now();
     loop {
-        let job = d.get(&format!("/api/queue/jobs/{id}")).await?;
-        match job["status"].as_str() {
-            Some("succeeded") => return Ok(job),
-            Some("failed" | "dead_letter" | "cancelled") => bail!("a bench job did not succeed: {job}"),
-            _ => {}
+        let timings = store.job_timings().await?;
+        if let Some(bad) = timings
+            .iter()
+            .find(|t| t.status.is_terminal() && t.status != JobState::Succeeded)
+        {
+            bail!("a bench job ended {}, not succeeded", bad.status.as_str());
         }
-        if start.elapsed() > Duration::from_secs(120) {
-            bail!("job {id} did not finish in 2 minutes: {job}");
+        let ended = timings.iter().filter(|t| t.status.is_terminal()).count();
+        if timings.len() >= expected && ended == timings.len() {
+            return Ok(timings);
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        if start.elapsed() > Duration::from_secs(900) {
+            bail!("{ended}/{expected} jobs ended after 15 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(if expected == 1 { 1 } else { 100 })).await;
     }
 }
 
-async fn throughput(d: &Deployment, repo: &Path, jobs: usize) -> anyhow::Result<Throughput> {
+fn seconds_of(timings: &[JobTiming]) -> Vec<f64> {
+    timings
+        .iter()
+        .filter_map(|t| Some((t.finished_at? - t.created_at) as f64 / 1e3))
+        .collect()
+}
+
+async fn throughput(d: &Deployment, repo: &Path, args: &QueueBenchArgs) -> anyhow::Result<Throughput> {
+    let store = Store::open(&d.store_url())
+        .await
+        .context("opening the deployment's store")?;
     let mut alone = Vec::new();
-    for i in 0..10 {
-        let id = d.submit(&trivial_job(repo, 100_000 + i)).await?;
-        let job = wait_succeeded(d, &id).await?;
-        if let (Some(a), Some(b)) = (time_of(&job["createdAt"]), time_of(&job["finishedAt"])) {
-            alone.push(seconds_between(a, b));
-        }
+    for i in 0..args.alone {
+        d.submit(&trivial_job(repo, 100_000 + i)).await?;
+        let timings = wait_all_ended(&store, i + 1).await?;
+        alone.extend(
+            timings
+                .iter()
+                .max_by_key(|t| t.created_at)
+                .map(|t| seconds_of(&[*t]))
+                .unwrap_or_default(),
+        );
     }
     let alone = Summary::of(alone).context("no single-job latencies")?;
-    let started = Instant::now();
-    let mut ids = Vec::with_capacity(jobs);
-    for i in 0..jobs {
-        ids.push(d.submit(&trivial_job(repo, i)).await?);
+    let before = store.job_timings().await?.len();
+    let phases_before = d.phase_seconds().await?;
+    let submitted: Vec<anyhow::Result<String>> = futures_util::stream::iter(0..args.jobs)
+        .map(|i| async move { d.submit(&trivial_job(repo, i)).await })
+        .buffer_unordered(SUBMITTERS)
+        .collect()
+        .await;
+    for result in submitted {
+        result?;
     }
-    loop {
-        let listed = d.get(&format!("/api/queue/jobs?limit={}", jobs + 20)).await?;
-        let all = listed["jobs"].as_array().cloned().unwrap_or_default();
-        let done = all
-            .iter()
-            .filter(|j| ids.iter().any(|id| j["id"] == *id) && j["status"] == "succeeded")
-            .count();
-        if let Some(bad) = all
-            .iter()
-            .find(|j| j["status"] == "failed" || j["status"] == "dead_letter")
-        {
-            bail!("a bench job did not succeed: {bad}");
-        }
-        if done == jobs {
-            let elapsed = started.elapsed().as_secs_f64();
-            let latencies: Vec<f64> = all
-                .iter()
-                .filter(|j| ids.iter().any(|id| j["id"] == *id))
-                .filter_map(|j| Some(seconds_between(time_of(&j["createdAt"])?, time_of(&j["finishedAt"])?)))
-                .collect();
-            return Ok(Throughput {
-                alone,
-                latency: Summary::of(latencies).context("no latencies")?,
-                jobs_per_second: jobs as f64 / elapsed,
-            });
-        }
-        if started.elapsed() > Duration::from_secs(600) {
-            bail!("{done}/{jobs} jobs finished after 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let timings = wait_all_ended(&store, before + args.jobs).await?;
+    store.close().await;
+    let phases = d
+        .phase_seconds()
+        .await?
+        .into_iter()
+        .map(|(phase, total)| {
+            let earlier = phases_before.iter().find(|(p, _)| *p == phase).map_or(0.0, |(_, t)| *t);
+            (phase, (total - earlier) / args.jobs as f64)
+        })
+        .collect();
+    let burst: Vec<JobTiming> = timings.into_iter().skip(before).collect();
+    let first = burst.iter().map(|t| t.created_at).min().context("no burst jobs")?;
+    let last = burst
+        .iter()
+        .filter_map(|t| t.finished_at)
+        .max()
+        .context("no burst ends")?;
+    Ok(Throughput {
+        alone,
+        latency: Summary::of(seconds_of(&burst)).context("no latencies")?,
+        jobs_per_second: burst.len() as f64 / ((last - first).max(1) as f64 / 1e3),
+        phases,
+    })
 }
 
 /// Lease expiry → the interrupted step started again on another worker.
@@ -160,16 +193,40 @@ async fn crash_recovery(mut d: Deployment, repo: &Path) -> anyhow::Result<Recove
     }
 }
 
+/// Where a run's workers live.
+#[derive(Debug, Clone, Copy)]
+enum Topology {
+    /// One worker inside `stepd serve`.
+    InServe,
+    /// `stepd serve --workers 0` and this many `stepd worker` processes.
+    Processes(usize),
+}
+
+impl Topology {
+    fn label(self) -> String {
+        match self {
+            Topology::InServe => "in serve".into(),
+            Topology::Processes(n) => format!("{n} processes"),
+        }
+    }
+}
+
 fn deploy_options<'a>(
     args: &'a QueueBenchArgs,
+    plugins: &'a Path,
     scratch: Option<&'a (String, String)>,
-    workers: usize,
+    topology: Topology,
 ) -> DeployOptions<'a> {
+    let (serve_workers, workers) = match topology {
+        Topology::InServe => (1, 0),
+        Topology::Processes(n) => (0, n),
+    };
     DeployOptions {
-        plugins: &args.services.plugins,
+        plugins,
         database_url: scratch.map(|(url, _)| url.as_str()),
         amqp_url: &args.services.amqp_url,
         workers,
+        serve_workers,
         data_dir: None,
     }
 }
@@ -179,13 +236,25 @@ pub async fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<()> {
     let repo = tempfile::tempdir()?;
     std::fs::write(repo.path().join("README.md"), "bench\n")?;
     let repo_path = repo.path().to_owned();
+    // Only the plugin the jobs run: workers compile their whole plugin
+    // directory when they start, and the Python and JavaScript samples
+    // would take the burst's CPU for it.
+    let plugins = tempfile::tempdir()?;
+    let plugin = args.services.plugins.join("write-file.wasm");
+    std::fs::copy(&plugin, plugins.path().join("write-file.wasm")).with_context(|| {
+        format!(
+            "copying {} (build the plugins first: `stepd plugin build`)",
+            plugin.display()
+        )
+    })?;
     println!(
-        "stepd bench queue: per run, 10 one-step jobs one at a time, then a burst of {}; lease 2 s, heartbeat 200 ms, sweep 200 ms",
-        args.jobs
+        "stepd bench queue: per run, {} one-step jobs one at a time, then {} submitted at once ({SUBMITTERS} in flight); \
+         times from the store's clock; workers run as many jobs at once as there are cores; lease 2 s, heartbeat 200 ms, sweep 200 ms",
+        args.alone, args.jobs
     );
     println!(
-        "{:<24} {:>7} {:>14} {:>14} {:>14} {:>8}",
-        "deployment", "workers", "alone p50", "burst p50", "burst p99", "jobs/s"
+        "{:<24} {:>12} {:>11} {:>11} {:>11} {:>11} {:>8}",
+        "deployment", "workers", "alone p50", "alone p99", "burst p50", "burst p99", "jobs/s"
     );
     let modes: &[&str] = if args.services.embedded_only {
         &["embedded (SQLite)"]
@@ -193,41 +262,70 @@ pub async fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<()> {
         &["embedded (SQLite)", "PostgreSQL + RabbitMQ"]
     };
     let mut recoveries = Vec::new();
+    let mut breakdowns = Vec::new();
+    // Removed once every run is done (see `Deployment::stop`).
+    let mut spent = Vec::new();
     for (m, mode) in modes.iter().enumerate() {
-        for workers in [1usize, 2] {
+        for topology in [Topology::InServe, Topology::Processes(2)] {
             let scratch = if m == 1 {
                 Some(scratch_database(&args.services.pg_admin_url).await?)
             } else {
                 None
             };
-            let d = Deployment::start(deploy_options(args, scratch.as_ref(), workers)).await?;
-            let result = throughput(&d, &repo_path, args.jobs).await;
-            drop(d);
+            let d = Deployment::start(deploy_options(args, plugins.path(), scratch.as_ref(), topology)).await?;
+            let result = throughput(&d, &repo_path, args).await;
+            spent.push(d.stop());
             if let Some((_, name)) = &scratch {
                 drop_database(&args.services.pg_admin_url, name).await;
             }
             let t = result?;
             println!(
-                "{:<24} {:>7} {:>12.0}ms {:>12.0}ms {:>12.0}ms {:>8.1}",
+                "{:<24} {:>12} {:>9.1}ms {:>9.1}ms {:>9.0}ms {:>9.0}ms {:>8.0}",
                 mode,
-                workers,
+                topology.label(),
                 t.alone.p50 * 1000.0,
+                t.alone.p99 * 1000.0,
                 t.latency.p50 * 1000.0,
                 t.latency.p99 * 1000.0,
                 t.jobs_per_second
             );
+            breakdowns.push((*mode, topology.label(), t.phases));
         }
         let scratch = if m == 1 {
             Some(scratch_database(&args.services.pg_admin_url).await?)
         } else {
             None
         };
-        let d = Deployment::start(deploy_options(args, scratch.as_ref(), 1)).await?;
+        let d = Deployment::start(deploy_options(
+            args,
+            plugins.path(),
+            scratch.as_ref(),
+            Topology::Processes(1),
+        ))
+        .await?;
         let result = crash_recovery(d, &repo_path).await;
         if let Some((_, name)) = &scratch {
             drop_database(&args.services.pg_admin_url, name).await;
         }
         recoveries.push((mode, result?));
+    }
+    println!();
+    println!("per burst job, wall time in each phase on the workers (ms; concurrent jobs add up)");
+    println!(
+        "{:<24} {:>12} {:>9} {:>10} {:>10} {:>9}",
+        "deployment", "workers", "store", "workspace", "artifacts", "wasm"
+    );
+    for (mode, label, phases) in breakdowns {
+        let ms = |name: &str| phases.iter().find(|(p, _)| p == name).map_or(0.0, |(_, s)| s * 1000.0);
+        println!(
+            "{:<24} {:>12} {:>9.2} {:>10.2} {:>10.2} {:>9.2}",
+            mode,
+            label,
+            ms("store"),
+            ms("workspace"),
+            ms("artifacts"),
+            ms("wasm")
+        );
     }
     println!();
     println!("crash recovery (worker SIGKILLed in step two of two; a new worker takes over)");
