@@ -240,9 +240,10 @@ pub fn files_under(dir: &Path, skip: &[&str]) -> std::collections::BTreeMap<Stri
             if skip.contains(&rel.as_str()) {
                 continue;
             }
+            // Sockets (the data directory's wake-up sockets) are not files.
             if path.is_dir() {
                 stack.push(path);
-            } else {
+            } else if path.is_file() {
                 files.insert(rel, std::fs::read(&path).expect("read file"));
             }
         }

@@ -476,7 +476,9 @@ mod tests {
         let outside = tempfile::tempdir().expect("outside");
         let artifacts = JobArtifacts::open(root.path(), "job-2", Arc::new(Redactor::new())).expect("open");
         let job = root.path().join("agent_jobs/job-2");
-        std::fs::remove_dir(job.join("logs/steps")).expect("remove");
+        // Sub-directories are made by their first write: plant the link
+        // where `logs/steps` would be made.
+        std::fs::create_dir_all(job.join("logs")).expect("mkdir");
         std::os::unix::fs::symlink(outside.path(), job.join("logs/steps")).expect("plant symlink");
         let err = artifacts
             .append_step_log(0, "x")

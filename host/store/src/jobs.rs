@@ -36,6 +36,17 @@ pub struct JobTiming {
     pub finished_at: Option<i64>,
 }
 
+/// What a worker reads of a job before running it ([`Store::run_context`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunContext {
+    /// The job as resolved at submit (`None` for a job stored without one).
+    pub resolved: Option<serde_json::Value>,
+    /// The commit its remote baseline was pinned at, if it was.
+    pub baseline_commit: Option<String>,
+    /// Hard resets self-heal spent on it so far.
+    pub resets_used: u32,
+}
+
 /// A job to submit.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -116,27 +127,43 @@ fn decode_job(row: &AnyRow) -> Result<JobRecord, StoreError> {
 }
 
 impl Store {
-    /// The job as resolved at submit (`None` for a job stored without one).
-    /// Read once, by the worker that runs the job: heartbeats and job lists
-    /// never carry it.
-    pub async fn resolved_job(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
-        let row = sqlx::query("SELECT resolved FROM jobs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("read the resolved job"))?;
-        let Some(row) = row else {
-            return Err(StoreError::UnknownJob(id.to_owned()));
+    /// What a worker needs of job `id` before its run starts, in one
+    /// query: the resolved job, the pinned baseline commit, and how many
+    /// `escalated` events (hard resets self-heal spent) it recorded.
+    pub async fn run_context(&self, id: &str, escalated: &str) -> Result<RunContext, StoreError> {
+        let row = sqlx::query(
+            "SELECT resolved, baseline_commit, \
+             (SELECT COUNT(*) FROM job_events WHERE job_id = $1 AND name = $2) AS resets \
+             FROM jobs WHERE id = $1",
+        )
+        .bind(id)
+        .bind(escalated)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db("read the run context"))?
+        .ok_or_else(|| StoreError::UnknownJob(id.to_owned()))?;
+        let get = |r: &AnyRow| -> Result<(Option<String>, Option<String>, i64), sqlx::Error> {
+            Ok((
+                r.try_get("resolved")?,
+                r.try_get("baseline_commit")?,
+                r.try_get("resets")?,
+            ))
         };
-        let text: Option<String> = row.try_get("resolved").map_err(db("read the resolved job"))?;
-        text.map(|text| {
-            serde_json::from_str(&text).map_err(|e| StoreError::Malformed {
-                job_id: id.to_owned(),
-                column: "resolved",
-                message: e.to_string(),
+        let (resolved, baseline_commit, resets) = get(&row).map_err(db("read the run context"))?;
+        let resolved = resolved
+            .map(|text| {
+                serde_json::from_str(&text).map_err(|e| StoreError::Malformed {
+                    job_id: id.to_owned(),
+                    column: "resolved",
+                    message: e.to_string(),
+                })
             })
+            .transpose()?;
+        Ok(RunContext {
+            resolved,
+            baseline_commit,
+            resets_used: u32::try_from(resets).unwrap_or(u32::MAX),
         })
-        .transpose()
     }
 
     /// Add a queued job, claimable at once. No event: a job's log starts
@@ -301,24 +328,29 @@ impl Store {
     /// Claim up to `limit` of the oldest claimable jobs in one statement
     /// (a worker with several free slots fills them at once), oldest first.
     pub async fn claim_many(&self, by: &ClaimedBy, limit: u32) -> Result<Vec<JobRecord>, StoreError> {
-        let lock = match self.backend {
-            super::Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-            super::Backend::Sqlite => "",
+        let set = "status = 'running', lease_owner = $1, lease_expires_at = {now} + $2, updated_at = {now}, \
+                   published_at = NULL, version = version + 1";
+        let due = "SELECT id AS picked FROM jobs WHERE status = 'queued' AND next_attempt_at <= {now} AND held = 0 \
+                   ORDER BY next_attempt_at, created_at LIMIT $3";
+        let sql = match self.backend {
+            // The rows picked are locked once, by the picking: racing
+            // claimers skip them rather than wait and find them taken.
+            super::Backend::Postgres => format!(
+                "WITH due AS ({due} FOR UPDATE SKIP LOCKED) \
+                 UPDATE jobs SET {set} FROM due WHERE jobs.id = due.picked RETURNING {JOB_COLUMNS}"
+            ),
+            // SQLite has one writer at a time: nobody races the picking.
+            super::Backend::Sqlite => {
+                format!("UPDATE jobs SET {set} WHERE id IN ({due}) AND status = 'queued' RETURNING {JOB_COLUMNS}")
+            }
         };
-        let rows = sqlx::query(&self.with_now(&format!(
-            "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = {{now}} + $2, updated_at = {{now}}, \
-             published_at = NULL, version = version + 1 \
-             WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND next_attempt_at <= {{now}} AND held = 0 \
-                          ORDER BY next_attempt_at, created_at LIMIT $3 {lock}) \
-               AND status = 'queued' \
-             RETURNING {JOB_COLUMNS}"
-        )))
-        .bind(&by.owner)
-        .bind(duration_ms(by.lease))
-        .bind(i64::from(limit.max(1)))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db("claim jobs"))?;
+        let rows = sqlx::query(&self.with_now(&sql))
+            .bind(&by.owner)
+            .bind(duration_ms(by.lease))
+            .bind(i64::from(limit.max(1)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("claim jobs"))?;
         let mut jobs = rows.iter().map(decode_job).collect::<Result<Vec<_>, _>>()?;
         jobs.sort_by_key(|job| (job.next_attempt_at, job.created_at));
         Ok(jobs)
@@ -357,32 +389,6 @@ impl Store {
         .await
         .map_err(db("heartbeat"))?;
         row.as_ref().map(decode_job).transpose()
-    }
-
-    /// Note which step `owner` is running and where its workspace is (a
-    /// new version: a step action planned against the old step plans again).
-    pub async fn set_current_step(
-        &self,
-        id: &str,
-        owner: &str,
-        step_id: &str,
-        step_index: u32,
-        workspace: &str,
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(&self.with_now(
-            "UPDATE jobs SET current_step_id = $1, current_step_index = $2, workspace_path = $3, updated_at = {now}, \
-             version = version + 1 \
-             WHERE id = $4 AND lease_owner = $5 AND status = 'running'",
-        ))
-        .bind(step_id)
-        .bind(i64::from(step_index))
-        .bind(workspace)
-        .bind(id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await
-        .map_err(db("set current step"))?;
-        Ok(done.rows_affected() == 1)
     }
 
     /// End job `id` held by `owner` with `status` (a terminal state) and
@@ -474,19 +480,6 @@ impl Store {
         .await
         .map_err(db("release job"))?;
         Ok(done.rows_affected() == 1)
-    }
-
-    /// The commit job `id`'s remote baseline was first fetched at, if it was.
-    pub async fn baseline_commit(&self, id: &str) -> Result<Option<String>, StoreError> {
-        let row = sqlx::query("SELECT baseline_commit FROM jobs WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db("read baseline commit"))?;
-        row.map(|r| r.try_get::<Option<String>, _>("baseline_commit"))
-            .transpose()
-            .map(Option::flatten)
-            .map_err(db("read baseline commit"))
     }
 
     /// Pin job `id`'s remote baseline at `commit`, once: a later run of the

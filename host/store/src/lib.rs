@@ -20,7 +20,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 pub use artifacts::{ArtifactChange, StoredArtifact};
-pub use jobs::{ClaimedBy, ControlWrite, JobTiming, NewJob, StoreGauges};
+pub use jobs::{ClaimedBy, ControlWrite, JobTiming, NewJob, RunContext, StoreGauges};
 pub use records::{AttemptRow, CheckpointRow, ControlEventRow, CurrentStep, ProgressBatch, StoredEvent};
 pub use schema::{Backend, SchemaError};
 

@@ -295,28 +295,6 @@ impl Store {
         Ok(())
     }
 
-    /// Append `event` now (the worker's own lifecycle notes).
-    pub async fn record_event(&self, job_id: &str, event: &Event) -> Result<i64, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db("append event"))?;
-        let seq = Self::append_event_in(&mut tx, job_id, event).await?;
-        tx.commit().await.map_err(db("append event"))?;
-        Ok(seq)
-    }
-
-    /// How many events named `name` job `job_id` has recorded (the
-    /// hard resets self-heal spent on it, across workers and queue
-    /// retries).
-    pub async fn count_events(&self, job_id: &str, name: &str) -> Result<u32, StoreError> {
-        let n: i64 = sqlx::query("SELECT COUNT(*) FROM job_events WHERE job_id = $1 AND name = $2")
-            .bind(job_id)
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await
-            .and_then(|r| r.try_get(0))
-            .map_err(db("count events"))?;
-        Ok(u32::try_from(n).unwrap_or(u32::MAX))
-    }
-
     /// Events of a job after `after`, oldest first, at most `limit`.
     pub async fn events_after(&self, job_id: &str, after: i64, limit: u32) -> Result<Vec<StoredEvent>, StoreError> {
         let rows = sqlx::query(

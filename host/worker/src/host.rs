@@ -16,7 +16,7 @@ use stepd_selfheal::{
     blocking, Checkpoint, Ending, Interruption, JobHost, JobStart, JobStatus, LifecycleError, Requeued, RunHooks,
     Settled,
 };
-use stepd_store::{ClaimedBy, JobRecord, JobState, Store};
+use stepd_store::{ClaimedBy, JobRecord, JobState, RunContext, Store};
 
 use crate::live::{JobLink, ServiceHooks};
 use crate::on_store;
@@ -41,6 +41,12 @@ pub struct ServiceHost {
     recorder: EventRecorder,
     /// Scrubs the job's ending message before the store keeps it.
     redactor: Arc<Redactor>,
+    /// The pinned baseline commit and the hard resets spent, read with the
+    /// resolved job.
+    context: RunContext,
+    /// No attempt of the job ever started (its first job attempt, no
+    /// running step noted): there are no checkpoints or attempts to read.
+    untouched: bool,
 }
 
 fn store_error(e: stepd_store::StoreError) -> LifecycleError {
@@ -48,11 +54,11 @@ fn store_error(e: stepd_store::StoreError) -> LifecycleError {
 }
 
 impl ServiceHost {
-    /// The host of `job`, claimed by `by`.
+    /// The host of `job`, claimed by `by`, with its run context.
     pub fn new(
         store: Store,
         by: ClaimedBy,
-        job: &JobRecord,
+        (job, context): (&JobRecord, RunContext),
         link: Arc<JobLink>,
         recorder: EventRecorder,
         redactor: Arc<Redactor>,
@@ -64,6 +70,8 @@ impl ServiceHost {
             (request, index.and_then(|i| u32::try_from(i).ok()))
         });
         ServiceHost {
+            untouched: job.attempt == 1 && job.current_step_id.is_none(),
+            context,
             claimed_recovery,
             redactor,
             store,
@@ -88,9 +96,13 @@ impl JobHost for ServiceHost {
     /// goes on at the first unfinished step (or before it, when an operator
     /// asked to resume earlier).
     async fn restore(&mut self, artifacts: &JobArtifacts) -> Result<JobStart, LifecycleError> {
-        let rows = on_store(self.store.checkpoints(&self.job_id))
-            .await
-            .map_err(store_error)?;
+        let rows = if self.untouched {
+            Vec::new()
+        } else {
+            on_store(self.store.checkpoints(&self.job_id))
+                .await
+                .map_err(store_error)?
+        };
         let any_stored = !rows.is_empty();
         let mut checkpoints = Vec::new();
         for (row, step_index) in rows.into_iter().zip(0u32..) {
@@ -105,7 +117,11 @@ impl JobHost for ServiceHost {
             });
         }
         let prefix = u32::try_from(checkpoints.len()).unwrap_or(u32::MAX);
-        let attempts = on_store(self.store.attempts(&self.job_id)).await.map_err(store_error)?;
+        let attempts = if self.untouched {
+            Vec::new()
+        } else {
+            on_store(self.store.attempts(&self.job_id)).await.map_err(store_error)?
+        };
         let last_attempts = attempts.iter().map(|row| (row.step_index, row.attempt)).collect();
         // Each step's last recorded attempt (rows come by step, then
         // attempt): when it failed with a successor to tell, tell it.
@@ -126,15 +142,8 @@ impl JobHost for ServiceHost {
         }
         let step = self.resume_step.map_or(prefix, |k| k.min(prefix));
         // Every hard reset self-heal spent is an event in the store.
-        let resets_used = on_store(
-            self.store
-                .count_events(&self.job_id, stepd_records::events::SELF_HEAL_ESCALATED),
-        )
-        .await
-        .map_err(store_error)?;
-        let baseline_commit = on_store(self.store.baseline_commit(&self.job_id))
-            .await
-            .map_err(store_error)?;
+        let resets_used = self.context.resets_used;
+        let baseline_commit = self.context.baseline_commit.clone();
         Ok(JobStart {
             baseline_commit,
             resets_used,

@@ -268,10 +268,13 @@ impl Worker {
             workspace_dir.display().to_string(),
         );
         // The job was resolved once, at submit: run that form as it is.
-        let stored = on_store(self.store.resolved_job(&job.id))
-            .await
-            .map_err(LifecycleError::host)?;
-        let resolved = match stored {
+        let context = on_store(
+            self.store
+                .run_context(&job.id, stepd_records::events::SELF_HEAL_ESCALATED),
+        )
+        .await
+        .map_err(LifecycleError::host)?;
+        let resolved = match context.resolved.clone() {
             Some(resolved) => serde_json::from_value::<ValidatedJob>(resolved)
                 .map_err(|e| format!("the resolved job stored for {} is unreadable: {e}", job.id)),
             // Queued before the store kept resolved forms (migration 3), or
@@ -319,7 +322,7 @@ impl Worker {
         let mut host = ServiceHost::new(
             self.store.clone(),
             self.claimed_by(),
-            &job,
+            (&job, context),
             link.clone(),
             recorder,
             self.redactor.clone(),
