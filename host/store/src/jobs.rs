@@ -47,6 +47,23 @@ pub struct RunContext {
     pub resets_used: u32,
 }
 
+/// A job's end as its worker writes it: the status, the error kept on
+/// the job, the version the worker read (an operator's change since then
+/// refuses the end), and the last event (its time and JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEnding {
+    /// A terminal state.
+    pub status: JobState,
+    /// Why it failed, when it did (redacted).
+    pub error: Option<String>,
+    /// The job's version when the worker decided.
+    pub version: i64,
+    /// The last event's time (RFC 3339).
+    pub at: String,
+    /// The last event, as JSON.
+    pub event: serde_json::Value,
+}
+
 /// A job to submit.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -409,26 +426,47 @@ impl Store {
         version: i64,
         ending: &EventRecord,
     ) -> Result<bool, StoreError> {
+        let ending = JobEnding {
+            status,
+            error: error.map(str::to_owned),
+            version,
+            at: ending.at.clone(),
+            event: serde_json::to_value(ending).unwrap_or_default(),
+        };
         let mut tx = self.pool.begin().await.map_err(db("finish job"))?;
+        if !self.finish_in(&mut tx, id, owner, &ending).await? {
+            return Ok(false);
+        }
+        tx.commit().await.map_err(db("finish job"))?;
+        Ok(true)
+    }
+
+    /// [`Store::finish`] inside `tx`: false (and nothing written) when
+    /// `owner` lost the lease or the job changed since `ending.version`.
+    pub(super) async fn finish_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        id: &str,
+        owner: &str,
+        ending: &JobEnding,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(&self.with_now(
             "UPDATE jobs SET status = $1, lease_owner = NULL, lease_expires_at = NULL, finished_at = {now}, \
              updated_at = {now}, last_error = $2, resume_step = NULL, version = version + 1 \
              WHERE id = $3 AND lease_owner = $4 AND status = 'running' AND version = $5",
         ))
-        .bind(status.as_str())
-        .bind(error)
+        .bind(ending.status.as_str())
+        .bind(ending.error.as_deref())
         .bind(id)
         .bind(owner)
-        .bind(version)
-        .execute(&mut *tx)
+        .bind(ending.version)
+        .execute(&mut **tx)
         .await
         .map_err(db("finish job"))?;
         if done.rows_affected() != 1 {
             return Ok(false);
         }
-        let value = serde_json::to_value(ending).unwrap_or_default();
-        Self::append_value_in(&mut tx, id, &ending.at, &value).await?;
-        tx.commit().await.map_err(db("finish job"))?;
+        Self::append_value_in(tx, id, &ending.at, &ending.event).await?;
         Ok(true)
     }
 

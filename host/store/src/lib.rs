@@ -20,8 +20,10 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 pub use artifacts::{ArtifactChange, StoredArtifact};
-pub use jobs::{ClaimedBy, ControlWrite, JobTiming, NewJob, RunContext, StoreGauges};
-pub use records::{AttemptRow, CheckpointRow, ControlEventRow, CurrentStep, ProgressBatch, StoredEvent};
+pub use jobs::{ClaimedBy, ControlWrite, JobEnding, JobTiming, NewJob, RunContext, StoreGauges};
+pub use records::{
+    AttemptRow, CheckpointRow, ControlEventRow, CurrentStep, ProgressBatch, ProgressWritten, StoredEvent,
+};
 pub use schema::{Backend, SchemaError};
 
 use stepd_job::control::LiveControl;

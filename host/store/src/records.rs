@@ -8,6 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::artifacts::{apply_artifact_change, ArtifactChange};
+use super::jobs::JobEnding;
 use super::{db, now_ms, u32_col, Store, StoreError};
 use stepd_records::events::{Event, HttpRequestRecord};
 
@@ -122,6 +123,19 @@ pub struct ProgressBatch {
     /// Changes to the job's artifact copy (PostgreSQL deployments), in
     /// order.
     pub artifacts: Vec<ArtifactChange>,
+    /// The job's end, written after everything else in the batch (see
+    /// [`Store::finish`]).
+    pub ending: Option<JobEnding>,
+}
+
+/// What [`Store::record_progress`] wrote of a batch's conditional parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgressWritten {
+    /// The checkpoint was kept (true without one).
+    pub checkpoint_kept: bool,
+    /// The job ended (false without an ending, or when the ending was
+    /// refused: the lease lost or the job changed).
+    pub finished: bool,
 }
 
 impl ProgressBatch {
@@ -132,6 +146,7 @@ impl ProgressBatch {
             && self.attempts.is_empty()
             && self.checkpoint.is_none()
             && self.artifacts.is_empty()
+            && self.ending.is_none()
     }
 }
 
@@ -212,9 +227,14 @@ impl Store {
     /// in one transaction: its events, numbered together after the last
     /// one; the running step, while `owner` holds the job; the finished
     /// attempts; a finished step's checkpoint, only under `owner`'s lease;
-    /// and the artifact copy's changes. Returns whether the checkpoint was kept (true without one).
-    /// All or nothing, so a retry after a failure numbers no event twice.
-    pub async fn record_progress(&self, job_id: &str, owner: &str, batch: &ProgressBatch) -> Result<bool, StoreError> {
+    /// the artifact copy's changes; and the job's end, when it ended. All
+    /// or nothing, so a retry after a failure numbers no event twice.
+    pub async fn record_progress(
+        &self,
+        job_id: &str,
+        owner: &str,
+        batch: &ProgressBatch,
+    ) -> Result<ProgressWritten, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db("record progress"))?;
         Self::append_values_in(&mut tx, job_id, &batch.events).await?;
         if let Some(step) = &batch.current_step {
@@ -242,8 +262,15 @@ impl Store {
         for change in &batch.artifacts {
             apply_artifact_change(self.backend, &mut *tx, job_id, change).await?;
         }
+        let finished = match &batch.ending {
+            Some(ending) => self.finish_in(&mut tx, job_id, owner, ending).await?,
+            None => false,
+        };
         tx.commit().await.map_err(db("record progress"))?;
-        Ok(kept)
+        Ok(ProgressWritten {
+            checkpoint_kept: kept,
+            finished,
+        })
     }
 
     /// Append `events` (each its time and JSON) inside `tx`, numbered

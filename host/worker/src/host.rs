@@ -16,7 +16,7 @@ use stepd_selfheal::{
     blocking, Checkpoint, Ending, Interruption, JobHost, JobStart, JobStatus, LifecycleError, Requeued, RunHooks,
     Settled,
 };
-use stepd_store::{ClaimedBy, JobRecord, JobState, RunContext, Store};
+use stepd_store::{ClaimedBy, JobEnding, JobRecord, JobState, RunContext, Store};
 
 use crate::live::{JobLink, ServiceHooks};
 use crate::on_store;
@@ -204,10 +204,13 @@ impl JobHost for ServiceHost {
         // Recorded in the artifacts once, on the first try.
         let mut record: Option<EventRecord> = None;
         loop {
-            let Some(now) = on_store(self.store.heartbeat(&self.job_id, &self.by))
+            // A read, not a renewal: the ending below is written only if
+            // this worker still holds the job and nothing changed it.
+            let now = on_store(self.store.get_job(&self.job_id))
                 .await
                 .map_err(store_error)?
-            else {
+                .filter(|job| job.status == JobState::Running && job.lease_owner.as_deref() == Some(self.owner()));
+            let Some(now) = now else {
                 return Ok(Settled::Left(None));
             };
             self.link.observe(&now);
@@ -221,23 +224,23 @@ impl JobHost for ServiceHost {
                 return Ok(Settled::Interrupted);
             }
             // The last event goes to the store with the status, in one
-            // transaction (see `Store::finish`); every event before it is
-            // flushed first so the order holds.
+            // transaction (see `Store::finish`) with every record before
+            // it, so the order holds.
             let ending_record = match record.take() {
                 Some(recorded) => recorded,
                 None => events.emit_unobserved(ending.event.clone())?,
             };
-            self.recorder.flush().await;
-            let finished = on_store(self.store.finish(
-                &self.job_id,
-                self.owner(),
-                state,
-                error.as_deref(),
-                now.version,
-                &ending_record,
-            ))
-            .await
-            .map_err(store_error)?;
+            let finished = self
+                .recorder
+                .finish(JobEnding {
+                    status: state,
+                    error: error.clone(),
+                    version: now.version,
+                    at: ending_record.at.clone(),
+                    event: serde_json::to_value(&ending_record).unwrap_or_default(),
+                })
+                .await
+                .map_err(LifecycleError::host)?;
             record = Some(ending_record);
             if finished {
                 return Ok(Settled::Left(Some(ending.status)));

@@ -17,7 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use stepd_records::artifacts::ArtifactMirror;
 use stepd_records::events::{Event, EventObserver, EventRecord, StepAttemptRef};
-use stepd_store::{ArtifactChange, AttemptRow, CheckpointRow, CurrentStep, ProgressBatch, Store};
+use stepd_store::{
+    ArtifactChange, AttemptRow, CheckpointRow, CurrentStep, JobEnding, ProgressBatch, ProgressWritten, Store,
+};
 
 use crate::on_store;
 
@@ -25,6 +27,7 @@ enum Message {
     Record(Box<EventRecord>),
     Artifact(ArtifactChange),
     Checkpoint(CheckpointRow, oneshot::Sender<Result<bool, String>>),
+    Finish(JobEnding, oneshot::Sender<Result<bool, String>>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -89,6 +92,18 @@ impl EventRecorder {
         wait.await.map_err(|_| "the job's recorder stopped".to_owned())?
     }
 
+    /// End the job with `ending`, in one transaction with everything
+    /// recorded before it: `Ok(false)` when the store refused the end (the
+    /// lease lost, or the job changed since `ending.version`); the records
+    /// before it are kept either way.
+    pub async fn finish(&self, ending: JobEnding) -> Result<bool, String> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Message::Finish(ending, done))
+            .map_err(|_| "the job's recorder stopped".to_owned())?;
+        wait.await.map_err(|_| "the job's recorder stopped".to_owned())?
+    }
+
     /// An observer for [`stepd_records::events::EventSink::with_observer`].
     pub fn observer(&self) -> EventObserver {
         let tx = self.tx.clone();
@@ -146,7 +161,11 @@ impl Writer {
             Message::Record(record) => self.add(&record),
             Message::Checkpoint(row, done) => {
                 self.pending.checkpoint = Some(row);
-                let _ = done.send(self.write().await);
+                let _ = done.send(self.write().await.map(|w| w.checkpoint_kept));
+            }
+            Message::Finish(ending, done) => {
+                self.pending.ending = Some(ending);
+                let _ = done.send(self.write().await.map(|w| w.finished));
             }
             Message::Artifact(change) => {
                 let folded = match self.pending.artifacts.last_mut() {
@@ -218,11 +237,14 @@ impl Writer {
 
     /// Write the pending batch, retrying a store that is briefly
     /// unreachable; then give up loudly (the artifact copy in
-    /// `events.jsonl` stays complete). Returns whether its checkpoint, if
-    /// any, was kept, or why it could not be written.
-    async fn write(&mut self) -> Result<bool, String> {
+    /// `events.jsonl` stays complete). Returns what became of its
+    /// checkpoint and ending, or why it could not be written.
+    async fn write(&mut self) -> Result<ProgressWritten, String> {
         if self.pending.is_empty() {
-            return Ok(true);
+            return Ok(ProgressWritten {
+                checkpoint_kept: true,
+                finished: false,
+            });
         }
         let batch = std::mem::take(&mut self.pending);
         let mut last = String::new();
