@@ -23,11 +23,15 @@ use stepd_store::{
 
 use crate::on_store;
 
+/// Where the writer answers a checkpoint or an ending: kept or refused,
+/// or why it could not be written.
+type Answer = oneshot::Sender<Result<bool, String>>;
+
 enum Message {
     Record(Box<EventRecord>),
     Artifact(ArtifactChange),
-    Checkpoint(CheckpointRow, oneshot::Sender<Result<bool, String>>),
-    Finish(JobEnding, oneshot::Sender<Result<bool, String>>),
+    Checkpoint(CheckpointRow, Answer),
+    Finish(JobEnding, Answer),
     Flush(oneshot::Sender<()>),
 }
 
@@ -85,11 +89,7 @@ impl EventRecorder {
     /// with the events recorded before it: `Ok(false)` when this worker no
     /// longer holds the job's lease.
     pub async fn checkpoint(&self, row: CheckpointRow) -> Result<bool, String> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Message::Checkpoint(row, done))
-            .map_err(|_| "the job's recorder stopped".to_owned())?;
-        wait.await.map_err(|_| "the job's recorder stopped".to_owned())?
+        self.ask(|done| Message::Checkpoint(row, done)).await
     }
 
     /// End the job with `ending`, in one transaction with everything
@@ -97,11 +97,15 @@ impl EventRecorder {
     /// lease lost, or the job changed since `ending.version`); the records
     /// before it are kept either way.
     pub async fn finish(&self, ending: JobEnding) -> Result<bool, String> {
+        self.ask(|done| Message::Finish(ending, done)).await
+    }
+
+    /// Hand the writer `message` and wait for its answer.
+    async fn ask(&self, message: impl FnOnce(Answer) -> Message) -> Result<bool, String> {
+        let stopped = || "the job's recorder stopped".to_owned();
         let (done, wait) = oneshot::channel();
-        self.tx
-            .send(Message::Finish(ending, done))
-            .map_err(|_| "the job's recorder stopped".to_owned())?;
-        wait.await.map_err(|_| "the job's recorder stopped".to_owned())?
+        self.tx.send(message(done)).map_err(|_| stopped())?;
+        wait.await.map_err(|_| stopped())?
     }
 
     /// An observer for [`stepd_records::events::EventSink::with_observer`].
