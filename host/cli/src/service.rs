@@ -155,16 +155,20 @@ fn spawn_workers(
     if count == 0 {
         return Ok(Vec::new());
     }
-    // Every job this process may run at once gets an instance slot.
+    // Every job this process may run at once gets an instance slot and its
+    // share of the descriptors; no more slots than that, since no more
+    // attempts run here at once.
     let mut runtime_settings = p.settings.runtime.clone();
     let wanted = u32::try_from(count.saturating_mul(concurrency)).unwrap_or(u32::MAX);
-    if runtime_settings.pooling && wanted > runtime_settings.pool_slots {
+    if wanted != runtime_settings.pool_slots {
         tracing::info!(
-            "raising the instance pool from {} to {wanted} slots to match the workers' concurrency",
+            "sizing the instance pool to {wanted} slots (STEPD_POOL_SLOTS {}) to match the workers' concurrency",
             runtime_settings.pool_slots
         );
         runtime_settings.pool_slots = wanted;
-        p.prometheus.set_pool_slots(wanted);
+        if runtime_settings.pooling {
+            p.prometheus.set_pool_slots(wanted);
+        }
     }
     let runtime = Arc::new(Runtime::new(runtime_settings).context("starting the wasm runtime")?);
     if runtime.handles_per_attempt() < p.settings.runtime.handles_limit {
