@@ -139,15 +139,20 @@ pub async fn submit(
         .map_err(|e| ApiError::bad_request(format!("the resolved job cannot be stored: {e}")))?;
     let id = key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let payload = serde_json::to_value(&validated.payload).unwrap_or(raw);
-    let inserted = state
-        .store
-        .insert_job(&NewJob {
-            id: id.clone(),
-            payload: payload.clone(),
-            resolved: Some(resolved),
-            max_attempts: validated.payload.max_attempts,
-        })
-        .await;
+    let new_job = NewJob {
+        id: id.clone(),
+        payload: payload.clone(),
+        resolved: Some(resolved),
+        max_attempts: validated.payload.max_attempts,
+    };
+    // In-process (and same-host) wake-ups cannot fail: the insert marks
+    // the job announced. A broker's message can: marked once it went out.
+    let embedded = state.dispatcher.announcing_cannot_fail();
+    let inserted = if embedded {
+        state.store.insert_announced_job(&new_job).await
+    } else {
+        state.store.insert_job(&new_job).await
+    };
     let job = match inserted {
         Ok(job) => job,
         // A submission sent again (its answer was lost, or it met a 503):
@@ -156,6 +161,7 @@ pub async fn submit(
         Err(e) => return Err(e.into()),
     };
     match state.dispatcher.announce(&id).await {
+        Ok(()) if embedded => {}
         Ok(()) => {
             // The job is stored either way: a failure here only means the
             // sweep announces it once more.

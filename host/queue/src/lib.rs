@@ -122,6 +122,13 @@ impl Dispatcher {
         }
     }
 
+    /// Whether [`Dispatcher::announce`] cannot fail (the embedded
+    /// dispatcher: in-process and same-host wake-ups), so a job can be
+    /// recorded as announced when it is stored.
+    pub fn announcing_cannot_fail(&self) -> bool {
+        matches!(self, Dispatcher::Embedded(_))
+    }
+
     /// Whether the broker (if any) is reachable: `Ok` for the embedded
     /// dispatcher, which has none.
     pub async fn check_broker(&self) -> Result<(), QueueError> {

@@ -186,10 +186,22 @@ impl Store {
     /// Add a queued job, claimable at once. No event: a job's log starts
     /// with the first `task.job.started` a worker records.
     pub async fn insert_job(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
+        self.insert(job, "NULL").await
+    }
+
+    /// [`Store::insert_job`] for a dispatcher whose announcement cannot
+    /// fail (the embedded one): the job is marked announced as it is
+    /// inserted, saving [`Store::mark_announced`]'s write.
+    pub async fn insert_announced_job(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
+        self.insert(job, "{now}").await
+    }
+
+    async fn insert(&self, job: &NewJob, published_at: &str) -> Result<JobRecord, StoreError> {
         let live = serde_json::to_string(&LiveControl::default()).unwrap_or_default();
         let result = sqlx::query(&self.with_now(&format!(
             "INSERT INTO jobs (id, status, attempt, max_attempts, next_attempt_at, payload, resolved, live_control, \
-             created_at, updated_at) VALUES ($1, 'queued', 1, $2, {{now}}, $3, $4, $5, {{now}}, {{now}}) RETURNING {JOB_COLUMNS}",
+             created_at, updated_at, published_at) \
+             VALUES ($1, 'queued', 1, $2, {{now}}, $3, $4, $5, {{now}}, {{now}}, {published_at}) RETURNING {JOB_COLUMNS}",
         )))
         .bind(&job.id)
         .bind(i64::from(job.max_attempts))
