@@ -64,6 +64,19 @@ pub struct JobEnding {
     pub event: serde_json::Value,
 }
 
+impl JobEnding {
+    /// An ending with `status` whose last event is `record`.
+    pub fn of(status: JobState, error: Option<String>, version: i64, record: &EventRecord) -> Self {
+        JobEnding {
+            status,
+            error,
+            version,
+            at: record.at.clone(),
+            event: serde_json::to_value(record).unwrap_or_default(),
+        }
+    }
+}
+
 /// A job to submit.
 #[derive(Debug, Clone)]
 pub struct NewJob {
@@ -438,13 +451,7 @@ impl Store {
         version: i64,
         ending: &EventRecord,
     ) -> Result<bool, StoreError> {
-        let ending = JobEnding {
-            status,
-            error: error.map(str::to_owned),
-            version,
-            at: ending.at.clone(),
-            event: serde_json::to_value(ending).unwrap_or_default(),
-        };
+        let ending = JobEnding::of(status, error.map(str::to_owned), version, ending);
         let mut tx = self.pool.begin().await.map_err(db("finish job"))?;
         if !self.finish_in(&mut tx, id, owner, &ending).await? {
             return Ok(false);

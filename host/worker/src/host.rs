@@ -58,7 +58,8 @@ impl ServiceHost {
     pub fn new(
         store: Store,
         by: ClaimedBy,
-        (job, context): (&JobRecord, RunContext),
+        job: &JobRecord,
+        context: RunContext,
         link: Arc<JobLink>,
         recorder: EventRecorder,
         redactor: Arc<Redactor>,
@@ -232,13 +233,7 @@ impl JobHost for ServiceHost {
             };
             let finished = self
                 .recorder
-                .finish(JobEnding {
-                    status: state,
-                    error: error.clone(),
-                    version: now.version,
-                    at: ending_record.at.clone(),
-                    event: serde_json::to_value(&ending_record).unwrap_or_default(),
-                })
+                .finish(JobEnding::of(state, error.clone(), now.version, &ending_record))
                 .await
                 .map_err(LifecycleError::host)?;
             record = Some(ending_record);

@@ -322,7 +322,8 @@ impl Worker {
         let mut host = ServiceHost::new(
             self.store.clone(),
             self.claimed_by(),
-            (&job, context),
+            &job,
+            context,
             link.clone(),
             recorder,
             self.redactor.clone(),

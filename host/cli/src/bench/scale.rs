@@ -154,8 +154,7 @@ async fn round(
         let mut started = 0;
         let mut stopped = 0;
         let mut late = Vec::new();
-        for (mode, report) in reports.iter().filter(|(m, _)| *m == kind) {
-            let _ = mode;
+        for (_, report) in reports.iter().filter(|(m, _)| *m == kind) {
             started += 1;
             let report = report.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
             if report.outcome == AttemptOutcome::WallTimeout {
