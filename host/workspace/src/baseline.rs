@@ -14,6 +14,7 @@ use cap_std::fs::Dir;
 use git2::{Buf, Direction, ErrorCode, ObjectType, Reference, Repository, Signature, Time};
 
 use super::cache::StatCache;
+use super::scan::Plan;
 use super::{git_err, snapshot, TreeId, WorkspaceError};
 
 /// Where fetched baselines land in the job's object store.
@@ -202,7 +203,15 @@ fn plain_directory(repo: &Repository, repository: &str, path: &Path) -> Result<T
     let mempack = odb
         .add_new_mempack_backend(1000)
         .map_err(git_err(context("preparing an in-memory pack")))?;
-    let snap = snapshot::snapshot(&odb, &dir, path, &mut StatCache::default(), None)?;
+    let snap = snapshot::snapshot(
+        &odb,
+        &dir,
+        path,
+        &mut StatCache::default(),
+        None,
+        &Plan::Everything,
+        None,
+    )?;
     let tree = import
         .find_tree(snap.tree)
         .map_err(git_err(context("reading the tree")))?;

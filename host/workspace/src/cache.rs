@@ -31,7 +31,7 @@ pub(crate) const RACY_MARGIN: Duration = Duration::from_millis(25);
 /// File name of the cache inside the git directory.
 const CACHE_FILE: &str = "stepd-stat-cache";
 /// Format tag; bump it when the layout changes so old caches are dropped.
-const MAGIC: &[u8; 8] = b"STEPDSC1";
+const MAGIC: &[u8; 8] = b"STEPDSC2";
 
 /// Git file modes the snapshot records.
 pub(crate) const MODE_FILE: u32 = 0o100644;
@@ -106,11 +106,17 @@ pub(crate) struct CachedFile {
 }
 
 /// What is known about one directory: its tree and how many entries that
-/// tree has, so an unchanged directory reuses its tree without rebuilding.
+/// tree has, so an unchanged directory reuses its tree without rebuilding;
+/// and what the directory holds in all (as a scan counts it), so a scan
+/// that leaves it unlisted still holds the workspace to its quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CachedDir {
     pub oid: Oid,
     pub entries: u32,
+    /// Directory entries in and beneath it, recorded or not.
+    pub subtree_entries: u64,
+    /// Apparent bytes of the files in and beneath it.
+    pub subtree_bytes: u64,
     /// The snapshot generation that last saw this path (not persisted).
     pub seen: u32,
 }
@@ -228,6 +234,8 @@ fn encode(cache: &StatCache, root: RootId) -> Vec<u8> {
         out.extend_from_slice(&(path.len() as u32).to_le_bytes());
         out.extend_from_slice(path);
         out.extend_from_slice(&d.entries.to_le_bytes());
+        out.extend_from_slice(&d.subtree_entries.to_le_bytes());
+        out.extend_from_slice(&d.subtree_bytes.to_le_bytes());
         out.extend_from_slice(d.oid.as_bytes());
     }
     out
@@ -304,14 +312,24 @@ fn decode(bytes: &[u8], root: RootId) -> Option<StatCache> {
         );
     }
     let dirs = r.u64()?;
-    if dirs > (r.bytes.len() / 28) as u64 {
+    if dirs > (r.bytes.len() / 44) as u64 {
         return None;
     }
     for _ in 0..dirs {
         let path = r.path()?;
         let entries = r.u32()?;
+        let (subtree_entries, subtree_bytes) = (r.u64()?, r.u64()?);
         let oid = r.oid()?;
-        cache.dirs.insert(path, CachedDir { oid, entries, seen: 0 });
+        cache.dirs.insert(
+            path,
+            CachedDir {
+                oid,
+                entries,
+                subtree_entries,
+                subtree_bytes,
+                seen: 0,
+            },
+        );
     }
     r.bytes.is_empty().then_some(cache)
 }
@@ -347,6 +365,8 @@ mod tests {
             CachedDir {
                 oid,
                 entries: 1,
+                subtree_entries: 2,
+                subtree_bytes: 3,
                 seen: 0,
             },
         );

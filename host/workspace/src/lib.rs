@@ -25,6 +25,7 @@
 
 mod baseline;
 mod cache;
+mod changes;
 mod headers;
 mod materialize;
 mod patch;
@@ -35,6 +36,7 @@ mod snapshot;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
@@ -46,6 +48,8 @@ use git2::{ErrorCode, Oid, Repository};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use cache::{RootId, StatCache, RACY_MARGIN};
+use changes::{ChangeTracker, Changes};
+use scan::Plan;
 
 /// Deepest directory nesting the host will walk, write or accept in a
 /// patch. Writing a tree holds one directory handle per level, so this
@@ -328,6 +332,14 @@ pub struct Workspace {
     repo: Repository,
     cache: StatCache,
     last_stats: SnapshotStats,
+    /// Watches every directory of a large tree (`changes.rs`); None for a
+    /// small tree, or when the tree could not be watched.
+    tracker: Option<ChangeTracker>,
+    /// Whether watching this tree failed since its last reset (so the
+    /// next snapshots do not try again).
+    untrackable: bool,
+    /// Directories holding a file with more than one link: always listed.
+    linked: HashSet<Vec<u8>>,
 }
 
 /// What a snapshot accepts before reading any file: apparent bytes of all
@@ -433,6 +445,18 @@ fn open_or_init_store(git_dir: &Path) -> Result<Repository, WorkspaceError> {
     }
 }
 
+/// A change tracker for the workspace at `root`, or None when the host has
+/// no inotify instance to spare.
+fn new_tracker(root: &Path) -> Option<ChangeTracker> {
+    match ChangeTracker::new(root) {
+        Ok(tracker) => Some(tracker),
+        Err(error) => {
+            tracing::debug!(workspace = %root.display(), %error, "cannot watch the workspace; snapshots list it whole");
+            None
+        }
+    }
+}
+
 /// Open the workspace directory as the capability every host access uses.
 fn open_root(workspace_dir: &Path) -> Result<(Dir, RootId), WorkspaceError> {
     let io = |source| WorkspaceError::Io {
@@ -517,6 +541,9 @@ impl Workspace {
             repo,
             cache: StatCache::default(),
             last_stats: SnapshotStats::default(),
+            tracker: None,
+            untrackable: false,
+            linked: HashSet::new(),
         };
         workspace.reset_to(baseline)?;
         Ok((workspace, baseline))
@@ -540,6 +567,9 @@ impl Workspace {
             repo,
             cache,
             last_stats: SnapshotStats::default(),
+            tracker: None,
+            untrackable: false,
+            linked: HashSet::new(),
         })
     }
 
@@ -582,26 +612,92 @@ impl Workspace {
     }
 
     fn snapshot_held(&mut self, quota: Option<Quota>) -> Result<TreeId, WorkspaceError> {
+        let plan = self.plan();
         let odb = self
             .repo
             .odb()
             .map_err(git_err(format!("opening the object store {}", self.git_dir.display())))?;
-        let snap = match snapshot::snapshot(&odb, &self.root, &self.root_path, &mut self.cache, quota) {
+        let tracker = self.tracker.as_ref();
+        let snap = match snapshot::snapshot(
+            &odb,
+            &self.root,
+            &self.root_path,
+            &mut self.cache,
+            quota,
+            &plan,
+            tracker,
+        ) {
             Ok(snap) => snap,
             Err(e) => {
                 // A half-updated cache could vouch for a tree it no longer
-                // describes: drop it (the next snapshot re-hashes, slow but
+                // describes: drop it, and the tracker whose changes are
+                // relative to it (the next snapshot re-hashes, slow but
                 // never wrong).
                 self.cache = StatCache::default();
+                self.tracker = None;
+                self.linked.clear();
                 return Err(e);
             }
         };
         drop(odb);
         self.last_stats = snap.stats;
+        self.linked = snap.linked;
+        if let Some(tracker) = &mut self.tracker {
+            for (wd, path) in snap.watched {
+                tracker.record(wd, path);
+            }
+            if snap.unwatched || !self.cache.is_large() {
+                self.untrackable |= snap.unwatched;
+                self.tracker = None;
+            }
+        }
         if snap.changed {
             self.persist_cache()?;
         }
         Ok(TreeId(snap.tree))
+    }
+
+    /// Which directories the next snapshot lists: those the tracker saw
+    /// change, or every one (arming a tracker first when the tree is large
+    /// enough to be worth watching).
+    fn plan(&mut self) -> Plan {
+        if let Some(tracker) = &mut self.tracker {
+            match tracker.take_changes() {
+                Changes::Known { dirty, fresh } => {
+                    // A directory holding a hard-linked file is listed
+                    // every time, whether or not it reported a change.
+                    let mut must_list = HashSet::new();
+                    for dir in dirty.into_iter().chain(self.linked.iter().cloned()) {
+                        let mut end = dir.len();
+                        while end > 0 {
+                            end = dir[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
+                            if !must_list.insert(dir[..end].to_vec()) {
+                                break;
+                            }
+                        }
+                        must_list.insert(dir);
+                    }
+                    return Plan::Changed {
+                        must_list,
+                        fresh,
+                        linked: std::mem::take(&mut self.linked),
+                    };
+                }
+                Changes::Unknown(reason) => {
+                    tracing::debug!(workspace = %self.root_path.display(), reason, "listing the whole workspace");
+                }
+            }
+        }
+        self.tracker = None;
+        // An empty cache (after a failed snapshot, or a reopened workspace
+        // without one) says nothing of the tree's size: watch it this
+        // once, and the snapshot drops the tracker if the tree is small.
+        let unknown_size = self.cache.files.is_empty() && self.cache.dirs.is_empty();
+        if (unknown_size || self.cache.is_large()) && !self.untrackable {
+            self.tracker = new_tracker(&self.root_path);
+            self.untrackable = self.tracker.is_none();
+        }
+        Plan::Everything
     }
 
     /// The patch from `from` to `to` in `git diff --binary` format, or None
@@ -637,16 +733,37 @@ impl Workspace {
             git_dir: self.git_dir.clone(),
         })?;
         self.cache = StatCache::default();
+        self.tracker = None;
+        self.untrackable = false;
+        self.linked.clear();
         StatCache::remove(&self.git_dir)?;
         materialize::clear(&self.root, &self.root_path)?;
         let odb = self.odb()?;
-        let mut cache = materialize::write_tree(&self.repo, &odb, &self.root, &self.root_path, &git_tree)?;
+        let materialize::Written { cache, dirs } =
+            materialize::write_tree(&self.repo, &odb, &self.root, &self.root_path, &git_tree)?;
         drop(odb);
-        // Every file just written is racy: the next snapshot re-reads it.
-        // For a tree too large to re-read cheaply, wait out the racy window
-        // instead (at most RACY_MARGIN), so it is trusted at once; a small
-        // tree, the usual baseline, is faster to re-read than to wait for.
-        if cache.is_large() {
+        self.cache = cache;
+        if self.cache.is_large() {
+            // Nothing has touched what was just written: watching its
+            // directories now misses no change.
+            self.tracker = new_tracker(&self.root_path);
+            self.untrackable = self.tracker.is_none();
+            if let Some(tracker) = &mut self.tracker {
+                if dirs.iter().any(|dir| tracker.watch_and_record(dir).is_err()) {
+                    self.tracker = None;
+                    self.untrackable = true;
+                }
+            }
+        }
+        let cache = &mut self.cache;
+        // Every file just written is racy: the next snapshot that lists
+        // its directory re-reads it. For a tree too large to re-read
+        // cheaply and not watched (so listed whole), wait out the racy
+        // window instead (at most RACY_MARGIN), so it is trusted at once;
+        // a small tree, the usual baseline, is faster to re-read than to
+        // wait for. A watched tree lists only the directories a step
+        // changed, whose racy files are few.
+        if cache.is_large() && self.tracker.is_none() {
             if let Some(latest) = cache.latest_precise_ctime() {
                 let wait = latest + RACY_MARGIN.as_nanos() as i128 + 1_000_000 - cache::now_ns();
                 if wait > 0 {
@@ -655,15 +772,17 @@ impl Workspace {
             }
         }
         cache.mark_racy(cache::now_ns());
-        self.cache = cache;
         self.persist_cache()
     }
 
     /// Save the stat cache for a process that opens this workspace again
     /// ([`Workspace::open`]) — when it is worth a file: a small tree is
-    /// re-read faster than its cache is written on every snapshot.
+    /// re-read faster than its cache is written on every snapshot, and a
+    /// watched tree's snapshot costs less than writing its cache (a
+    /// megabyte at 10,000 files). The host itself never reopens a
+    /// workspace: a new worker rebuilds it from the store.
     fn persist_cache(&self) -> Result<(), WorkspaceError> {
-        if self.cache.is_large() {
+        if self.cache.is_large() && self.tracker.is_none() {
             self.cache.save(&self.git_dir, self.root_id)?;
         }
         Ok(())

@@ -51,24 +51,43 @@ pub(crate) fn clear(root: &Dir, root_path: &Path) -> Result<(), WorkspaceError> 
     Ok(())
 }
 
-/// Write `tree` into the empty directory `root`; returns the stat cache of
-/// what was written.
+/// What a reset wrote.
+pub(crate) struct Written {
+    /// The stat cache of every file and directory written.
+    pub cache: StatCache,
+    /// Every directory written, the root (`""`) and empty ones included.
+    pub dirs: Vec<Vec<u8>>,
+}
+
+/// Write `tree` into the empty directory `root`.
 pub(crate) fn write_tree(
     repo: &Repository,
     odb: &Odb<'_>,
     root: &Dir,
     root_path: &Path,
     tree: &Tree<'_>,
-) -> Result<StatCache, WorkspaceError> {
+) -> Result<Written, WorkspaceError> {
     let mut writer = Writer {
         repo,
         odb,
         root_path,
         top: TreeId(tree.id()),
         cache: StatCache::default(),
+        dirs: vec![Vec::new()],
     };
     writer.dir(root, tree, b"", 0)?;
-    Ok(writer.cache)
+    Ok(Written {
+        cache: writer.cache,
+        dirs: writer.dirs,
+    })
+}
+
+/// What a directory holds in all, as a scan counts it: entries, and
+/// apparent bytes of files and symlinks.
+#[derive(Default)]
+struct Totals {
+    entries: u64,
+    bytes: u64,
 }
 
 struct Writer<'a, 'r> {
@@ -78,6 +97,7 @@ struct Writer<'a, 'r> {
     /// The tree being materialised, for errors.
     top: TreeId,
     cache: StatCache,
+    dirs: Vec<Vec<u8>>,
 }
 
 /// Why a tree entry name cannot become a directory entry, if it cannot.
@@ -134,15 +154,12 @@ impl Writer<'_, '_> {
         Ok(object)
     }
 
-    fn dir(&mut self, dir: &Dir, tree: &Tree<'_>, rel: &[u8], depth: usize) -> Result<(), WorkspaceError> {
-        self.cache.dirs.insert(
-            rel.to_vec(),
-            CachedDir {
-                oid: tree.id(),
-                entries: tree.len() as u32,
-                seen: 0,
-            },
-        );
+    /// Write `tree` into `dir` (at `rel`); returns what it holds in all.
+    fn dir(&mut self, dir: &Dir, tree: &Tree<'_>, rel: &[u8], depth: usize) -> Result<Totals, WorkspaceError> {
+        let mut totals = Totals {
+            entries: tree.len() as u64,
+            bytes: 0,
+        };
         for entry in tree.iter() {
             let name = entry.name_bytes();
             let path = join(rel, name);
@@ -160,13 +177,16 @@ impl Writer<'_, '_> {
                         });
                     }
                     dir.create_dir(os_name).map_err(self.io(&path))?;
+                    self.dirs.push(path.clone());
                     if mode == MODE_GITLINK {
                         continue;
                     }
                     let sub = dir.open_dir(os_name).map_err(self.io(&path))?;
                     let context = format!("reading the tree of {}", display_path(self.root_path, &path).display());
                     let subtree = self.repo.find_tree(entry.id()).map_err(git_err(context))?;
-                    self.dir(&sub, &subtree, &path, depth + 1)?;
+                    let below = self.dir(&sub, &subtree, &path, depth + 1)?;
+                    totals.entries += below.entries;
+                    totals.bytes += below.bytes;
                 }
                 MODE_LINK => {
                     let md = {
@@ -179,6 +199,7 @@ impl Writer<'_, '_> {
                             .map_err(self.io(&path))?;
                         dir.symlink_metadata(os_name).map_err(self.io(&path))?
                     };
+                    totals.bytes += md.len();
                     self.remember(path, &md, mode, entry.id());
                 }
                 super::cache::MODE_FILE | MODE_EXEC | MODE_GROUP_WRITABLE => {
@@ -201,11 +222,22 @@ impl Writer<'_, '_> {
                     // The tree's own mode is cached, so a legacy 100664 entry
                     // makes the next snapshot rebuild this directory's tree
                     // rather than reuse one that disagrees with the disk.
+                    totals.bytes += md.len();
                     self.remember(path, &md, mode, entry.id());
                 }
                 _ => return Err(self.unsafe_entry(&path, "an unknown file mode")),
             }
         }
-        Ok(())
+        self.cache.dirs.insert(
+            rel.to_vec(),
+            CachedDir {
+                oid: tree.id(),
+                entries: tree.len() as u32,
+                subtree_entries: totals.entries,
+                subtree_bytes: totals.bytes,
+                seen: 0,
+            },
+        );
+        Ok(totals)
     }
 }

@@ -7,6 +7,12 @@
 //! wall time. The scan only observes: it records names and stat fields, and
 //! the sequential second half (`snapshot.rs`) decides what to read.
 //!
+//! A scan with a [`Plan::Changed`] lists only the directories a change
+//! tracker named (`changes.rs`), their ancestors, and everything beneath
+//! a directory created since; every other directory keeps the tree the
+//! stat cache has for it, unlisted, and counts toward the quota with the
+//! totals that cache recorded for it.
+//!
 //! Everything goes through the workspace capability: a directory is opened
 //! by its workspace-relative path beneath the root (cap-std refuses any
 //! resolution that would leave it), and entries are classified by `lstat`,
@@ -17,10 +23,13 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 use std::sync::{Condvar, Mutex, PoisonError};
 
-use cap_std::fs::Dir;
+use std::collections::HashSet;
 
-use super::cache::{git_mode, FileStat};
-use super::relpath::is_dot_git;
+use cap_std::fs::{Dir, MetadataExt};
+
+use super::cache::{git_mode, CachedDir, FileStat, StatCache};
+use super::changes::ChangeTracker;
+use super::relpath::{is_dot_git, join};
 use super::{display_path, Quota, WorkspaceError, MAX_DEPTH};
 
 /// A tree of fewer entries than this is listed on one thread.
@@ -33,8 +42,12 @@ const MAX_THREADS: usize = 4;
 pub(crate) enum Kind {
     /// A directory, scanned as `Scan::dirs[index]`.
     Dir(usize),
-    /// A regular file or symlink (mode says which), with its stat fields.
-    File { stat: FileStat, mode: u32 },
+    /// A directory left unlisted: nothing changed in it since the cache
+    /// recorded its tree.
+    Reused(CachedDir),
+    /// A regular file or symlink (mode says which), with its stat fields
+    /// and its number of hard links.
+    File { stat: FileStat, mode: u32, links: u64 },
     /// Not recorded: `.git`, a socket, FIFO or device.
     Skipped,
 }
@@ -50,12 +63,61 @@ pub(crate) struct Entry {
 pub(crate) struct Scan {
     pub dirs: Vec<Vec<Entry>>,
     pub paths: Vec<Vec<u8>>,
+    /// Watches added on the listed directories: descriptor and path.
+    pub watched: Vec<(i32, Vec<u8>)>,
+    /// Whether a listed directory could not be watched (the tracker no
+    /// longer covers the tree).
+    pub unwatched: bool,
+}
+
+/// Which directories a scan lists.
+pub(crate) enum Plan {
+    /// Every directory.
+    Everything,
+    /// Only what may have changed: the directories in `must_list` (changed
+    /// ones and their ancestors) and `linked` (holding a hard-linked file),
+    /// every directory in or beneath `fresh` (created since the last
+    /// snapshot), and any directory the stat cache has no tree for. The
+    /// rest are [`Kind::Reused`].
+    Changed {
+        must_list: HashSet<Vec<u8>>,
+        fresh: HashSet<Vec<u8>>,
+        linked: HashSet<Vec<u8>>,
+    },
+}
+
+impl Plan {
+    /// What to do with the subdirectory at `path` of a directory listed
+    /// `whole` (beneath a fresh directory): `Ok(whole)` to list it, or the
+    /// cached directory to reuse.
+    fn decide(&self, cache: &StatCache, path: &[u8], whole: bool) -> Result<bool, CachedDir> {
+        let Plan::Changed {
+            must_list,
+            fresh,
+            linked,
+        } = self
+        else {
+            return Ok(true);
+        };
+        if whole || fresh.contains(path) {
+            return Ok(true);
+        }
+        if must_list.contains(path) || linked.contains(path) {
+            return Ok(false);
+        }
+        match cache.dirs.get(path) {
+            Some(cached) => Err(*cached),
+            None => Ok(false),
+        }
+    }
 }
 
 /// A directory waiting to be listed.
 struct Job {
     index: usize,
     depth: usize,
+    /// Beneath a fresh directory: list everything under it.
+    whole: bool,
 }
 
 /// Shared between the scanning threads.
@@ -65,9 +127,11 @@ struct State {
     dirs: Vec<Option<Vec<Entry>>>,
     paths: Vec<Vec<u8>>,
     error: Option<WorkspaceError>,
-    /// Entries and apparent bytes listed so far.
+    /// Entries and apparent bytes listed (or reused) so far.
     entries: u64,
     bytes: u64,
+    watched: Vec<(i32, Vec<u8>)>,
+    unwatched: bool,
 }
 
 /// What a scan stops at: the workspace's [`Quota`], or nothing.
@@ -75,6 +139,9 @@ struct State {
 struct Bounds<'a> {
     quota: Option<Quota>,
     root_path: &'a Path,
+    plan: &'a Plan,
+    cache: &'a StatCache,
+    tracker: Option<&'a ChangeTracker>,
 }
 
 impl Bounds<'_> {
@@ -105,22 +172,39 @@ impl Bounds<'_> {
 /// million files costs the host no more than the quota's worth of listing.
 /// `expected_entries` is what the last snapshot saw: a tree that small is
 /// listed on the calling thread alone, since starting helpers would cost
-/// more than they save.
+/// more than they save. `plan` says which directories to list (reusing
+/// the trees `cache` has for the others); each one listed is first watched
+/// by `tracker`, if there is one.
 pub(crate) fn scan(
     root: &Dir,
     root_path: &Path,
     quota: Option<Quota>,
     expected_entries: usize,
+    plan: &Plan,
+    cache: &StatCache,
+    tracker: Option<&ChangeTracker>,
 ) -> Result<Scan, WorkspaceError> {
-    let bounds = Bounds { quota, root_path };
+    let bounds = Bounds {
+        quota,
+        root_path,
+        plan,
+        cache,
+        tracker,
+    };
     let state = Mutex::new(State {
-        queue: vec![Job { index: 0, depth: 0 }],
+        queue: vec![Job {
+            index: 0,
+            depth: 0,
+            whole: matches!(plan, Plan::Everything),
+        }],
         in_flight: 0,
         dirs: vec![None],
         paths: vec![Vec::new()],
         error: None,
         entries: 0,
         bytes: 0,
+        watched: Vec::new(),
+        unwatched: false,
     });
     let wake = Condvar::new();
     let threads = if expected_entries < SMALL_TREE {
@@ -146,6 +230,8 @@ pub(crate) fn scan(
     Ok(Scan {
         dirs,
         paths: state.paths,
+        watched: state.watched,
+        unwatched: state.unwatched,
     })
 }
 
@@ -171,25 +257,42 @@ fn work(root: &Dir, bounds: Bounds<'_>, state: &Mutex<State>, wake: &Condvar) {
                 st = wake.wait(st).unwrap_or_else(PoisonError::into_inner);
             }
         };
-        let listed = list(root, bounds, &path);
+        // Watched before it is listed: a change after the listing is
+        // reported, one before it is in the listing.
+        let watch = bounds.tracker.map(|tracker| tracker.watch(&path));
+        let listed = list(root, bounds, &path).map(|mut entries| {
+            let mut totals = (entries.len() as u64, 0u64);
+            for entry in &mut entries {
+                match &entry.kind {
+                    Kind::File { stat, .. } => totals.1 = totals.1.saturating_add(stat.size),
+                    Kind::Dir(_) => {
+                        if let Err(cached) = bounds.plan.decide(bounds.cache, &join(&path, &entry.name), job.whole) {
+                            totals.0 = totals.0.saturating_add(cached.subtree_entries);
+                            totals.1 = totals.1.saturating_add(cached.subtree_bytes);
+                            entry.kind = Kind::Reused(cached);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            (entries, totals)
+        });
         let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
-        let listed = listed.and_then(|entries| {
-            st.entries = st.entries.saturating_add(entries.len() as u64);
-            st.bytes = entries.iter().fold(st.bytes, |total, entry| match &entry.kind {
-                Kind::File { stat, .. } => total.saturating_add(stat.size),
-                _ => total,
-            });
+        match watch {
+            Some(Ok(wd)) => st.watched.push((wd, path.clone())),
+            Some(Err(_)) => st.unwatched = true,
+            None => {}
+        }
+        let listed = listed.and_then(|(entries, (count, bytes))| {
+            st.entries = st.entries.saturating_add(count);
+            st.bytes = st.bytes.saturating_add(bytes);
             bounds.check(st.entries, st.bytes).map(|()| entries)
         });
         match listed {
             Ok(mut entries) => {
                 for entry in &mut entries {
                     if let Kind::Dir(index) = &mut entry.kind {
-                        let mut sub = path.clone();
-                        if !sub.is_empty() {
-                            sub.push(b'/');
-                        }
-                        sub.extend_from_slice(&entry.name);
+                        let sub = join(&path, &entry.name);
                         if job.depth + 1 > MAX_DEPTH {
                             st.error = Some(WorkspaceError::TooDeep {
                                 path: display_path(root_path, &sub),
@@ -197,12 +300,14 @@ fn work(root: &Dir, bounds: Bounds<'_>, state: &Mutex<State>, wake: &Condvar) {
                             });
                             break;
                         }
+                        let whole = job.whole || bounds.plan.decide(bounds.cache, &sub, false) == Ok(true);
                         *index = st.dirs.len();
                         st.dirs.push(None);
                         st.paths.push(sub);
                         st.queue.push(Job {
                             index: *index,
                             depth: job.depth + 1,
+                            whole,
                         });
                     }
                 }
@@ -259,6 +364,7 @@ fn list(root: &Dir, bounds: Bounds<'_>, rel: &[u8]) -> Result<Vec<Entry>, Worksp
             Kind::File {
                 stat: FileStat::of(&md),
                 mode: git_mode(&md),
+                links: md.nlink(),
             }
         } else {
             Kind::Skipped

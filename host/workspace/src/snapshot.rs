@@ -11,6 +11,7 @@
 //! could not record it in a tree anyway). Empty directories are not
 //! recorded, and neither are sockets, FIFOs or devices.
 
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -20,7 +21,8 @@ use cap_std::fs::{Dir, MetadataExt};
 use git2::{ObjectType, Odb, Oid};
 
 use super::cache::{now_ns, CachedDir, CachedFile, FileStat, StatCache, MODE_LINK, MODE_TREE};
-use super::scan::{self, Entry, Kind, Scan};
+use super::changes::ChangeTracker;
+use super::scan::{self, Entry, Kind, Plan, Scan};
 use super::{display_path, Quota, SnapshotStats, WorkspaceError};
 
 /// Files larger than this are streamed into the object store instead of
@@ -40,22 +42,79 @@ pub(crate) struct Snapshot {
     pub stats: SnapshotStats,
     /// Whether the cache changed (worth saving).
     pub changed: bool,
+    /// Watches the scan added (see [`Scan::watched`]).
+    pub watched: Vec<(i32, Vec<u8>)>,
+    /// Whether a listed directory could not be watched.
+    pub unwatched: bool,
+    /// Listed directories holding a file with more than one link.
+    pub linked: HashSet<Vec<u8>>,
+}
+
+/// Why a snapshot of part of the tree could not stand.
+enum Partial {
+    /// The workspace could not be read, or is over its quota.
+    Failed(WorkspaceError),
+    /// A file gained a second link since the last snapshot, where the
+    /// change tracker cannot see writes through its other name: list the
+    /// whole tree.
+    NewlyLinked,
+}
+
+impl From<WorkspaceError> for Partial {
+    fn from(error: WorkspaceError) -> Self {
+        Partial::Failed(error)
+    }
 }
 
 /// Snapshot the directory `root` (shown in errors as `root_path`), trusting
-/// the entries of `cache` whose stat is unchanged and updating it in place.
-/// If this fails, `cache` must be discarded: it may be half updated.
+/// the entries of `cache` whose stat is unchanged and updating it in place,
+/// listing what `plan` says (or everything, if a file gained a link) and
+/// watching each directory listed with `tracker`. If this fails, `cache`
+/// must be discarded: it may be half updated.
 pub(crate) fn snapshot(
     odb: &Odb<'_>,
     root: &Dir,
     root_path: &Path,
     cache: &mut StatCache,
     quota: Option<Quota>,
+    plan: &Plan,
+    tracker: Option<&ChangeTracker>,
 ) -> Result<Snapshot, WorkspaceError> {
+    match snapshot_as(odb, root, root_path, cache, quota, plan, tracker) {
+        Ok(snapshot) => Ok(snapshot),
+        Err(Partial::Failed(error)) => Err(error),
+        // What the partial walk put in the cache is true of the files: a
+        // full walk over it is as right as over a fresh one.
+        Err(Partial::NewlyLinked) => snapshot_as(odb, root, root_path, cache, quota, &Plan::Everything, tracker)
+            .map_err(|partial| match partial {
+                Partial::Failed(error) => error,
+                Partial::NewlyLinked => unreachable!("a full listing never checks for new links"),
+            }),
+    }
+}
+
+fn snapshot_as(
+    odb: &Odb<'_>,
+    root: &Dir,
+    root_path: &Path,
+    cache: &mut StatCache,
+    quota: Option<Quota>,
+    plan: &Plan,
+    tracker: Option<&ChangeTracker>,
+) -> Result<Snapshot, Partial> {
     // An empty cache knows nothing of the tree's size: assume it large.
     let known = cache.files.len() + cache.dirs.len();
-    let expected = if known == 0 { usize::MAX } else { known };
-    let Scan { dirs, paths } = scan::scan(root, root_path, quota, expected)?;
+    let expected = match plan {
+        Plan::Everything if known == 0 => usize::MAX,
+        Plan::Everything => known,
+        Plan::Changed { .. } => 0,
+    };
+    let Scan {
+        dirs,
+        paths,
+        watched,
+        unwatched,
+    } = scan::scan(root, root_path, quota, expected, plan, cache, tracker)?;
     cache.generation = cache.generation.wrapping_add(1);
     let mut walk = Walk {
         odb,
@@ -67,26 +126,84 @@ pub(crate) fn snapshot(
         path: Vec::new(),
         stats: SnapshotStats::default(),
         changed: false,
+        reused: HashSet::new(),
+        linked: HashSet::new(),
     };
-    let tree = match walk.dir(0)? {
+    let tree = match walk.dir(0)?.tree {
         Some((oid, _)) => oid,
         None => odb
             .write(ObjectType::Tree, &[])
             .map_err(|e| git_error(format!("writing the empty tree of {}", root_path.display()), e))?,
     };
-    let Walk { stats, mut changed, .. } = walk;
-    // Drop what this walk did not see: deleted files and directories.
+    if let Plan::Changed { linked: before, .. } = plan {
+        if !walk.linked.is_subset(before) {
+            return Err(Partial::NewlyLinked);
+        }
+    }
+    let Walk {
+        stats,
+        mut changed,
+        reused,
+        linked,
+        paths,
+        ..
+    } = walk;
+    // Drop what this walk did not see: deleted files and directories. A
+    // path beneath a directory left unlisted was not seen either: it stays.
     let generation = cache.generation;
     let before = (cache.files.len(), cache.dirs.len());
-    cache.files.retain(|_, f| f.seen == generation);
-    cache.dirs.retain(|_, d| d.seen == generation);
+    if reused.is_empty() {
+        cache.files.retain(|_, f| f.seen == generation);
+        cache.dirs.retain(|_, d| d.seen == generation);
+    } else {
+        let listed: HashSet<&[u8]> = paths.iter().map(Vec::as_slice).collect();
+        let still_there = |path: &[u8]| beneath_unlisted(path, &listed, &reused);
+        cache.files.retain(|path, f| f.seen == generation || still_there(path));
+        cache.dirs.retain(|path, d| d.seen == generation || still_there(path));
+    }
     changed |= before != (cache.files.len(), cache.dirs.len());
     if stats.files_hashed > 0 {
         // Racy entries were all re-hashed just now; judge them and the newly
         // hashed ones against the end of this walk.
         cache.mark_racy(now_ns());
     }
-    Ok(Snapshot { tree, stats, changed })
+    Ok(Snapshot {
+        tree,
+        stats,
+        changed,
+        watched,
+        unwatched,
+        linked,
+    })
+}
+
+/// Whether `path`, which this walk did not see, lies beneath a directory
+/// it left unlisted (and is still there) rather than in a listed directory
+/// that no longer holds it: the nearest ancestor that is either decides.
+fn beneath_unlisted(path: &[u8], listed: &HashSet<&[u8]>, reused: &HashSet<Vec<u8>>) -> bool {
+    let mut end = path.len();
+    while end > 0 {
+        end = path[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
+        let ancestor = &path[..end];
+        if reused.contains(ancestor) {
+            return true;
+        }
+        if listed.contains(ancestor) {
+            return false;
+        }
+    }
+    false
+}
+
+/// What a directory holds in all, and its tree.
+struct Built {
+    /// The tree and whether the cache had this very tree for the path;
+    /// None when nothing in it is recorded.
+    tree: Option<(Oid, bool)>,
+    /// Directory entries in and beneath it.
+    entries: u64,
+    /// Apparent bytes of its files.
+    bytes: u64,
 }
 
 struct Walk<'a, 'r> {
@@ -102,6 +219,10 @@ struct Walk<'a, 'r> {
     path: Vec<u8>,
     stats: SnapshotStats,
     changed: bool,
+    /// Paths of directories left unlisted (trees reused from the cache).
+    reused: HashSet<Vec<u8>>,
+    /// Listed directories holding a file with more than one link.
+    linked: HashSet<Vec<u8>>,
 }
 
 fn git_error(context: String, source: git2::Error) -> WorkspaceError {
@@ -121,16 +242,16 @@ impl Walk<'_, '_> {
         display_path(self.root_path, &self.path).display().to_string()
     }
 
-    /// Build the tree of scanned directory `index` (at `self.path`); returns
-    /// it and whether it is the tree the cache had for this path, or None
-    /// when nothing in it is recorded.
-    fn dir(&mut self, index: usize) -> Result<Option<(Oid, bool)>, WorkspaceError> {
+    /// Build the tree of scanned directory `index` (at `self.path`).
+    fn dir(&mut self, index: usize) -> Result<Built, WorkspaceError> {
         let base = self.path.len();
         let mut items = Vec::new();
         let mut unchanged = true;
+        let listing = std::mem::take(&mut self.dirs[index]);
+        let (mut total_entries, mut total_bytes) = (listing.len() as u64, 0u64);
         // Opened only if a file here must be read.
         let mut handle: Option<Dir> = None;
-        for Entry { name, kind } in std::mem::take(&mut self.dirs[index]) {
+        for Entry { name, kind } in listing {
             self.path.truncate(base);
             if base > 0 {
                 self.path.push(b'/');
@@ -139,7 +260,10 @@ impl Walk<'_, '_> {
             match kind {
                 Kind::Skipped => self.stats.entries_skipped += 1,
                 Kind::Dir(sub) => {
-                    if let Some((oid, same)) = self.dir(sub)? {
+                    let built = self.dir(sub)?;
+                    total_entries += built.entries;
+                    total_bytes += built.bytes;
+                    if let Some((oid, same)) = built.tree {
                         unchanged &= same;
                         items.push(TreeItem {
                             name,
@@ -148,7 +272,25 @@ impl Walk<'_, '_> {
                         });
                     }
                 }
-                Kind::File { stat, mode } => {
+                Kind::Reused(cached) => {
+                    total_entries += cached.subtree_entries;
+                    total_bytes += cached.subtree_bytes;
+                    if let Some(old) = self.cache.dirs.get_mut(self.path.as_slice()) {
+                        old.seen = self.cache.generation;
+                    }
+                    self.reused.insert(self.path.clone());
+                    self.stats.trees_reused += 1;
+                    items.push(TreeItem {
+                        name,
+                        mode: MODE_TREE,
+                        oid: cached.oid,
+                    });
+                }
+                Kind::File { stat, mode, links } => {
+                    if links > 1 {
+                        self.linked.insert(self.path[..base].to_vec());
+                    }
+                    total_bytes += stat.size;
                     let (oid, same) = self.file(index, &mut handle, &name, stat, mode)?;
                     unchanged &= same;
                     items.push(TreeItem { name, mode, oid });
@@ -156,8 +298,13 @@ impl Walk<'_, '_> {
             }
         }
         self.path.truncate(base);
+        let mut built = Built {
+            tree: None,
+            entries: total_entries,
+            bytes: total_bytes,
+        };
         if items.is_empty() {
-            return Ok(None);
+            return Ok(built);
         }
         let generation = self.cache.generation;
         let entries = items.len() as u32;
@@ -166,8 +313,11 @@ impl Walk<'_, '_> {
                 // Every entry is one the old tree had, and there are as
                 // many: the very same tree.
                 old.seen = generation;
+                old.subtree_entries = total_entries;
+                old.subtree_bytes = total_bytes;
                 self.stats.trees_reused += 1;
-                return Ok(Some((old.oid, true)));
+                built.tree = Some((old.oid, true));
+                return Ok(built);
             }
         }
         let bytes = tree_bytes(&mut items);
@@ -176,6 +326,8 @@ impl Walk<'_, '_> {
         let entry = CachedDir {
             oid,
             entries,
+            subtree_entries: total_entries,
+            subtree_bytes: total_bytes,
             seen: generation,
         };
         let same = match self.cache.dirs.get_mut(self.path.as_slice()) {
@@ -192,7 +344,8 @@ impl Walk<'_, '_> {
             self.stats.trees_written += 1;
         }
         self.changed = true;
-        Ok(Some((oid, same)))
+        built.tree = Some((oid, same));
+        Ok(built)
     }
 
     /// Record the regular file or symlink at `self.path` (in scanned

@@ -393,14 +393,15 @@ fn a_rewrite_with_size_and_mtime_restored_is_caught_by_ctime() {
 }
 
 #[test]
-fn a_reset_of_a_large_tree_waits_out_the_racy_window_so_nothing_is_read_again() {
+fn after_a_reset_of_a_large_tree_nothing_is_read_again() {
     let area = Area::new();
     let names: Vec<String> = (0..1100).map(|i| format!("d{}/f{i}.txt", i % 10)).collect();
     let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), b"x\n".as_slice())).collect();
     let (mut ws, base) = area.workspace_from_plain(&files);
+    // Watched from the reset, so nothing is even listed.
     assert_eq!(ws.snapshot().expect("snapshot"), base);
     let stats = ws.last_snapshot_stats();
-    assert_eq!((stats.files_hashed, stats.files_reused), (0, 1100), "{stats:?}");
+    assert_eq!((stats.files_hashed, stats.files_reused), (0, 0), "{stats:?}");
 }
 
 #[test]
@@ -411,6 +412,10 @@ fn open_after_a_restart_trusts_the_persisted_cache() {
     let names: Vec<String> = (0..1100).map(|i| format!("d{}/f{i}.txt", i % 10)).collect();
     let files: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), b"x\n".as_slice())).collect();
     let (mut ws, _) = area.workspace_from_plain(&files);
+    // As when the tree cannot be watched (a watched tree's cache is kept
+    // in memory only).
+    ws.tracker = None;
+    ws.untrackable = true;
     write(&area.ws(), "b/d.txt", "d\n");
     let tree = ws.snapshot().expect("snapshot");
     drop(ws);
@@ -419,8 +424,9 @@ fn open_after_a_restart_trusts_the_persisted_cache() {
     let mut ws = Workspace::open(&area.ws(), &area.git_dir()).expect("open");
     assert_eq!(ws.snapshot().expect("snapshot"), tree);
     let stats = ws.last_snapshot_stats();
-    // b/d.txt may still be racy from its write; the others come from the cache.
-    assert!(stats.files_hashed <= 1 && stats.files_reused >= 1100, "{stats:?}");
+    // Files written in the last few milliseconds before the cache was
+    // saved are racy and read again; the others come from the cache.
+    assert!(stats.files_hashed < 50 && stats.files_reused >= 1050, "{stats:?}");
 
     // A cache for another directory (same store) is never trusted.
     std::fs::rename(area.ws(), area.path("moved")).expect("move");
@@ -567,3 +573,4 @@ fn tree_ids_print_and_serialise_as_hex() {
 }
 
 mod patches;
+mod tracked;

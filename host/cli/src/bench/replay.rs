@@ -43,12 +43,21 @@ pub fn run_replay_bench(args: &ReplayBenchArgs) -> anyhow::Result<()> {
         bail!("--steps, --changed-per-step and --rounds must be at least 1");
     }
     let scratch = tempfile_dir()?;
-    let mut results = Vec::new();
+    // Every size's checkpoints first, then the rebuilds, and nothing is
+    // deleted before the end: on a filesystem that skips recently freed
+    // inodes when it creates a file (ext4 without a journal, as on this
+    // project's machines), a rebuild's thousands of deletions would
+    // otherwise slow the file creations the next checkpoint times.
+    let mut stepped = Vec::new();
     for &files in &args.files {
         if files < args.changed_per_step {
             bail!("--files {files} is smaller than --changed-per-step");
         }
-        results.push(measure_size(args, files, &scratch.join(format!("repo-{files}")))?);
+        stepped.push(run_steps(args, files, &scratch.join(format!("repo-{files}")))?);
+    }
+    let mut results = Vec::new();
+    for steps in stepped {
+        results.push(measure_rebuilds(args, steps)?);
     }
     let _ = std::fs::remove_dir_all(&scratch);
     print!("{}", render(args, &results));
@@ -93,7 +102,21 @@ fn generate_repo(dir: &Path, files: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn measure_size(args: &ReplayBenchArgs, files: usize, dir: &Path) -> anyhow::Result<SizeResult> {
+/// One repository after its steps: what the rebuilds start from.
+struct Stepped {
+    files: usize,
+    dir: std::path::PathBuf,
+    repo_arg: String,
+    workspace: Workspace,
+    baseline: TreeId,
+    final_tree: TreeId,
+    patches: Vec<Vec<u8>>,
+    checkpoint: Option<Summary>,
+}
+
+/// Generate a repository of `files`, materialise it, and time the
+/// checkpoint of each step.
+fn run_steps(args: &ReplayBenchArgs, files: usize, dir: &Path) -> anyhow::Result<Stepped> {
     generate_repo(dir, files)?;
     let baseline_repo = dir.join("baseline");
     let repo_arg = baseline_repo.to_string_lossy().into_owned();
@@ -118,7 +141,32 @@ fn measure_size(args: &ReplayBenchArgs, files: usize, dir: &Path) -> anyhow::Res
         patches.push(patch.map(|p| p.bytes).unwrap_or_default());
         tree = after;
     }
-    let final_tree = tree;
+    Ok(Stepped {
+        files,
+        dir: dir.to_owned(),
+        repo_arg,
+        workspace,
+        baseline,
+        final_tree: tree,
+        patches,
+        checkpoint: Summary::of(checkpoint),
+    })
+}
+
+/// Time the hard resets of a stepped repository, and the git CLI doing
+/// the same.
+fn measure_rebuilds(args: &ReplayBenchArgs, stepped: Stepped) -> anyhow::Result<SizeResult> {
+    let Stepped {
+        files,
+        dir,
+        repo_arg,
+        mut workspace,
+        baseline,
+        final_tree,
+        patches,
+        checkpoint,
+    } = stepped;
+    let dir = dir.as_path();
 
     // Hard reset: delete, rebuild from the baseline, replay every patch.
     let refs: Vec<&[u8]> = patches.iter().map(Vec::as_slice).filter(|p| !p.is_empty()).collect();
@@ -151,11 +199,10 @@ fn measure_size(args: &ReplayBenchArgs, files: usize, dir: &Path) -> anyhow::Res
             git(&clone, &["apply", file])?;
         }
         git_cli.push(t.elapsed().as_secs_f64());
-        let _ = std::fs::remove_dir_all(&clone);
     }
     Ok(SizeResult {
         files,
-        checkpoint: Summary::of(checkpoint),
+        checkpoint,
         rebuild: Summary::of(rebuild),
         git_cli: Summary::of(git_cli),
     })
