@@ -431,18 +431,31 @@ fn open_or_init_store(git_dir: &Path) -> Result<Repository, WorkspaceError> {
     match Repository::open_bare(git_dir) {
         Ok(repo) => Ok(repo),
         Err(e) if e.code() == ErrorCode::NotFound => {
-            std::fs::create_dir_all(git_dir).map_err(|source| WorkspaceError::Io {
-                path: git_dir.to_owned(),
-                source,
-            })?;
-            // No template: the hook samples and description a `git init`
-            // copies are a dozen files per job nobody reads.
-            let mut options = git2::RepositoryInitOptions::new();
-            options.bare(true).external_template(false);
-            Repository::init_opts(git_dir, &options).map_err(git_error)
+            create_store_layout(git_dir)?;
+            Repository::open_bare(git_dir).map_err(git_error)
         }
         Err(e) => Err(git_error(e)),
     }
+}
+
+/// Lay out an empty bare repository at `git_dir`: `HEAD`, `objects/`
+/// (with `pack/`, where a fetch writes) and `refs/`, what git and libgit2
+/// require of a repository; the rest is created when first written, and a
+/// missing `config` reads as the defaults.
+///
+/// Written by hand rather than by `git init`: libgit2's init writes its
+/// config three times through a lock file and a rename, and adds a
+/// description, an exclude file and a hook sample — a dozen files per job,
+/// and three freed inodes, which on ext4 without a journal every later
+/// file creation pays for while the kernel skips recently freed inodes.
+fn create_store_layout(git_dir: &Path) -> Result<(), WorkspaceError> {
+    let io = |path: PathBuf| move |source| WorkspaceError::Io { path, source };
+    let pack = git_dir.join("objects").join("pack");
+    std::fs::create_dir_all(&pack).map_err(io(pack))?;
+    let refs = git_dir.join("refs");
+    std::fs::create_dir_all(&refs).map_err(io(refs))?;
+    let head = git_dir.join("HEAD");
+    std::fs::write(&head, "ref: refs/heads/main\n").map_err(io(head))
 }
 
 /// A change tracker for the workspace at `root`, or None when the host has
