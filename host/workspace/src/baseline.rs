@@ -203,15 +203,14 @@ fn plain_directory(repo: &Repository, repository: &str, path: &Path) -> Result<T
     let mempack = odb
         .add_new_mempack_backend(1000)
         .map_err(git_err(context("preparing an in-memory pack")))?;
-    let snap = snapshot::snapshot(
-        &odb,
-        &dir,
-        path,
-        &mut StatCache::default(),
-        None,
-        &Plan::Everything,
-        None,
-    )?;
+    let source = snapshot::Source {
+        odb: &odb,
+        root: &dir,
+        root_path: path,
+        quota: None,
+        tracker: None,
+    };
+    let snap = snapshot::snapshot(&source, &mut StatCache::default(), &Plan::Everything)?;
     let tree = import
         .find_tree(snap.tree)
         .map_err(git_err(context("reading the tree")))?;

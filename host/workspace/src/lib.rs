@@ -630,16 +630,14 @@ impl Workspace {
             .repo
             .odb()
             .map_err(git_err(format!("opening the object store {}", self.git_dir.display())))?;
-        let tracker = self.tracker.as_ref();
-        let snap = match snapshot::snapshot(
-            &odb,
-            &self.root,
-            &self.root_path,
-            &mut self.cache,
+        let source = snapshot::Source {
+            odb: &odb,
+            root: &self.root,
+            root_path: &self.root_path,
             quota,
-            &plan,
-            tracker,
-        ) {
+            tracker: self.tracker.as_ref(),
+        };
+        let snap = match snapshot::snapshot(&source, &mut self.cache, &plan) {
             Ok(snap) => snap,
             Err(e) => {
                 // A half-updated cache could vouch for a tree it no longer

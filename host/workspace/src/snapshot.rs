@@ -66,42 +66,47 @@ impl From<WorkspaceError> for Partial {
     }
 }
 
-/// Snapshot the directory `root` (shown in errors as `root_path`), trusting
-/// the entries of `cache` whose stat is unchanged and updating it in place,
-/// listing what `plan` says (or everything, if a file gained a link) and
-/// watching each directory listed with `tracker`. If this fails, `cache`
-/// must be discarded: it may be half updated.
+/// What a snapshot reads and writes, besides the stat cache: the directory
+/// `root` (shown in errors as `root_path`), the object store, the quota it
+/// holds the directory to, and the tracker that watches each directory it
+/// lists.
+pub(crate) struct Source<'a, 'r> {
+    pub odb: &'a Odb<'r>,
+    pub root: &'a Dir,
+    pub root_path: &'a Path,
+    pub quota: Option<Quota>,
+    pub tracker: Option<&'a ChangeTracker>,
+}
+
+/// Snapshot `source`'s directory, trusting the entries of `cache` whose
+/// stat is unchanged and updating it in place, listing what `plan` says
+/// (or everything, if a file gained a link). If this fails, `cache` must
+/// be discarded: it may be half updated.
 pub(crate) fn snapshot(
-    odb: &Odb<'_>,
-    root: &Dir,
-    root_path: &Path,
+    source: &Source<'_, '_>,
     cache: &mut StatCache,
-    quota: Option<Quota>,
     plan: &Plan,
-    tracker: Option<&ChangeTracker>,
 ) -> Result<Snapshot, WorkspaceError> {
-    match snapshot_as(odb, root, root_path, cache, quota, plan, tracker) {
+    match snapshot_as(source, cache, plan) {
         Ok(snapshot) => Ok(snapshot),
         Err(Partial::Failed(error)) => Err(error),
         // What the partial walk put in the cache is true of the files: a
         // full walk over it is as right as over a fresh one.
-        Err(Partial::NewlyLinked) => snapshot_as(odb, root, root_path, cache, quota, &Plan::Everything, tracker)
-            .map_err(|partial| match partial {
-                Partial::Failed(error) => error,
-                Partial::NewlyLinked => unreachable!("a full listing never checks for new links"),
-            }),
+        Err(Partial::NewlyLinked) => snapshot_as(source, cache, &Plan::Everything).map_err(|partial| match partial {
+            Partial::Failed(error) => error,
+            Partial::NewlyLinked => unreachable!("a full listing never checks for new links"),
+        }),
     }
 }
 
-fn snapshot_as(
-    odb: &Odb<'_>,
-    root: &Dir,
-    root_path: &Path,
-    cache: &mut StatCache,
-    quota: Option<Quota>,
-    plan: &Plan,
-    tracker: Option<&ChangeTracker>,
-) -> Result<Snapshot, Partial> {
+fn snapshot_as(source: &Source<'_, '_>, cache: &mut StatCache, plan: &Plan) -> Result<Snapshot, Partial> {
+    let Source {
+        odb,
+        root,
+        root_path,
+        quota,
+        tracker,
+    } = *source;
     // An empty cache knows nothing of the tree's size: assume it large.
     let known = cache.files.len() + cache.dirs.len();
     let expected = match plan {
