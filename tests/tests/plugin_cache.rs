@@ -61,3 +61,23 @@ fn given_a_fresh_cache_when_a_plugin_is_loaded_then_its_compiled_code_is_kept_on
     second.load_plugin(&plugin_path("hang")).expect("load hang");
     assert!(files_in(cache.path()) > cached);
 }
+
+#[test]
+fn given_a_loaded_plugin_when_its_file_is_replaced_then_the_next_load_reads_the_new_bytes() {
+    let dir = tempfile::tempdir().expect("plugin dir");
+    let path = dir.path().join("step.wasm");
+    std::fs::copy(plugin_path("write-file"), &path).expect("copy");
+    // Settled: a file changed in the last second is hashed at every load.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let runtime = Runtime::new(test_settings()).expect("runtime");
+    let first = runtime.load_plugin(&path).expect("load");
+    let again = runtime.load_plugin(&path).expect("load again, by the file's identity");
+    assert_eq!(again.sha256(), first.sha256());
+
+    // Replaced in place: its change time moved, so it is read again.
+    std::fs::write(&path, std::fs::read(plugin_path("hang")).expect("read hang")).expect("rewrite");
+    let replaced = runtime.load_plugin(&path).expect("load the new bytes");
+    assert_ne!(replaced.sha256(), first.sha256());
+    let hang = runtime.load_plugin(&plugin_path("hang")).expect("load hang");
+    assert_eq!(replaced.sha256(), hang.sha256());
+}

@@ -128,19 +128,113 @@ impl Plugin {
 /// slot, so a load of a component another thread is compiling (a worker's
 /// warm-up, say: a Python step takes seconds) waits for that compile
 /// instead of doing it again.
+///
+/// And the hash of each file by its identity: every job loads its plugin
+/// again, and reading and hashing a Python or JavaScript step (12–19 MB)
+/// costs tens of milliseconds, so a file whose `stat` is what it was when
+/// it was hashed is taken to hold the same bytes, as git's index does.
 #[derive(Default)]
 pub(super) struct PluginCache {
     by_hash: Mutex<HashMap<String, Arc<Mutex<Option<Plugin>>>>>,
+    by_identity: Mutex<HashMap<PathBuf, (FileIdentity, String)>>,
+}
+
+/// Most paths whose hash is remembered; past it the map starts over.
+const MAX_KNOWN_PATHS: usize = 1024;
+
+/// A file as `stat` sees it: while every field is unchanged, so are its
+/// bytes (a rewrite moves the change time, which nothing can set back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileIdentity {
+    /// The identity of the regular file at `path` (following links, as
+    /// opening it does), and whether it is settled: changed over a second
+    /// ago, so a rewrite now would move its change time (timestamps are
+    /// coarser than the clock).
+    fn of(path: &Path) -> Option<(FileIdentity, bool)> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(path).ok().filter(std::fs::Metadata::is_file)?;
+        let ns = |sec: i64, nsec: i64| i128::from(sec) * 1_000_000_000 + i128::from(nsec);
+        let identity = FileIdentity {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.len(),
+            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
+            ctime_ns: ns(md.ctime(), md.ctime_nsec()),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        Some((identity, identity.ctime_ns < now - 1_000_000_000))
+    }
 }
 
 impl PluginCache {
+    /// The plugin compiled from the file at `path`, if that file is known
+    /// by its identity and its bytes were compiled.
+    fn known(&self, path: &Path, identity: FileIdentity) -> Option<Plugin> {
+        let sha256 = {
+            let known = self.by_identity.lock().unwrap_or_else(PoisonError::into_inner);
+            match known.get(path) {
+                Some((seen, sha256)) if *seen == identity => sha256.clone(),
+                _ => return None,
+            }
+        };
+        let slot = self
+            .by_hash
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&sha256)?
+            .clone();
+        let compiled = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        compiled.clone()
+    }
+
     /// Load the plugin at `path`, compiling it only if these exact bytes
-    /// were never loaded before.
+    /// were never loaded before, and reading it only if the file changed
+    /// since it was last read.
     pub(super) fn load(
         &self,
         engine: &Engine,
         linker: &Linker<AttemptState>,
         path: &Path,
+    ) -> Result<Plugin, PluginError> {
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let identity = FileIdentity::of(path);
+        if let Some((identity, _)) = identity {
+            if let Some(plugin) = self.known(path, identity) {
+                return Ok(Plugin { name, ..plugin });
+            }
+        }
+        let plugin = self.read_and_compile(engine, linker, path, name)?;
+        // Taken before the read: if the file changed since, its identity
+        // did too, and this entry never matches.
+        if let Some((identity, true)) = identity {
+            let mut known = self.by_identity.lock().unwrap_or_else(PoisonError::into_inner);
+            if known.len() >= MAX_KNOWN_PATHS {
+                known.clear();
+            }
+            known.insert(path.to_owned(), (identity, plugin.sha256.clone()));
+        }
+        Ok(plugin)
+    }
+
+    fn read_and_compile(
+        &self,
+        engine: &Engine,
+        linker: &Linker<AttemptState>,
+        path: &Path,
+        name: String,
     ) -> Result<Plugin, PluginError> {
         let bytes = read_plugin_file(path).map_err(|e| match e {
             PluginFileError::Open { path, source } | PluginFileError::Read { path, source } => {
@@ -152,10 +246,6 @@ impl PluginCache {
             },
         })?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let slot = self
             .by_hash
             .lock()
