@@ -597,6 +597,19 @@ fn trap_outcome(err: &wasmtime::Error, handles_limit: usize, instances_limit: us
         if let Some(reason) = cause.downcast_ref::<StopReason>() {
             return stop_outcome(*reason);
         }
+        // The pool full (which the slot semaphore should make impossible)
+        // or the system out of memory for the instance's mappings: a
+        // condition of the host, which a later attempt elsewhere survives.
+        let out_of_memory = cause.is::<wasmtime::OutOfMemory>()
+            || cause.downcast_ref::<rustix::io::Errno>() == Some(&rustix::io::Errno::NOMEM)
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::OutOfMemory);
+        if out_of_memory || cause.is::<wasmtime::PoolConcurrencyLimitError>() {
+            return AttemptOutcome::HostUnavailable {
+                message: format!("{err:#}"),
+            };
+        }
         if let Some(ResourceTableError::Full) = cause.downcast_ref::<ResourceTableError>() {
             return AttemptOutcome::HandleLimit {
                 limit: handles_limit as u64,
@@ -626,5 +639,24 @@ fn trap_outcome(err: &wasmtime::Error, handles_limit: usize, instances_limit: us
         _ => AttemptOutcome::Trap {
             message: format!("{err:#}"),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_the_host_cannot_map_is_the_hosts_failure_not_the_steps() {
+        let mapping = wasmtime::Error::from(rustix::io::Errno::NOMEM).context("allocating a memory for the instance");
+        let outcome = trap_outcome(&mapping, 16, 20);
+        assert!(
+            matches!(&outcome, AttemptOutcome::HostUnavailable { message } if message.contains("allocating a memory")),
+            "{outcome:?}"
+        );
+        let io = wasmtime::Error::from(std::io::Error::from(std::io::ErrorKind::OutOfMemory));
+        assert_eq!(trap_outcome(&io, 16, 20).name(), "host_unavailable");
+        let other = wasmtime::Error::msg("wasm trap: unreachable");
+        assert_eq!(trap_outcome(&other, 16, 20).name(), "trap");
     }
 }

@@ -98,6 +98,13 @@ pub enum AttemptOutcome {
         /// Which limit, and where it was crossed.
         message: String,
     },
+    /// The host could not allocate the attempt's instance (its instance
+    /// pool, or the system's memory): the step never ran, and the failure
+    /// is the host's, never the step's.
+    HostUnavailable {
+        /// What the allocator said.
+        message: String,
+    },
     /// Cancelled by an operator or the host.
     Cancelled,
 }
@@ -124,6 +131,7 @@ impl AttemptOutcome {
             AttemptOutcome::StackOverflow => "stack_overflow",
             AttemptOutcome::Trap { .. } => "trap",
             AttemptOutcome::WorkspaceLimit { .. } => "workspace_limit",
+            AttemptOutcome::HostUnavailable { .. } => "host_unavailable",
             AttemptOutcome::Cancelled => "cancelled",
         }
     }
@@ -163,6 +171,9 @@ impl std::fmt::Display for AttemptOutcome {
             AttemptOutcome::StackOverflow => f.write_str("stopped: wasm stack overflow"),
             AttemptOutcome::Trap { message } => write!(f, "trap: {message}"),
             AttemptOutcome::WorkspaceLimit { message } => write!(f, "over a workspace limit: {message}"),
+            AttemptOutcome::HostUnavailable { message } => {
+                write!(f, "not started: the host could not allocate an instance ({message})")
+            }
             AttemptOutcome::Cancelled => f.write_str("cancelled"),
         }
     }

@@ -46,10 +46,13 @@ impl FailureClass {
 }
 
 /// The class of a failed attempt's outcome (docs/ARCHITECTURE.md#failure-classes). `None` for a
-/// success or a cancel, which are not failures to classify.
+/// success, a cancel, or an attempt the host could not start, which are
+/// not the step's failures to classify.
 pub fn classify(outcome: &AttemptOutcome) -> Option<FailureClass> {
     Some(match outcome {
-        AttemptOutcome::Succeeded { .. } | AttemptOutcome::Cancelled => return None,
+        AttemptOutcome::Succeeded { .. } | AttemptOutcome::Cancelled | AttemptOutcome::HostUnavailable { .. } => {
+            return None
+        }
         AttemptOutcome::GuestError { kind, message } => match kind {
             GuestErrorKind::Retry => FailureClass::TransientRuntime,
             GuestErrorKind::Contract => FailureClass::DeterministicContract,
@@ -234,6 +237,14 @@ mod tests {
             Some(DeterministicPolicy)
         );
         assert_eq!(classify(&AttemptOutcome::Cancelled), None);
+        let host = AttemptOutcome::HostUnavailable {
+            message: "maximum concurrent limit of 64 for component instances reached".into(),
+        };
+        assert_eq!(
+            classify(&host),
+            None,
+            "the host's condition is never the step's failure"
+        );
     }
 
     #[test]

@@ -104,6 +104,15 @@ pub enum PassOutcome {
         /// Its last failure class.
         class: FailureClass,
     },
+    /// The host could not start the step's attempt (no memory for its
+    /// instance): the job goes back to the queue at the same job attempt,
+    /// and resumes at `step_index`.
+    HostUnavailable {
+        /// The step that could not start.
+        step_index: u32,
+        /// What the host said.
+        reason: String,
+    },
     /// A cancel was requested.
     Cancelled,
 }

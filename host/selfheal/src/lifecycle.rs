@@ -563,6 +563,18 @@ impl<H: JobHost> Passes<'_, '_, H> {
                 true,
             ),
             PassOutcome::Cancelled => AfterPass::Left(self.host.hand_back(&self.events).await?),
+            PassOutcome::HostUnavailable { step_index, reason } => {
+                // The host's condition, not the job's: back to the queue
+                // at the same job attempt, after the first backoff, so
+                // this host (or another) tries again once it has room.
+                let delay = self.retry.delay_after(1);
+                self.events.emit(Event::JobRequeued {
+                    next_job_attempt: self.job_attempt,
+                    delay_seconds: delay.as_secs(),
+                    reason: Some(format!("the host could not start step {step_index}: {reason}")),
+                })?;
+                self.requeue_at(self.job_attempt, delay, step_index).await?
+            }
             PassOutcome::RetryableExhausted { .. } if self.job_attempt >= self.max_attempts => {
                 AfterPass::end(Ending::dead_letter(self.job_attempt), true)
             }
@@ -574,17 +586,29 @@ impl<H: JobHost> Passes<'_, '_, H> {
                     delay_seconds: delay.as_secs(),
                     reason: None,
                 })?;
-                match self.host.requeue(&self.events, next_attempt, delay).await? {
-                    Requeued::Left(status) => AfterPass::Left(status),
-                    Requeued::RunAgain => {
-                        self.job_attempt = next_attempt;
-                        match self.run.resume_from_step(step_index)? {
-                            Ok(()) => AfterPass::RunAgainFrom(step_index),
-                            Err(e) => {
-                                let class = FailureClass::DeterministicRepo.as_str();
-                                AfterPass::end(Ending::failed((None, Some(step_index)), class, e.to_string()), false)
-                            }
-                        }
+                self.requeue_at(next_attempt, delay, step_index).await?
+            }
+        })
+    }
+
+    /// Hand the job to the queue as job attempt `attempt` after `delay`;
+    /// where the host runs it again itself (`stepd run`), rebuild the
+    /// workspace before `step_index` and go on there.
+    async fn requeue_at(
+        &mut self,
+        attempt: u32,
+        delay: Duration,
+        step_index: u32,
+    ) -> Result<AfterPass, LifecycleError> {
+        Ok(match self.host.requeue(&self.events, attempt, delay).await? {
+            Requeued::Left(status) => AfterPass::Left(status),
+            Requeued::RunAgain => {
+                self.job_attempt = attempt;
+                match self.run.resume_from_step(step_index)? {
+                    Ok(()) => AfterPass::RunAgainFrom(step_index),
+                    Err(e) => {
+                        let class = FailureClass::DeterministicRepo.as_str();
+                        AfterPass::end(Ending::failed((None, Some(step_index)), class, e.to_string()), false)
                     }
                 }
             }

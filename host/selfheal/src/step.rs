@@ -134,6 +134,11 @@ impl JobRun<'_> {
                 Next::Done(self.finish_step(step, &state, &tried, summary).await?)
             } else if tried.report.outcome == AttemptOutcome::Cancelled || self.cancel.is_cancelled() {
                 Next::Done(PassOutcome::Cancelled)
+            } else if let AttemptOutcome::HostUnavailable { message } = &tried.report.outcome {
+                Next::Done(PassOutcome::HostUnavailable {
+                    step_index: step.index,
+                    reason: message.clone(),
+                })
             } else {
                 self.heal(step, &mut state, &tried)?
             };
