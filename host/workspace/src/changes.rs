@@ -90,7 +90,8 @@ pub(crate) struct ChangeTracker {
     root: PathBuf,
     /// Watch descriptor → workspace-relative directory path.
     dirs: HashMap<i32, Vec<u8>>,
-    /// Watches added, including those not yet recorded in `dirs`.
+    /// Watches held, counting those added and not yet recorded in `dirs`
+    /// (adding a watch a directory already has returns the same one).
     added: AtomicUsize,
 }
 
@@ -135,7 +136,10 @@ impl ChangeTracker {
 
     /// Remember that watch `wd` is on directory `rel`.
     pub fn record(&mut self, wd: i32, rel: Vec<u8>) {
-        self.dirs.insert(wd, rel);
+        if self.dirs.insert(wd, rel).is_some() {
+            // A directory watched again: still one watch.
+            self.added.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Watch `rel` and remember it.
@@ -168,7 +172,9 @@ impl ChangeTracker {
             }
             if flags.contains(ReadFlags::IGNORED) {
                 // The directory is gone (its parent reported the deletion).
-                self.dirs.remove(&event.wd());
+                if self.dirs.remove(&event.wd()).is_some() {
+                    self.added.fetch_sub(1, Ordering::Relaxed);
+                }
                 continue;
             }
             let Some(dir) = self.dirs.get(&event.wd()) else {
@@ -245,19 +251,25 @@ mod tests {
         let area = tempfile::tempdir().expect("tempdir");
         let root = area.path();
         std::fs::create_dir(root.join("a")).expect("mkdir");
-        let mut tracker = tracker(root, &["", "a"]);
+        let mut moved = tracker(root, &["", "a"]);
         std::fs::rename(root.join("a"), root.join("b")).expect("rename");
-        assert!(matches!(tracker.take_changes(), Changes::Unknown(_)));
+        assert!(matches!(moved.take_changes(), Changes::Unknown(_)));
 
-        let mut tracker = tracker_for_many(root);
+        let mut busy = tracker(root, &[""]);
         for i in 0..=MAX_CHANGED_DIRS {
             std::fs::create_dir(root.join(format!("d{i}"))).expect("mkdir");
         }
-        assert_eq!(tracker.take_changes(), Changes::Unknown("too many directories changed"));
+        assert_eq!(busy.take_changes(), Changes::Unknown("too many directories changed"));
     }
 
-    fn tracker_for_many(root: &Path) -> ChangeTracker {
-        tracker(root, &[""])
+    #[test]
+    fn watching_the_same_directories_at_every_snapshot_spends_no_budget() {
+        let area = tempfile::tempdir().expect("tempdir");
+        let mut tracker = tracker(area.path(), &[""]);
+        for _ in 0..=MAX_WATCHED_DIRS {
+            tracker.watch_and_record(b"").expect("the same watch again");
+        }
+        assert_eq!(tracker.added.load(Ordering::Relaxed), 1);
     }
 
     #[test]
@@ -275,5 +287,6 @@ mod tests {
             }
         );
         assert_eq!(tracker.dirs.len(), 1, "only the root is still watched");
+        assert_eq!(tracker.added.load(Ordering::Relaxed), 1);
     }
 }
