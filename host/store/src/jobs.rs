@@ -209,8 +209,14 @@ impl Store {
         self.insert(job, "{now}").await
     }
 
+    /// In an explicit transaction, answered only once its commit is: on
+    /// PostgreSQL, sqlx's Any driver hands back the row of an `INSERT …
+    /// RETURNING` before the statement's implicit commit, and a connection
+    /// cut between the two answered a `201` for a job that never existed
+    /// (`tests/tests/store_outage.rs` caught it once).
     async fn insert(&self, job: &NewJob, published_at: &str) -> Result<JobRecord, StoreError> {
         let live = serde_json::to_string(&LiveControl::default()).unwrap_or_default();
+        let mut tx = self.durable.begin().await.map_err(db("insert job"))?;
         let result = sqlx::query(&self.with_now(&format!(
             "INSERT INTO jobs (id, status, attempt, max_attempts, next_attempt_at, payload, resolved, live_control, \
              created_at, updated_at, published_at) \
@@ -221,10 +227,14 @@ impl Store {
         .bind(job.payload.to_string())
         .bind(job.resolved.as_ref().map(serde_json::Value::to_string))
         .bind(live)
-        .fetch_one(&self.durable)
+        .fetch_one(&mut *tx)
         .await;
         match result {
-            Ok(row) => decode_job(&row),
+            Ok(row) => {
+                let job = decode_job(&row)?;
+                tx.commit().await.map_err(db("insert job"))?;
+                Ok(job)
+            }
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::DuplicateJob(job.id.clone())),
             Err(e) => Err(db("insert job")(e)),
         }
@@ -411,10 +421,14 @@ impl Store {
         .bind(&by.owner)
         .bind(duration_ms(by.lease))
         .bind(id)
-        .fetch_optional(&self.pool)
+        // Every row, not the first: through sqlx's Any driver the first
+        // row of an `UPDATE … RETURNING` on PostgreSQL is answered before
+        // the statement's implicit commit, and reading to the end waits
+        // for that commit (as `insert` waits for its own).
+        .fetch_all(&self.pool)
         .await
         .map_err(db("claim job"))?;
-        row.as_ref().map(decode_job).transpose()
+        row.first().map(decode_job).transpose()
     }
 
     /// Renew `by`'s lease on job `id` and return the job (with its
@@ -427,10 +441,11 @@ impl Store {
         .bind(duration_ms(by.lease))
         .bind(id)
         .bind(&by.owner)
-        .fetch_optional(&self.pool)
+        // To the end: see `claim_job`.
+        .fetch_all(&self.pool)
         .await
         .map_err(db("heartbeat"))?;
-        row.as_ref().map(decode_job).transpose()
+        row.first().map(decode_job).transpose()
     }
 
     /// End job `id` held by `owner` with `status` (a terminal state) and
@@ -511,10 +526,11 @@ impl Store {
         .bind(duration_ms(delay))
         .bind(id)
         .bind(owner)
-        .fetch_optional(&self.pool)
+        // To the end: see `claim_job`.
+        .fetch_all(&self.pool)
         .await
         .map_err(db("requeue job"))?;
-        match row {
+        match row.first() {
             Some(row) => {
                 let status: String = row.try_get("status").map_err(db("requeue job"))?;
                 Ok(JobState::parse(&status))
