@@ -9,6 +9,7 @@
 //! Times are Unix milliseconds in the database and RFC 3339 on the wire.
 
 mod artifacts;
+mod control;
 mod jobs;
 mod records;
 mod schema;
@@ -20,7 +21,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 pub use artifacts::{ArtifactChange, StoredArtifact};
-pub use jobs::{ClaimedBy, ControlWrite, JobEnding, JobTiming, NewJob, RunContext, StoreGauges};
+pub use control::ControlWrite;
+pub use jobs::{ClaimedBy, JobEnding, JobTiming, NewJob, RunContext, StoreGauges};
 pub use records::{
     AttemptRow, CheckpointRow, ControlEventRow, CurrentStep, ProgressBatch, ProgressWritten, StoredEvent,
 };
