@@ -42,7 +42,20 @@ pub struct StepdProcess {
 
 impl StepdProcess {
     fn spawn(args: &[&str], env: &[(String, String)], cwd: &Path) -> StepdProcess {
-        let mut command = Command::new(stepd_bin());
+        Self::spawn_under(&[], args, env, cwd)
+    }
+
+    /// Start stepd as the last argument of `wrapper` (`prlimit --as=N --`,
+    /// say), or directly when `wrapper` is empty.
+    fn spawn_under(wrapper: &[&str], args: &[&str], env: &[(String, String)], cwd: &Path) -> StepdProcess {
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(stepd_bin());
+                command
+            }
+            None => Command::new(stepd_bin()),
+        };
         command
             .args(args)
             .current_dir(cwd)
@@ -242,6 +255,23 @@ impl Cluster {
             env.push(((*k).to_owned(), (*v).to_owned()));
         }
         let worker = StepdProcess::spawn(&["worker"], &env, self._dir.path());
+        worker.wait_for_log("stepd worker", Duration::from_secs(60));
+        self.workers.push(worker);
+        self.workers.len() - 1
+    }
+
+    /// Start one more `stepd worker` whose address space is capped at
+    /// `bytes` (through util-linux's `prlimit`), with `extra_env`; returns
+    /// its index. A cap below one instance's memory reservation makes
+    /// every instantiation fail for want of memory, as on a host out of it.
+    pub fn spawn_worker_capped(&mut self, bytes: u64, extra_env: &[(&str, &str)]) -> usize {
+        let mut env = self.env.clone();
+        for (k, v) in extra_env {
+            env.retain(|(key, _)| key != k);
+            env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let cap = format!("--as={bytes}");
+        let worker = StepdProcess::spawn_under(&["prlimit", &cap, "--"], &["worker"], &env, self._dir.path());
         worker.wait_for_log("stepd worker", Duration::from_secs(60));
         self.workers.push(worker);
         self.workers.len() - 1

@@ -3,7 +3,9 @@
 //! succeeds and its events are numbered 1..n with no gap or repeat, ending
 //! with its terminal event (events are written in batches, numbered once
 //! per batch). Given a worker SIGKILLed while it writes its jobs' step ends,
-//! every job still ends intact on the worker that takes over. Given a
+//! every job still ends intact on the worker that takes over; so does a
+//! job whose worker is killed inside the transaction that ends its step
+//! (held there by the store's crash-test hold point). Given a
 //! worker in another process on the embedded store, it starts a new job
 //! within milliseconds of its submit, not at its next poll.
 
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use stepd_store::{JobState, Store};
+use stepd_store::{crashpoint, JobState, Store};
 use stepd_tests::cluster::{repo_dir, Cluster, Mode};
 
 fn one_write(i: usize) -> Value {
@@ -114,6 +116,61 @@ async fn a_worker_killed_while_writing_step_ends_leaves_every_job_intact() {
         cluster.spawn_worker();
         wait_all_ended(&store, &ids, Duration::from_secs(600)).await;
         assert_intact(&store, &ids).await;
+        store.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_inside_its_step_end_transaction_leaves_the_job_intact() {
+    for mode in Mode::BOTH {
+        let mut cluster = Cluster::start(mode, 0, 0).await;
+        // This worker writes step one's end (events, attempt, checkpoint)
+        // and holds that transaction uncommitted: SIGKILL lands inside it.
+        let held = cluster.spawn_worker_with(&[(crashpoint::HOLD_VARIABLE, "step_end")]);
+        let store = Store::open(&cluster.store_url()).await.expect("open the store");
+        let job = json!({"type": "task", "maxAttempts": 3, "task": {"repository": repo_dir(), "steps": [
+            {"id": "one", "plugin": "write-file", "inputs": {"path": "one.txt", "text": "1\n"}},
+            {"id": "two", "plugin": "write-file", "inputs": {"path": "two.txt", "text": "2\n"}}
+        ]}});
+        let id = cluster.submit(&job).await;
+        cluster.workers[held].wait_for_log(crashpoint::HOLDING_MESSAGE, Duration::from_secs(120));
+        cluster.workers[held].kill();
+        let held_checkpoints = store.checkpoints(&id).await.expect("checkpoints");
+        assert!(
+            held_checkpoints.is_empty(),
+            "{mode:?}: an uncommitted checkpoint is visible"
+        );
+
+        cluster.spawn_worker();
+        wait_all_ended(&store, std::slice::from_ref(&id), Duration::from_secs(120)).await;
+        let job = store.get_job(&id).await.expect("get job").expect("the job");
+        assert_eq!(job.status, JobState::Succeeded, "{mode:?}: {:?}", job.last_error);
+        let events = store.events_after(&id, 0, 10_000).await.expect("events");
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+        let expected: Vec<i64> = (1..=i64::try_from(events.len()).expect("count")).collect();
+        assert_eq!(seqs, expected, "{mode:?}: events numbered with a gap or twice");
+        let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(names.last(), Some(&"task.job.succeeded"), "{mode:?}: {names:?}");
+        assert_eq!(
+            names.iter().filter(|n| **n == "task.job.succeeded").count(),
+            1,
+            "{mode:?}: {names:?}"
+        );
+        // The held batch's checkpoint went with it: the worker that took
+        // over ran step one again, and each step has one checkpoint.
+        let checkpoints = store.checkpoints(&id).await.expect("checkpoints");
+        let steps: Vec<u32> = checkpoints.iter().map(|c| c.step_index).collect();
+        assert_eq!(steps, [0, 1], "{mode:?}");
+        let attempts = store.attempts(&id).await.expect("attempts");
+        let takeover = attempts
+            .iter()
+            .find(|a| a.step_id == "two")
+            .map(|a| a.worker.clone())
+            .expect("step two's attempt");
+        assert!(
+            attempts.iter().any(|a| a.step_id == "one" && a.worker == takeover),
+            "{mode:?}: step one was not run again after the kill: {attempts:?}"
+        );
         store.close().await;
     }
 }

@@ -9,14 +9,22 @@
 //!   where epochs never fire.
 //!
 //! Both compare real-clock [`Instant`]s, never tick counts (which drift).
+//!
+//! A third, the epoch ticker's thread, checks each attempt at its deadline
+//! ([`DeadlineCheck`]) and decides the stop then, however long the
+//! attempt's task waits for an async thread. The first of the three to see
+//! a deadline passed latches the stop and its instant; the others answer
+//! the latched stop from then on, so a decided attempt runs no more guest
+//! code and reports the instant it was stopped, not the instant its task
+//! got around to tearing it down.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use super::capture::ActivityClock;
-use super::engine::Ticks;
+use super::engine::{DeadlineCheck, Ticks};
 
 /// Why the host stopped an attempt before it returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
@@ -53,6 +61,7 @@ pub struct AttemptClock {
     activity: Arc<ActivityClock>,
     cancel: CancellationToken,
     ticks: Option<Arc<Ticks>>,
+    stopped: OnceLock<(StopReason, Instant)>,
 }
 
 impl AttemptClock {
@@ -69,6 +78,7 @@ impl AttemptClock {
             activity,
             cancel,
             ticks: None,
+            stopped: OnceLock::new(),
         }
     }
 
@@ -88,7 +98,7 @@ impl AttemptClock {
     /// ticker fire at it (a CPU-bound guest only notices a deadline on an
     /// epoch change).
     pub fn check_on_tick(&self, now: Instant) -> Option<StopReason> {
-        let reason = self.check(now);
+        let reason = self.stop_if_due(now);
         if reason.is_none() {
             self.register_if_near(now);
         }
@@ -97,7 +107,7 @@ impl AttemptClock {
 
     fn register_if_near(&self, now: Instant) {
         if let Some(ticks) = &self.ticks {
-            let next = self.wall_deadline.min(self.idle_deadline());
+            let next = self.next_deadline();
             if next.saturating_duration_since(now) <= ticks.period() {
                 ticks.wake_at(next);
             }
@@ -114,8 +124,30 @@ impl AttemptClock {
         self.wall_deadline
     }
 
-    /// Whether the attempt must stop at `now`: a cancel first, then the
-    /// wall deadline, then the idle deadline.
+    /// The decided stop, or decide it now if a deadline passed (or a
+    /// cancel came) at `now`. Once decided, the answer never changes.
+    pub fn stop_if_due(&self, now: Instant) -> Option<StopReason> {
+        if let Some((reason, _)) = self.stopped.get() {
+            return Some(*reason);
+        }
+        let reason = self.check(now)?;
+        // Another path may have decided in between: its stop stands.
+        let _ = self.stopped.set((reason, now));
+        self.stopped.get().map(|(reason, _)| *reason)
+    }
+
+    /// The decided stop and the instant it was decided at.
+    pub fn stopped(&self) -> Option<(StopReason, Instant)> {
+        self.stopped.get().copied()
+    }
+
+    /// The nearer of the two deadlines.
+    pub fn next_deadline(&self) -> Instant {
+        self.wall_deadline.min(self.idle_deadline())
+    }
+
+    /// Whether a deadline or a cancel says stop at `now`: a cancel first,
+    /// then the wall deadline, then the idle deadline. Decides nothing.
     pub fn check(&self, now: Instant) -> Option<StopReason> {
         if self.cancel.is_cancelled() {
             Some(StopReason::Cancelled)
@@ -134,10 +166,10 @@ impl AttemptClock {
     pub async fn watch(&self) -> StopReason {
         loop {
             let now = Instant::now();
-            if let Some(reason) = self.check(now) {
+            if let Some(reason) = self.stop_if_due(now) {
                 return reason;
             }
-            let next = self.wall_deadline.min(self.idle_deadline());
+            let next = self.next_deadline();
             let near = next.saturating_duration_since(now) <= NEAR_DEADLINE;
             match &self.ticks {
                 Some(ticks) if near => {
@@ -164,6 +196,15 @@ impl AttemptClock {
                     }
                 }
             }
+        }
+    }
+}
+
+impl DeadlineCheck for AttemptClock {
+    fn check_at(&self, now: Instant) -> Option<Instant> {
+        match self.stop_if_due(now) {
+            Some(_) => None,
+            None => Some(self.next_deadline()),
         }
     }
 }
@@ -234,5 +275,42 @@ mod tests {
             .expect("cancel stops the watch");
         canceller.await.expect("canceller task");
         assert_eq!(reason, StopReason::Cancelled);
+    }
+
+    #[test]
+    fn a_deadline_is_decided_on_time_while_every_async_thread_is_busy() {
+        use crate::engine::{engine_config, EpochTicker};
+        let settings = stepd_settings::RuntimeSettings::default();
+        let engine = wasmtime::Engine::new(&engine_config(&settings).expect("config")).expect("engine");
+        let ticker = EpochTicker::start(&engine, Duration::from_millis(10)).expect("ticker");
+        let (clock, _activity, _cancel) = clock(30, 10_000);
+        let clock = Arc::new(clock.with_ticks(ticker.ticks()));
+        let board = Arc::downgrade(&clock) as std::sync::Weak<dyn DeadlineCheck>;
+        let _watch = ticker.ticks().watch_deadlines(board, clock.next_deadline());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            // The only async thread is held well past the deadline, as by
+            // a thousand spinning guests: the watch runs 200 ms late.
+            std::thread::sleep(Duration::from_millis(200));
+            assert_eq!(clock.watch().await, StopReason::WallTimeout);
+        });
+        let (reason, at) = clock.stopped().expect("a decided stop");
+        assert_eq!(reason, StopReason::WallTimeout);
+        let late = at.saturating_duration_since(clock.wall_deadline());
+        assert!(late < Duration::from_millis(20), "decided {late:?} after the deadline");
+    }
+
+    #[test]
+    fn a_decided_stop_stands_whatever_comes_after() {
+        let (clock, activity, cancel) = clock(10, 10_000);
+        let later = activity.started() + Duration::from_millis(20);
+        assert_eq!(clock.stop_if_due(activity.started()), None);
+        assert_eq!(clock.stop_if_due(later), Some(StopReason::WallTimeout));
+        cancel.cancel();
+        assert_eq!(clock.stop_if_due(later), Some(StopReason::WallTimeout));
+        assert_eq!(clock.stopped(), Some((StopReason::WallTimeout, later)));
     }
 }

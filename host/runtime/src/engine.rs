@@ -1,10 +1,10 @@
 //! The one wasmtime [`Engine`] a process runs every attempt on, and the
-//! epoch ticker that drives deadline checks.
+//! epoch ticker that drives deadline checks and decides deadlines on time.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use wasmtime::{Cache, CacheConfig, Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -76,24 +76,112 @@ pub fn engine_config(settings: &RuntimeSettings) -> wasmtime::Result<Config> {
 }
 
 /// What the epoch ticker shares with the attempts: its period, a signal on
-/// every tick, and the instants it must also fire at between its regular
-/// ticks. An attempt whose deadline falls within the next tick registers
-/// it ([`Ticks::wake_at`]), so a CPU-bound guest is interrupted at its
+/// every tick, the instants it must also fire at between its regular
+/// ticks, and the attempts' deadlines it decides itself.
+///
+/// An attempt whose deadline falls within the next tick registers it
+/// ([`Ticks::wake_at`]), so a CPU-bound guest is interrupted at its
 /// deadline rather than at the next whole tick (up to a tick late), and a
 /// watch waiting on a blocked guest wakes on it too. Bounded: registrations
 /// past [`MAX_PENDING_WAKES`] are dropped, and the regular tick still stops
 /// the attempt.
-#[derive(Debug)]
+///
+/// Every attempt also puts its deadlines on the ticker's board
+/// ([`Ticks::watch_deadlines`]): the ticker thread decides the stop at the
+/// deadline itself, so the decision does not wait for the attempt's task to
+/// get an async thread (behind a thousand spinning guests on two cores,
+/// that wait is hundreds of milliseconds). A guest stopped that way runs
+/// no more code: its task's watch and its epoch callback both answer the
+/// decided stop first.
 pub struct Ticks {
     period: Duration,
     signal: tokio::sync::Notify,
-    wakes: Mutex<BinaryHeap<Reverse<Instant>>>,
+    schedule: Mutex<Schedule>,
     changed: Condvar,
+}
+
+impl std::fmt::Debug for Ticks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticks")
+            .field("period", &self.period)
+            .finish_non_exhaustive()
+    }
 }
 
 /// At most this many pending wakes (an attempt registers one or two, only
 /// in the last tick before a deadline).
 const MAX_PENDING_WAKES: usize = 1 << 16;
+
+/// An attempt's deadlines as the ticker thread checks them
+/// (`AttemptClock` in host/runtime/src/deadline.rs). Called with the
+/// ticker's schedule locked: it must not call back into [`Ticks`].
+pub trait DeadlineCheck: Send + Sync {
+    /// Decide the stop if a deadline passed at `now`, and return `None`
+    /// (nothing left to watch); else the instant to check again (output
+    /// may have moved the idle deadline).
+    fn check_at(&self, now: Instant) -> Option<Instant>;
+}
+
+/// The ticker's instants: its extra wakes, and the attempts' deadlines,
+/// each attempt's under one id so its [`DeadlineWatch`] can take it off.
+#[derive(Default)]
+struct Schedule {
+    wakes: BinaryHeap<Reverse<Instant>>,
+    deadlines: BTreeMap<(Instant, u64), Weak<dyn DeadlineCheck>>,
+    deadline_of: HashMap<u64, Instant>,
+    next_id: u64,
+}
+
+impl Schedule {
+    /// The earliest instant anything is due.
+    fn first(&self) -> Option<Instant> {
+        let wake = self.wakes.peek().map(|Reverse(at)| *at);
+        let deadline = self.deadlines.first_key_value().map(|((at, _), _)| *at);
+        match (wake, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Drop the wakes due at `now` and check the deadlines due, putting
+    /// back those whose attempt goes on.
+    fn fire_due(&mut self, now: Instant) {
+        while self.wakes.peek().is_some_and(|Reverse(first)| *first <= now) {
+            self.wakes.pop();
+        }
+        while let Some(entry) = self.deadlines.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let ((_, id), check) = entry.remove_entry();
+            match check.upgrade().and_then(|check| check.check_at(now)) {
+                Some(next) => {
+                    self.deadlines.insert((next, id), check);
+                    self.deadline_of.insert(id, next);
+                }
+                None => {
+                    self.deadline_of.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+/// An attempt's place on the ticker's deadline board; dropping it (at the
+/// attempt's teardown) takes the attempt off.
+pub struct DeadlineWatch {
+    ticks: Arc<Ticks>,
+    id: u64,
+}
+
+impl Drop for DeadlineWatch {
+    fn drop(&mut self) {
+        let mut schedule = self.ticks.lock_schedule();
+        if let Some(at) = schedule.deadline_of.remove(&self.id) {
+            schedule.deadlines.remove(&(at, self.id));
+        }
+    }
+}
 
 impl Ticks {
     /// The ticker's regular period.
@@ -106,16 +194,40 @@ impl Ticks {
         self.signal.notified()
     }
 
+    fn lock_schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.schedule.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Fire a tick at `at` (no later than the regular tick after it).
     pub fn wake_at(&self, at: Instant) {
-        let mut wakes = self.wakes.lock().unwrap_or_else(PoisonError::into_inner);
-        if wakes.len() >= MAX_PENDING_WAKES {
+        let mut schedule = self.lock_schedule();
+        if schedule.wakes.len() >= MAX_PENDING_WAKES {
             return;
         }
-        let earlier = wakes.peek().is_none_or(|Reverse(first)| at < *first);
-        wakes.push(Reverse(at));
+        let earlier = schedule.first().is_none_or(|first| at < first);
+        schedule.wakes.push(Reverse(at));
         if earlier {
             self.changed.notify_one();
+        }
+    }
+
+    /// Have the ticker thread check `check` at `first` (its nearer
+    /// deadline) and at each instant it answers after, until it is
+    /// stopped or the returned watch is dropped. One entry per attempt,
+    /// taken off at its teardown: the board holds only running attempts.
+    pub fn watch_deadlines(self: &Arc<Self>, check: Weak<dyn DeadlineCheck>, first: Instant) -> DeadlineWatch {
+        let mut schedule = self.lock_schedule();
+        let id = schedule.next_id;
+        schedule.next_id += 1;
+        let earlier = schedule.first().is_none_or(|earliest| first < earliest);
+        schedule.deadlines.insert((first, id), check);
+        schedule.deadline_of.insert(id, first);
+        if earlier {
+            self.changed.notify_one();
+        }
+        DeadlineWatch {
+            ticks: self.clone(),
+            id,
         }
     }
 }
@@ -139,7 +251,7 @@ impl EpochTicker {
         let ticks = Arc::new(Ticks {
             period: tick,
             signal: tokio::sync::Notify::new(),
-            wakes: Mutex::default(),
+            schedule: Mutex::default(),
             changed: Condvar::new(),
         });
         let thread = {
@@ -165,25 +277,25 @@ impl EpochTicker {
 
 /// The ticker thread: tick on an absolute schedule (a wait that overshoots
 /// shortens the next one instead of drifting), and also at each registered
-/// wake.
+/// wake and each attempt deadline on the board, deciding those first.
 fn tick_until_stopped(engine: &Engine, stop: &AtomicBool, ticks: &Ticks) {
     let mut next_tick = Instant::now() + ticks.period;
-    let mut wakes = ticks.wakes.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut schedule = ticks.lock_schedule();
     while !stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let due = wakes.peek().map_or(next_tick, |Reverse(first)| next_tick.min(*first));
+        let due = schedule.first().map_or(next_tick, |first| next_tick.min(first));
         if due > now {
-            wakes = ticks
+            schedule = ticks
                 .changed
-                .wait_timeout(wakes, due - now)
+                .wait_timeout(schedule, due - now)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
             continue;
         }
-        while wakes.peek().is_some_and(|Reverse(first)| *first <= now) {
-            wakes.pop();
-        }
-        drop(wakes);
+        schedule.fire_due(now);
+        drop(schedule);
+        // A guest on a thread now meets its decided stop at its next epoch
+        // check; a watch waiting on a blocked guest wakes.
         engine.increment_epoch();
         ticks.signal.notify_waiters();
         if now >= next_tick {
@@ -194,7 +306,7 @@ fn tick_until_stopped(engine: &Engine, stop: &AtomicBool, ticks: &Ticks) {
                 next_tick = now + ticks.period;
             }
         }
-        wakes = ticks.wakes.lock().unwrap_or_else(PoisonError::into_inner);
+        schedule = ticks.lock_schedule();
     }
 }
 
@@ -202,7 +314,7 @@ impl Drop for EpochTicker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         // Taking the lock orders the store before the thread's next check.
-        drop(self.ticks.wakes.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(self.ticks.lock_schedule());
         self.ticks.changed.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

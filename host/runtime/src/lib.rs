@@ -384,6 +384,8 @@ impl Runtime {
         let http = self.outbound_http(request.grants.http.clone(), &activity)?;
         let http_log = http.shared_log();
         let mut store = self.attempt_store(wasi, http, &output, memory_limit, fuel, &clock)?;
+        let board = Arc::downgrade(&clock) as std::sync::Weak<dyn engine::DeadlineCheck>;
+        let deadlines = self.ticker.ticks().watch_deadlines(board, clock.next_deadline());
 
         let result = {
             let call = async {
@@ -396,12 +398,14 @@ impl Runtime {
                 result = call => Ok(result),
             }
         };
-        let stopped_at = Instant::now();
+        let returned_at = Instant::now();
+        drop(deadlines);
         let fuel_consumed = fuel.and_then(|budget| store.get_fuel().ok().map(|left| budget.saturating_sub(left)));
         // Teardown: nothing of the guest survives its store.
         drop(store);
         drop(descriptors);
         drop(slot);
+        let torn_down_at = Instant::now();
 
         let outcome = match result {
             Err(reason) => stop_outcome(reason),
@@ -412,6 +416,16 @@ impl Runtime {
             Ok(Ok(Err(err))) => guest_error_outcome(err),
             Ok(Err(trap)) => trap_outcome(&trap, self.descriptors.per_attempt(), self.store_counts().instances),
         };
+        // A stop counts from when it was decided (perhaps by the ticker,
+        // while this task waited for a thread): the guest ran nothing after.
+        let decided_at = match &outcome {
+            AttemptOutcome::WallTimeout | AttemptOutcome::IdleTimeout | AttemptOutcome::Cancelled => {
+                Some(clock.stopped().map_or(returned_at, |(_, at)| at))
+            }
+            _ => None,
+        };
+        let stopped_at = decided_at.unwrap_or(returned_at);
+        let teardown_after_stop_seconds = decided_at.map(|at| torn_down_at.saturating_duration_since(at).as_secs_f64());
         let deadline_overrun_seconds = match &outcome {
             AttemptOutcome::WallTimeout => Some(clock.wall_deadline()),
             AttemptOutcome::IdleTimeout => Some(clock.idle_deadline()),
@@ -428,6 +442,7 @@ impl Runtime {
             idle_seconds: stopped_at.saturating_duration_since(activity.last()).as_secs_f64(),
             fuel_consumed,
             deadline_overrun_seconds,
+            teardown_after_stop_seconds,
             output: output.snapshot(),
             http,
         })

@@ -184,7 +184,8 @@ impl std::fmt::Display for AttemptOutcome {
 pub struct AttemptReport {
     /// How it ended.
     pub outcome: AttemptOutcome,
-    /// From the start of instantiation until the instance was dropped.
+    /// From the start of instantiation until the guest returned or was
+    /// stopped (the stop's decision, for a stopped attempt).
     pub wall_clock_seconds: f64,
     /// Time since the last output or progress when the attempt ended.
     pub idle_seconds: f64,
@@ -193,6 +194,12 @@ pub struct AttemptReport {
     /// For a wall or idle stop: how long after the deadline the guest was
     /// stopped (the precision of the deadline machinery).
     pub deadline_overrun_seconds: Option<f64>,
+    /// For a stopped attempt: from the stop's decision to the instance's
+    /// teardown. The stop may be decided by the epoch ticker while the
+    /// attempt's task waits for an async thread; the guest runs nothing in
+    /// between, but its memory is held until then.
+    #[serde(default)]
+    pub teardown_after_stop_seconds: Option<f64>,
     /// What the guest wrote.
     pub output: CapturedOutput,
     /// The HTTP requests it made, allowed and denied.
@@ -209,6 +216,7 @@ impl AttemptReport {
             idle_seconds: 0.0,
             fuel_consumed: None,
             deadline_overrun_seconds: None,
+            teardown_after_stop_seconds: None,
             output: crate::CapturedOutput::default(),
             http: crate::HttpLog::default(),
         }

@@ -10,6 +10,7 @@
 
 mod artifacts;
 mod control;
+pub mod crashpoint;
 mod jobs;
 mod records;
 mod schema;

@@ -8,6 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use super::artifacts::{apply_artifact_change, ArtifactChange};
+use super::crashpoint::hold_before_commit;
 use super::jobs::JobEnding;
 use super::{db, now_ms, u32_col, Store, StoreError};
 use stepd_records::events::{Event, HttpRequestRecord};
@@ -266,6 +267,9 @@ impl Store {
             Some(ending) => self.finish_in(&mut tx, job_id, owner, ending).await?,
             None => false,
         };
+        if batch.checkpoint.is_some() {
+            hold_before_commit("step_end").await;
+        }
         tx.commit().await.map_err(db("record progress"))?;
         Ok(ProgressWritten {
             checkpoint_kept: kept,

@@ -518,10 +518,9 @@ impl Workspace {
                     // every time, whether or not it reported a change.
                     let mut must_list = HashSet::new();
                     for dir in dirty.into_iter().chain(self.linked.iter().cloned()) {
-                        let mut end = dir.len();
-                        while end > 0 {
-                            end = dir[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
-                            if !must_list.insert(dir[..end].to_vec()) {
+                        for ancestor in relpath::ancestors(&dir) {
+                            // Its own ancestors are already in.
+                            if !must_list.insert(ancestor.to_vec()) {
                                 break;
                             }
                         }

@@ -18,3 +18,29 @@ pub(crate) fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
     path.extend_from_slice(name);
     path
 }
+
+/// The directories holding `path`, nearest first, ending with the root
+/// (`""`); none for the root itself.
+pub(crate) fn ancestors(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut end = path.len();
+    std::iter::from_fn(move || {
+        if end == 0 {
+            return None;
+        }
+        end = path[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
+        Some(&path[..end])
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ancestors;
+
+    #[test]
+    fn ancestors_run_from_the_nearest_directory_to_the_root() {
+        let of = |path: &'static [u8]| ancestors(path).collect::<Vec<_>>();
+        assert_eq!(of(b"a/b/c"), [&b"a/b"[..], b"a", b""]);
+        assert_eq!(of(b"a"), [&b""[..]]);
+        assert!(of(b"").is_empty());
+    }
+}

@@ -22,6 +22,7 @@ use git2::{ObjectType, Odb, Oid};
 
 use super::cache::{now_ns, CachedDir, CachedFile, FileStat, StatCache, MODE_LINK, MODE_TREE};
 use super::changes::ChangeTracker;
+use super::relpath::ancestors;
 use super::scan::{self, Entry, Kind, Plan, Scan};
 use super::{display_path, Quota, SnapshotStats, WorkspaceError};
 
@@ -186,10 +187,7 @@ fn snapshot_as(source: &Source<'_, '_>, cache: &mut StatCache, plan: &Plan) -> R
 /// it left unlisted (and is still there) rather than in a listed directory
 /// that no longer holds it: the nearest ancestor that is either decides.
 fn beneath_unlisted(path: &[u8], listed: &HashSet<&[u8]>, reused: &HashSet<Vec<u8>>) -> bool {
-    let mut end = path.len();
-    while end > 0 {
-        end = path[..end].iter().rposition(|&b| b == b'/').unwrap_or(0);
-        let ancestor = &path[..end];
+    for ancestor in ancestors(path) {
         if reused.contains(ancestor) {
             return true;
         }
