@@ -88,6 +88,63 @@ async fn twenty_jobs_claimed_by_four_racing_workers_are_each_claimed_once() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_submits_at_once_each_get_their_own_answer_and_a_taken_id_only_fails_itself() {
+    for db in TestDb::both().await {
+        let store = db.open().await;
+        submit(&store, "taken", 1).await;
+        // Submits waiting together share a commit on SQLite: among them,
+        // a taken id and an id submitted twice at once.
+        let ids: Vec<String> = (0..100)
+            .map(|i| match i {
+                10 => "taken".to_owned(),
+                20 | 21 => "twice".to_owned(),
+                _ => format!("burst-{i:03}"),
+            })
+            .collect();
+        let answers = futures_util::future::join_all(ids.iter().map(|id| {
+            let store = store.clone();
+            let job = NewJob {
+                id: id.clone(),
+                payload: payload(&["one"]),
+                resolved: None,
+                max_attempts: 1,
+            };
+            async move { store.insert_announced_job(&job).await }
+        }))
+        .await;
+        let mut created = 0;
+        let mut duplicates = Vec::new();
+        for (id, answer) in ids.iter().zip(answers) {
+            match answer {
+                Ok(record) => {
+                    assert_eq!(&record.id, id, "{}", db.kind());
+                    assert_eq!(record.status, JobState::Queued, "{}", db.kind());
+                    created += 1;
+                }
+                Err(stepd_store::StoreError::DuplicateJob(taken)) => duplicates.push(taken),
+                Err(e) => panic!("{}: submit {id}: {e}", db.kind()),
+            }
+        }
+        duplicates.sort();
+        assert_eq!(duplicates, ["taken", "twice"], "{}", db.kind());
+        assert_eq!(created, 98, "{}", db.kind());
+        // Every 201 is a row, and no refused submit left one.
+        for id in ids.iter().filter(|id| id.starts_with("burst-")) {
+            assert!(store.get_job(id).await.expect("get").is_some(), "{}: {id}", db.kind());
+        }
+        // The refused submit changed nothing of the job that had the id.
+        let taken = store.get_job("taken").await.expect("get").expect("the first");
+        let steps = taken.payload["task"]["steps"].as_array().map_or(0, Vec::len);
+        assert_eq!(steps, 2, "{}: {}", db.kind(), taken.payload);
+        // Announced as inserted (the embedded dispatcher's submit).
+        let burst = store.get_job("burst-000").await.expect("get").expect("a burst job");
+        assert!(burst.published_at.is_some(), "{}", db.kind());
+        store.close().await;
+        db.drop_now().await;
+    }
+}
+
 /// The job's last event as a worker records it.
 fn succeeded(job_id: &str) -> EventRecord {
     EventRecord {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::{Any, Row, Transaction};
 
 use super::{db, duration_ms, opt_u32, u32_col, JobRecord, JobState, Store, StoreError};
 
@@ -185,45 +185,67 @@ impl Store {
     /// Add a queued job, claimable at once. No event: a job's log starts
     /// with the first `task.job.started` a worker records.
     pub async fn insert_job(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
-        self.insert(job, "NULL").await
+        self.insert(job, false).await
     }
 
     /// [`Store::insert_job`] for a dispatcher whose announcement cannot
     /// fail (the embedded one): the job is marked announced as it is
     /// inserted, saving [`Store::mark_announced`]'s write.
     pub async fn insert_announced_job(&self, job: &NewJob) -> Result<JobRecord, StoreError> {
-        self.insert(job, "{now}").await
+        self.insert(job, true).await
     }
 
-    /// In an explicit transaction, answered only once its commit is: on
-    /// PostgreSQL, sqlx's Any driver hands back the row of an `INSERT …
-    /// RETURNING` before the statement's implicit commit, and a connection
-    /// cut between the two answered a `201` for a job that never existed
-    /// (`tests/tests/store_outage.rs` caught it once).
-    async fn insert(&self, job: &NewJob, published_at: &str) -> Result<JobRecord, StoreError> {
-        let live = serde_json::to_string(&LiveControl::default()).unwrap_or_default();
+    /// Answered only once its commit is: in a group with the other submits
+    /// waiting (SQLite, host/store/src/submits.rs), or alone.
+    async fn insert(&self, job: &NewJob, announced: bool) -> Result<JobRecord, StoreError> {
+        if let Some(groups) = &self.submits {
+            if let Some(answer) = groups.submit(job.clone(), announced).await {
+                return answer;
+            }
+        }
+        self.insert_alone(job, announced).await
+    }
+
+    /// One submit in its own explicit transaction, answered after the
+    /// commit: on PostgreSQL, sqlx's Any driver hands back the row of an
+    /// `INSERT … RETURNING` before the statement's implicit commit, and a
+    /// connection cut between the two answered a `201` for a job that never
+    /// existed (`tests/tests/store_outage.rs` caught it once).
+    pub(super) async fn insert_alone(&self, job: &NewJob, announced: bool) -> Result<JobRecord, StoreError> {
         let mut tx = self.durable.begin().await.map_err(db("insert job"))?;
-        let result = sqlx::query(&self.with_now(&format!(
+        let record = self
+            .insert_in(&mut tx, job, announced)
+            .await?
+            .ok_or_else(|| StoreError::DuplicateJob(job.id.clone()))?;
+        tx.commit().await.map_err(db("insert job"))?;
+        Ok(record)
+    }
+
+    /// Insert `job` inside `tx`; `None` when its id is taken (which leaves
+    /// the transaction usable for the others of a group).
+    pub(super) async fn insert_in(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        job: &NewJob,
+        announced: bool,
+    ) -> Result<Option<JobRecord>, StoreError> {
+        let live = serde_json::to_string(&LiveControl::default()).unwrap_or_default();
+        let published_at = if announced { "{now}" } else { "NULL" };
+        let rows = sqlx::query(&self.with_now(&format!(
             "INSERT INTO jobs (id, status, attempt, max_attempts, next_attempt_at, payload, resolved, live_control, \
              created_at, updated_at, published_at) \
-             VALUES ($1, 'queued', 1, $2, {{now}}, $3, $4, $5, {{now}}, {{now}}, {published_at}) RETURNING {JOB_COLUMNS}",
+             VALUES ($1, 'queued', 1, $2, {{now}}, $3, $4, $5, {{now}}, {{now}}, {published_at}) \
+             ON CONFLICT (id) DO NOTHING RETURNING {JOB_COLUMNS}",
         )))
         .bind(&job.id)
         .bind(i64::from(job.max_attempts))
         .bind(job.payload.to_string())
         .bind(job.resolved.as_ref().map(serde_json::Value::to_string))
         .bind(live)
-        .fetch_one(&mut *tx)
-        .await;
-        match result {
-            Ok(row) => {
-                let job = decode_job(&row)?;
-                tx.commit().await.map_err(db("insert job"))?;
-                Ok(job)
-            }
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(StoreError::DuplicateJob(job.id.clone())),
-            Err(e) => Err(db("insert job")(e)),
-        }
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db("insert job"))?;
+        rows.first().map(decode_job).transpose()
     }
 
     /// One job, or `None`.

@@ -14,6 +14,7 @@ pub mod crashpoint;
 mod jobs;
 mod records;
 mod schema;
+mod submits;
 
 use std::sync::Once;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -229,6 +230,8 @@ pub struct Store {
     /// Writes a caller was promised are kept (submit, operator control).
     durable: AnyPool,
     backend: Backend,
+    /// SQLite's submits, committed in groups (`submits.rs`).
+    submits: Option<submits::SubmitGroups>,
 }
 
 /// How SQLite commits reach the disk (WAL mode). `Normal` flushes the log
@@ -313,8 +316,16 @@ impl Store {
             Backend::Sqlite => connect(url, backend, Synchronous::Full).await?,
             Backend::Postgres => pool.clone(),
         };
-        let store = Store { pool, durable, backend };
+        let mut store = Store {
+            pool,
+            durable,
+            backend,
+            submits: None,
+        };
         store.migrate().await?;
+        if backend == Backend::Sqlite {
+            store.submits = submits::SubmitGroups::start(store.clone());
+        }
         Ok(store)
     }
 

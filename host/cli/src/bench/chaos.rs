@@ -346,6 +346,7 @@ async fn campaign(
         workers: 1,
         serve_workers: 0,
         data_dir: None,
+        concurrency: None,
     })
     .await?;
     let (wanted, job_time) = reference(&d, repo).await?;
@@ -415,6 +416,7 @@ async fn restart_campaign(args: &ChaosBenchArgs, url: &str, repo: &Path, seed: u
         workers: 2,
         serve_workers: 0,
         data_dir: None,
+        concurrency: None,
     })
     .await?;
     let plan = Restarts {

@@ -121,6 +121,9 @@ pub(crate) struct DeployOptions<'a> {
     /// Where the processes keep their data (the SQLite store, workspaces,
     /// artifacts); default: the deployment's scratch directory.
     pub data_dir: Option<&'a Path>,
+    /// Jobs each worker process (and the server's workers) runs at once
+    /// (`--concurrency`); `None`: their default, the cores.
+    pub concurrency: Option<usize>,
 }
 
 /// A `stepd serve` (API only) and its `stepd worker` processes, in a
@@ -131,6 +134,8 @@ pub(crate) struct Deployment {
     dir: tempfile::TempDir,
     _server: Proc,
     pub(crate) workers: Vec<Proc>,
+    /// `--concurrency N` for every process that runs workers, or nothing.
+    concurrency: Vec<String>,
     /// The `/metrics` of every process that runs workers.
     metrics: Vec<String>,
     http: reqwest::Client,
@@ -173,11 +178,13 @@ impl Deployment {
             ));
         }
         let serve_workers = options.serve_workers.to_string();
-        let server = Proc::spawn(
-            &["serve", "--listen", "127.0.0.1:0", "--workers", &serve_workers],
-            &env,
-            dir.path(),
-        )?;
+        let concurrency: Vec<String> = options
+            .concurrency
+            .map(|n| vec!["--concurrency".to_owned(), n.to_string()])
+            .unwrap_or_default();
+        let mut serve_args = vec!["serve", "--listen", "127.0.0.1:0", "--workers", &serve_workers];
+        serve_args.extend(concurrency.iter().map(String::as_str));
+        let server = Proc::spawn(&serve_args, &env, dir.path())?;
         let line = server.wait_for("stepd serving http://")?;
         let url = line
             .split_whitespace()
@@ -196,6 +203,7 @@ impl Deployment {
             dir,
             _server: server,
             workers: Vec::new(),
+            concurrency,
             http: reqwest::Client::new(),
         };
         for _ in 0..options.workers {
@@ -228,11 +236,9 @@ impl Deployment {
 
     /// Start one more `stepd worker`.
     pub(crate) fn add_worker(&mut self) -> anyhow::Result<()> {
-        let worker = Proc::spawn(
-            &["worker", "--metrics-listen", "127.0.0.1:0"],
-            &self.env,
-            self.dir.path(),
-        )?;
+        let mut args = vec!["worker", "--metrics-listen", "127.0.0.1:0"];
+        args.extend(self.concurrency.iter().map(String::as_str));
+        let worker = Proc::spawn(&args, &self.env, self.dir.path())?;
         let line = worker.wait_for("stepd worker metrics on http://")?;
         let metrics = line
             .split_whitespace()

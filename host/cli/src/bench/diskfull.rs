@@ -70,6 +70,7 @@ pub(crate) async fn disk_fills_mid_job(plugins: &Path, small_fs: &Path, repo: &P
         workers: 1,
         serve_workers: 0,
         data_dir: Some(&data),
+        concurrency: None,
     })
     .await?;
     let free = free_bytes(&data)?;

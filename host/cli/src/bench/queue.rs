@@ -30,6 +30,9 @@ pub struct QueueBenchArgs {
     /// Jobs run one at a time first, for the single-job latency.
     #[arg(long, default_value_t = 20)]
     pub alone: usize,
+    /// Jobs each process's workers run at once; default: the cores.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
     /// The services and plugins.
     #[command(flatten)]
     pub services: ServicesArgs,
@@ -228,6 +231,7 @@ fn deploy_options<'a>(
         workers,
         serve_workers,
         data_dir: None,
+        concurrency: args.concurrency,
     }
 }
 
@@ -247,9 +251,13 @@ pub async fn run_queue_bench(args: &QueueBenchArgs) -> anyhow::Result<()> {
             plugin.display()
         )
     })?;
+    let at_once = args.concurrency.map_or_else(
+        || "as many jobs at once as there are cores".to_owned(),
+        |n| format!("{n} jobs at once"),
+    );
     println!(
         "stepd bench queue: per run, {} one-step jobs one at a time, then {} submitted at once ({SUBMITTERS} in flight); \
-         times from the store's clock; workers run as many jobs at once as there are cores; lease 2 s, heartbeat 200 ms, sweep 200 ms",
+         times from the store's clock; workers run {at_once}; lease 2 s, heartbeat 200 ms, sweep 200 ms",
         args.alone, args.jobs
     );
     println!(
