@@ -48,22 +48,28 @@ async fn wait_all_ended(store: &Store, ids: &[String], timeout: Duration) {
     }
 }
 
-/// Every job succeeded, and its events are 1..n, ending with its success.
+/// Job `id` succeeded, and its events are 1..n, ending with its one
+/// success.
+async fn assert_succeeded_with_gap_free_events(store: &Store, id: &str) {
+    let job = store.get_job(id).await.expect("get job").expect("the job");
+    assert_eq!(job.status, JobState::Succeeded, "job {id}: {:?}", job.last_error);
+    let events = store.events_after(id, 0, 10_000).await.expect("events");
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    let expected: Vec<i64> = (1..=i64::try_from(events.len()).expect("count")).collect();
+    assert_eq!(seqs, expected, "job {id}: events numbered with a gap or twice");
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(names.last(), Some(&"task.job.succeeded"), "job {id}: {names:?}");
+    assert_eq!(
+        names.iter().filter(|n| **n == "task.job.succeeded").count(),
+        1,
+        "job {id}: {names:?}"
+    );
+}
+
+/// Every one-step job succeeded with gap-free events and one checkpoint.
 async fn assert_intact(store: &Store, ids: &[String]) {
     for id in ids {
-        let job = store.get_job(id).await.expect("get job").expect("the job");
-        assert_eq!(job.status, JobState::Succeeded, "job {id}: {:?}", job.last_error);
-        let events = store.events_after(id, 0, 10_000).await.expect("events");
-        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-        let expected: Vec<i64> = (1..=i64::try_from(events.len()).expect("count")).collect();
-        assert_eq!(seqs, expected, "job {id}: events numbered with a gap or twice");
-        let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
-        assert_eq!(names.last(), Some(&"task.job.succeeded"), "job {id}: {names:?}");
-        assert_eq!(
-            names.iter().filter(|n| **n == "task.job.succeeded").count(),
-            1,
-            "job {id}: {names:?}"
-        );
+        assert_succeeded_with_gap_free_events(store, id).await;
         let checkpoints = store.checkpoints(id).await.expect("checkpoints");
         assert_eq!(checkpoints.len(), 1, "job {id}: one step, one checkpoint");
     }
@@ -143,19 +149,7 @@ async fn a_worker_killed_inside_its_step_end_transaction_leaves_the_job_intact()
 
         cluster.spawn_worker();
         wait_all_ended(&store, std::slice::from_ref(&id), Duration::from_secs(120)).await;
-        let job = store.get_job(&id).await.expect("get job").expect("the job");
-        assert_eq!(job.status, JobState::Succeeded, "{mode:?}: {:?}", job.last_error);
-        let events = store.events_after(&id, 0, 10_000).await.expect("events");
-        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-        let expected: Vec<i64> = (1..=i64::try_from(events.len()).expect("count")).collect();
-        assert_eq!(seqs, expected, "{mode:?}: events numbered with a gap or twice");
-        let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
-        assert_eq!(names.last(), Some(&"task.job.succeeded"), "{mode:?}: {names:?}");
-        assert_eq!(
-            names.iter().filter(|n| **n == "task.job.succeeded").count(),
-            1,
-            "{mode:?}: {names:?}"
-        );
+        assert_succeeded_with_gap_free_events(&store, &id).await;
         // The held batch's checkpoint went with it: the worker that took
         // over ran step one again, and each step has one checkpoint.
         let checkpoints = store.checkpoints(&id).await.expect("checkpoints");
