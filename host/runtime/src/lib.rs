@@ -416,33 +416,18 @@ impl Runtime {
             Ok(Ok(Err(err))) => guest_error_outcome(err),
             Ok(Err(trap)) => trap_outcome(&trap, self.descriptors.per_attempt(), self.store_counts().instances),
         };
-        // A stop counts from when it was decided (perhaps by the ticker,
-        // while this task waited for a thread): the guest ran nothing after.
-        let decided_at = match &outcome {
-            AttemptOutcome::WallTimeout | AttemptOutcome::IdleTimeout | AttemptOutcome::Cancelled => {
-                Some(clock.stopped().map_or(returned_at, |(_, at)| at))
-            }
-            _ => None,
-        };
-        let stopped_at = decided_at.unwrap_or(returned_at);
-        let teardown_after_stop_seconds = decided_at.map(|at| torn_down_at.saturating_duration_since(at).as_secs_f64());
-        let deadline_overrun_seconds = match &outcome {
-            AttemptOutcome::WallTimeout => Some(clock.wall_deadline()),
-            AttemptOutcome::IdleTimeout => Some(clock.idle_deadline()),
-            _ => None,
-        }
-        .map(|deadline| stopped_at.saturating_duration_since(deadline).as_secs_f64());
+        let end = AttemptEnd::of(&outcome, &clock, returned_at, torn_down_at);
         let http = http_log
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
         Ok(AttemptReport {
             outcome,
-            wall_clock_seconds: stopped_at.duration_since(started).as_secs_f64(),
-            idle_seconds: stopped_at.saturating_duration_since(activity.last()).as_secs_f64(),
+            wall_clock_seconds: end.at.duration_since(started).as_secs_f64(),
+            idle_seconds: end.at.saturating_duration_since(activity.last()).as_secs_f64(),
             fuel_consumed,
-            deadline_overrun_seconds,
-            teardown_after_stop_seconds,
+            deadline_overrun_seconds: end.deadline_overrun_seconds,
+            teardown_after_stop_seconds: end.teardown_after_stop_seconds,
             output: output.snapshot(),
             http,
         })
@@ -533,6 +518,42 @@ impl Runtime {
             store.set_epoch_deadline(1);
         }
         Ok(store)
+    }
+}
+
+/// When an attempt ended, as its report counts it.
+struct AttemptEnd {
+    /// A stop's decision, else the call's return.
+    at: Instant,
+    /// How long after its deadline a wall or idle stop was decided.
+    deadline_overrun_seconds: Option<f64>,
+    /// How long after a stop's decision the instance was torn down.
+    teardown_after_stop_seconds: Option<f64>,
+}
+
+impl AttemptEnd {
+    /// A stop counts from when it was decided, perhaps by the epoch ticker
+    /// while the attempt's task waited for a thread: the guest ran nothing
+    /// after that.
+    fn of(outcome: &AttemptOutcome, clock: &AttemptClock, returned_at: Instant, torn_down_at: Instant) -> Self {
+        let decided_at = match outcome {
+            AttemptOutcome::WallTimeout | AttemptOutcome::IdleTimeout | AttemptOutcome::Cancelled => {
+                Some(clock.stopped().map_or(returned_at, |(_, at)| at))
+            }
+            _ => None,
+        };
+        let at = decided_at.unwrap_or(returned_at);
+        let deadline = match outcome {
+            AttemptOutcome::WallTimeout => Some(clock.wall_deadline()),
+            AttemptOutcome::IdleTimeout => Some(clock.idle_deadline()),
+            _ => None,
+        };
+        AttemptEnd {
+            at,
+            deadline_overrun_seconds: deadline.map(|deadline| at.saturating_duration_since(deadline).as_secs_f64()),
+            teardown_after_stop_seconds: decided_at
+                .map(|decided| torn_down_at.saturating_duration_since(decided).as_secs_f64()),
+        }
     }
 }
 
