@@ -137,10 +137,7 @@ impl Schedule {
     fn first(&self) -> Option<Instant> {
         let wake = self.wakes.peek().map(|Reverse(at)| *at);
         let deadline = self.deadlines.first_key_value().map(|((at, _), _)| *at);
-        match (wake, deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        wake.into_iter().chain(deadline).min()
     }
 
     /// Drop the wakes due at `now` and check the deadlines due, putting

@@ -18,6 +18,10 @@ use super::{db, JobRecord, Store, StoreError};
 /// At most this many submits share a transaction.
 const MAX_GROUP: usize = 64;
 
+/// At most this many submits wait for the writer; a submit past them waits
+/// to be queued, as it would wait for a connection without the writer.
+const MAX_QUEUED: usize = 4 * MAX_GROUP;
+
 /// One submit waiting for its group's commit.
 struct Pending {
     job: NewJob,
@@ -28,7 +32,7 @@ struct Pending {
 /// The way to the group writer of one store.
 #[derive(Debug, Clone)]
 pub(crate) struct SubmitGroups {
-    queue: mpsc::UnboundedSender<Pending>,
+    queue: mpsc::Sender<Pending>,
 }
 
 impl SubmitGroups {
@@ -37,36 +41,34 @@ impl SubmitGroups {
     /// hold its own queue open). `None` outside a runtime.
     pub(crate) fn start(store: Store) -> Option<SubmitGroups> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let (queue, waiting) = mpsc::unbounded_channel();
+        let (queue, waiting) = mpsc::channel(MAX_QUEUED);
         runtime.spawn(write_groups(store, waiting));
         Some(SubmitGroups { queue })
     }
 
     /// Submit `job` with the next group; `None` when the writer is gone
-    /// (its runtime shut down), for the caller to insert it alone. The
-    /// queue holds only submits whose callers wait on them, so it is as
-    /// bounded as the requests in flight.
+    /// (its runtime shut down), for the caller to insert it alone.
     pub(crate) async fn submit(&self, job: NewJob, announced: bool) -> Option<Result<JobRecord, StoreError>> {
         let (answer, answered) = oneshot::channel();
-        self.queue.send(Pending { job, announced, answer }).ok()?;
+        self.queue.send(Pending { job, announced, answer }).await.ok()?;
         answered.await.ok()
     }
 }
 
 /// The group writer: until every handle is dropped, take what is waiting,
 /// write it in one transaction, answer each.
-async fn write_groups(store: Store, mut waiting: mpsc::UnboundedReceiver<Pending>) {
-    while let Some(first) = waiting.recv().await {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match waiting.try_recv() {
-                Ok(next) => group.push(next),
-                Err(_) => break,
-            }
+async fn write_groups(store: Store, mut waiting: mpsc::Receiver<Pending>) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while waiting.recv_many(&mut group, MAX_GROUP).await > 0 {
+        // A submit whose caller went away before its group began is not
+        // written, as a request dropped before its insert never was.
+        group.retain(|pending| !pending.answer.is_closed());
+        if group.is_empty() {
+            continue;
         }
         match store.insert_group(&group).await {
             Ok(answers) => {
-                for (pending, answer) in group.into_iter().zip(answers) {
+                for (pending, answer) in group.drain(..).zip(answers) {
                     let _ = pending.answer.send(answer);
                 }
             }
@@ -74,7 +76,7 @@ async fn write_groups(store: Store, mut waiting: mpsc::UnboundedReceiver<Pending
             // process: no commit is left in doubt). Each goes alone, for
             // an answer of its own: one bad submit fails only itself.
             Err(_) => {
-                for pending in group {
+                for pending in group.drain(..) {
                     let answer = store.insert_alone(&pending.job, pending.announced).await;
                     let _ = pending.answer.send(answer);
                 }

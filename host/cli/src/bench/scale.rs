@@ -189,6 +189,11 @@ async fn round(
     })
 }
 
+/// A summary's p50 and p99 in milliseconds (NaN when nothing was measured).
+fn p50_p99_ms(summary: Option<&Summary>) -> (f64, f64) {
+    summary.map_or((f64::NAN, f64::NAN), |s| (s.p50 * 1e3, s.p99 * 1e3))
+}
+
 /// Run the benchmark and print its report.
 pub async fn run_scale_bench(args: &ScaleBenchArgs) -> anyhow::Result<()> {
     let base = Settings::load(None).context("reading settings")?.runtime;
@@ -204,14 +209,8 @@ pub async fn run_scale_bench(args: &ScaleBenchArgs) -> anyhow::Result<()> {
     for fuel in ["off", "on"] {
         let r = round(args, &base, fuel, workspace.path()).await?;
         for k in &r.kinds {
-            let (p50, p99) = k
-                .lateness
-                .as_ref()
-                .map_or((f64::NAN, f64::NAN), |s| (s.p50 * 1e3, s.p99 * 1e3));
-            let (down50, down99) = k
-                .torn_down
-                .as_ref()
-                .map_or((f64::NAN, f64::NAN), |s| (s.p50 * 1e3, s.p99 * 1e3));
+            let (p50, p99) = p50_p99_ms(k.lateness.as_ref());
+            let (down50, down99) = p50_p99_ms(k.torn_down.as_ref());
             println!(
                 "{:<9} {:<9} {:>7} {:>8} {:>7.2}ms {:>7.2}ms {:>12} {:>8.0} / {:>5.0} ms {:>10} MiB",
                 r.fuel,
