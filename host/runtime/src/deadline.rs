@@ -83,34 +83,12 @@ impl AttemptClock {
     }
 
     /// Also wake on the epoch ticker's `ticks` when a deadline is near, for
-    /// a stop within a tick of it rather than within tokio's rounding, and
-    /// have the ticker fire at a deadline that falls between two of its
-    /// ticks, for a stop at the deadline itself.
+    /// a stop at the deadline rather than within tokio's rounding (the
+    /// ticker fires at the deadlines on its board).
     pub fn with_ticks(self, ticks: Arc<Ticks>) -> Self {
         AttemptClock {
             ticks: Some(ticks),
             ..self
-        }
-    }
-
-    /// The epoch callback's check: stop if a deadline passed; else, when
-    /// the nearer deadline falls before the next regular tick, have the
-    /// ticker fire at it (a CPU-bound guest only notices a deadline on an
-    /// epoch change).
-    pub fn check_on_tick(&self, now: Instant) -> Option<StopReason> {
-        let reason = self.stop_if_due(now);
-        if reason.is_none() {
-            self.register_if_near(now);
-        }
-        reason
-    }
-
-    fn register_if_near(&self, now: Instant) {
-        if let Some(ticks) = &self.ticks {
-            let next = self.next_deadline();
-            if next.saturating_duration_since(now) <= ticks.period() {
-                ticks.wake_at(next);
-            }
         }
     }
 
@@ -173,12 +151,14 @@ impl AttemptClock {
             let near = next.saturating_duration_since(now) <= NEAR_DEADLINE;
             match &self.ticks {
                 Some(ticks) if near => {
-                    // Listening before registering: the tick fired at the
-                    // deadline cannot slip between the two.
+                    // Listening before checking again: the tick the board
+                    // fires at the deadline cannot slip between the two.
                     let notified = ticks.notified();
                     tokio::pin!(notified);
                     notified.as_mut().enable();
-                    ticks.wake_at(next);
+                    if let Some(reason) = self.stop_if_due(Instant::now()) {
+                        return reason;
+                    }
                     tokio::select! {
                         biased;
                         () = self.cancel.cancelled() => return StopReason::Cancelled,

@@ -1,8 +1,7 @@
 //! The one wasmtime [`Engine`] a process runs every attempt on, and the
 //! epoch ticker that drives deadline checks and decides deadlines on time.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -76,23 +75,18 @@ pub fn engine_config(settings: &RuntimeSettings) -> wasmtime::Result<Config> {
 }
 
 /// What the epoch ticker shares with the attempts: its period, a signal on
-/// every tick, the instants it must also fire at between its regular
-/// ticks, and the attempts' deadlines it decides itself.
+/// every tick, and the board of the attempts' deadlines.
 ///
-/// An attempt whose deadline falls within the next tick registers it
-/// ([`Ticks::wake_at`]), so a CPU-bound guest is interrupted at its
-/// deadline rather than at the next whole tick (up to a tick late), and a
-/// watch waiting on a blocked guest wakes on it too. Bounded: registrations
-/// past [`MAX_PENDING_WAKES`] are dropped, and the regular tick still stops
-/// the attempt.
-///
-/// Every attempt also puts its deadlines on the ticker's board
-/// ([`Ticks::watch_deadlines`]): the ticker thread decides the stop at the
-/// deadline itself, so the decision does not wait for the attempt's task to
-/// get an async thread (behind a thousand spinning guests on two cores,
-/// that wait is hundreds of milliseconds). A guest stopped that way runs
-/// no more code: its task's watch and its epoch callback both answer the
-/// decided stop first.
+/// Every attempt puts its nearer deadline on the board
+/// ([`Ticks::watch_deadlines`]), and the ticker thread fires at that
+/// instant too, between its regular ticks: it decides the stop itself and
+/// advances the epoch, so a CPU-bound guest is interrupted at its deadline
+/// rather than at the next whole tick, and a watch waiting on a blocked
+/// guest wakes. The decision does not wait for the attempt's task to get an
+/// async thread (behind a thousand spinning guests on two cores, that wait
+/// is hundreds of milliseconds). A guest stopped that way runs no more
+/// code: its task's watch and its epoch callback both answer the decided
+/// stop first.
 pub struct Ticks {
     period: Duration,
     signal: tokio::sync::Notify,
@@ -108,10 +102,6 @@ impl std::fmt::Debug for Ticks {
     }
 }
 
-/// At most this many pending wakes (an attempt registers one or two, only
-/// in the last tick before a deadline).
-const MAX_PENDING_WAKES: usize = 1 << 16;
-
 /// An attempt's deadlines as the ticker thread checks them
 /// (`AttemptClock` in host/runtime/src/deadline.rs). Called with the
 /// ticker's schedule locked: it must not call back into [`Ticks`].
@@ -122,30 +112,24 @@ pub trait DeadlineCheck: Send + Sync {
     fn check_at(&self, now: Instant) -> Option<Instant>;
 }
 
-/// The ticker's instants: its extra wakes, and the attempts' deadlines,
-/// each attempt's under one id so its [`DeadlineWatch`] can take it off.
+/// The attempts' deadlines, each attempt's under one id so its
+/// [`DeadlineWatch`] can take it off. Bounded by the attempts running.
 #[derive(Default)]
 struct Schedule {
-    wakes: BinaryHeap<Reverse<Instant>>,
     deadlines: BTreeMap<(Instant, u64), Weak<dyn DeadlineCheck>>,
     deadline_of: HashMap<u64, Instant>,
     next_id: u64,
 }
 
 impl Schedule {
-    /// The earliest instant anything is due.
+    /// The earliest deadline on the board.
     fn first(&self) -> Option<Instant> {
-        let wake = self.wakes.peek().map(|Reverse(at)| *at);
-        let deadline = self.deadlines.first_key_value().map(|((at, _), _)| *at);
-        wake.into_iter().chain(deadline).min()
+        self.deadlines.first_key_value().map(|((at, _), _)| *at)
     }
 
-    /// Drop the wakes due at `now` and check the deadlines due, putting
-    /// back those whose attempt goes on.
+    /// Check the deadlines due at `now`, putting back those whose attempt
+    /// goes on.
     fn fire_due(&mut self, now: Instant) {
-        while self.wakes.peek().is_some_and(|Reverse(first)| *first <= now) {
-            self.wakes.pop();
-        }
         while let Some(entry) = self.deadlines.first_entry() {
             if entry.key().0 > now {
                 break;
@@ -193,19 +177,6 @@ impl Ticks {
 
     fn lock_schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
         self.schedule.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Fire a tick at `at` (no later than the regular tick after it).
-    pub fn wake_at(&self, at: Instant) {
-        let mut schedule = self.lock_schedule();
-        if schedule.wakes.len() >= MAX_PENDING_WAKES {
-            return;
-        }
-        let earlier = schedule.first().is_none_or(|first| at < first);
-        schedule.wakes.push(Reverse(at));
-        if earlier {
-            self.changed.notify_one();
-        }
     }
 
     /// Have the ticker thread check `check` at `first` (its nearer
@@ -273,8 +244,8 @@ impl EpochTicker {
 }
 
 /// The ticker thread: tick on an absolute schedule (a wait that overshoots
-/// shortens the next one instead of drifting), and also at each registered
-/// wake and each attempt deadline on the board, deciding those first.
+/// shortens the next one instead of drifting), and also at each attempt
+/// deadline on the board, deciding those first.
 fn tick_until_stopped(engine: &Engine, stop: &AtomicBool, ticks: &Ticks) {
     let mut next_tick = Instant::now() + ticks.period;
     let mut schedule = ticks.lock_schedule();
@@ -323,22 +294,33 @@ impl Drop for EpochTicker {
 mod tests {
     use super::*;
 
+    /// A deadline that decides at once.
+    struct Due;
+
+    impl DeadlineCheck for Due {
+        fn check_at(&self, _now: Instant) -> Option<Instant> {
+            None
+        }
+    }
+
     #[tokio::test]
-    async fn a_registered_wake_fires_between_two_regular_ticks() {
+    async fn a_deadline_on_the_board_fires_between_two_regular_ticks() {
         let engine = Engine::new(&engine_config(&RuntimeSettings::default()).expect("config")).expect("engine");
-        // A tick far longer than the wake's distance: only the wake can be
-        // what fires in time.
+        // A tick far longer than the deadline's distance: only the board
+        // can be what fires in time.
         let ticker = EpochTicker::start(&engine, Duration::from_millis(500)).expect("ticker");
         tokio::time::sleep(Duration::from_millis(20)).await;
         let ticks = ticker.ticks();
         let notified = ticks.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
+        let due = Arc::new(Due);
         let started = Instant::now();
-        ticks.wake_at(started + Duration::from_millis(5));
+        let board = Arc::downgrade(&due) as Weak<dyn DeadlineCheck>;
+        let _watch = ticks.watch_deadlines(board, started + Duration::from_millis(5));
         tokio::time::timeout(Duration::from_millis(200), notified)
             .await
-            .expect("the wake fired well before the next regular tick");
+            .expect("the deadline fired well before the next regular tick");
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(5), "fired early: {waited:?}");
         assert!(waited < Duration::from_millis(100), "fired late: {waited:?}");

@@ -511,7 +511,7 @@ impl Runtime {
             // Every tick: stop if a deadline passed, else yield to tokio so
             // the watch (and other tasks) get to run.
             let clock = clock.clone();
-            store.epoch_deadline_callback(move |_| match clock.check_on_tick(Instant::now()) {
+            store.epoch_deadline_callback(move |_| match clock.stop_if_due(Instant::now()) {
                 Some(reason) => Err(wasmtime::Error::new(reason)),
                 None => Ok(UpdateDeadline::Yield(1)),
             });
