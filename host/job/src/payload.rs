@@ -6,8 +6,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-use stepd_plugin_file::{read_plugin_file, wasm_kind, PluginFileError, WasmKind};
+use stepd_plugin_file::{plugin_digest, PluginDigest, PluginFileError, WasmKind};
 
 use stepd_settings::{is_env_name, BaselineRoots, GrantCeiling, HttpOrigin, HttpScheme, SelfHealOverrides};
 
@@ -450,15 +449,21 @@ fn resolve_plugin(
         (Some(_), Some(_)) => return Err(payload_error(field, "give a name or a path, not both")),
         (None, None) => return Err(payload_error(field, "needs a name or a path")),
     };
-    let bytes = read_plugin_file(&file).map_err(|e| match e {
+    let digest = plugin_digest(&file).map_err(|e| match e {
         PluginFileError::Open { .. } => payload_error(field, format!("unknown plugin {label:?}: {e}")),
         other => payload_error(field, other.to_string()),
     })?;
     // Nothing derived from the bytes of a file that is not a component is
     // ever reported: a payload can name any path.
-    match wasm_kind(&bytes) {
-        Some(WasmKind::Component) => {}
-        Some(WasmKind::CoreModule) => {
+    let sha256 = match digest {
+        Some(PluginDigest {
+            kind: WasmKind::Component,
+            sha256,
+        }) => sha256,
+        Some(PluginDigest {
+            kind: WasmKind::CoreModule,
+            ..
+        }) => {
             return Err(payload_error(
                 field,
                 format!(
@@ -473,8 +478,7 @@ fn resolve_plugin(
                 format!("plugin {} is not a WebAssembly component", file.display()),
             ))
         }
-    }
-    let sha256 = hex::encode(Sha256::digest(&bytes));
+    };
     // Absolute, so the resolved job means the same file to every process
     // that runs it, whatever its working directory.
     let file = std::fs::canonicalize(&file).unwrap_or(file);

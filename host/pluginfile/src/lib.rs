@@ -8,13 +8,20 @@
 //! only of a file that is one (a digest of `/etc/shadow` would help an
 //! attacker guess it).
 //!
+//! [`plugin_digest`] remembers each file's digest by its identity, so an
+//! unchanged file is not read again on every submit.
+//!
 //! Both the payload's resolution (`stepd-job`) and the runtime's plugin
 //! loading (`stepd-runtime`, `stepd plugin check`) read plugins through
 //! here; neither depends on the other.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use sha2::{Digest, Sha256};
 
 /// The largest plugin file read: far above any real component (a Python
 /// step is about 20 MB), far below what would hurt the host.
@@ -87,6 +94,13 @@ pub fn wasm_kind(bytes: &[u8]) -> Option<WasmKind> {
 /// Read the plugin file at `path`: a regular file of at most
 /// [`MAX_PLUGIN_BYTES`].
 pub fn read_plugin_file(path: &Path) -> Result<Vec<u8>, PluginFileError> {
+    let (file, meta) = open_plugin_file(path)?;
+    read_opened(path, file, &meta)
+}
+
+/// Open `path` without blocking and check, on the open handle, that it is
+/// a regular file within the size cap.
+fn open_plugin_file(path: &Path) -> Result<(std::fs::File, std::fs::Metadata), PluginFileError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -112,6 +126,10 @@ pub fn read_plugin_file(path: &Path) -> Result<Vec<u8>, PluginFileError> {
             max: MAX_PLUGIN_BYTES,
         });
     }
+    Ok((file, meta))
+}
+
+fn read_opened(path: &Path, file: std::fs::File, meta: &std::fs::Metadata) -> Result<Vec<u8>, PluginFileError> {
     // The stated size can change while reading: read one byte past the cap
     // at most, so a growing file is caught too.
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
@@ -129,6 +147,88 @@ pub fn read_plugin_file(path: &Path) -> Result<Vec<u8>, PluginFileError> {
         });
     }
     Ok(bytes)
+}
+
+/// A file as `stat` sees it: while every field is unchanged, so are its
+/// bytes (a rewrite moves the change time, which nothing can set back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileIdentity {
+    /// The identity `meta` gives, and whether it is settled: changed over
+    /// a second ago, so a rewrite now would move its change time
+    /// (timestamps are coarser than the clock). Only a settled identity
+    /// may stand for the bytes.
+    pub fn of(meta: &std::fs::Metadata) -> (FileIdentity, bool) {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |sec: i64, nsec: i64| i128::from(sec) * 1_000_000_000 + i128::from(nsec);
+        let identity = FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.len(),
+            mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: ns(meta.ctime(), meta.ctime_nsec()),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        (identity, identity.ctime_ns < now - 1_000_000_000)
+    }
+}
+
+/// A WebAssembly file's kind and the sha256 (hex) of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginDigest {
+    /// Component or core module.
+    pub kind: WasmKind,
+    /// The sha256 of the whole file, hex.
+    pub sha256: String,
+}
+
+/// Most paths whose digest is remembered; past it the memory starts over.
+const MAX_KNOWN_DIGESTS: usize = 1024;
+
+/// The kind and digest of the plugin file at `path`, or `None` when it is
+/// not WebAssembly (no digest of it is taken). Checked as
+/// [`read_plugin_file`] checks; read and hashed only when the file's
+/// identity changed since it was last hashed here: every submit names its
+/// plugin, and a Python or JavaScript step is 12–20 MB, tens of
+/// milliseconds to read and hash, paid on every submit before this.
+pub fn plugin_digest(path: &Path) -> Result<Option<PluginDigest>, PluginFileError> {
+    static KNOWN: Mutex<Option<HashMap<PathBuf, (FileIdentity, PluginDigest)>>> = Mutex::new(None);
+    let (file, meta) = open_plugin_file(path)?;
+    let (identity, settled) = FileIdentity::of(&meta);
+    {
+        let known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((seen, digest)) = known.as_ref().and_then(|known| known.get(path)) {
+            if *seen == identity {
+                return Ok(Some(digest.clone()));
+            }
+        }
+    }
+    let bytes = read_opened(path, file, &meta)?;
+    let Some(kind) = wasm_kind(&bytes) else {
+        return Ok(None);
+    };
+    let digest = PluginDigest {
+        kind,
+        sha256: hex::encode(Sha256::digest(&bytes)),
+    };
+    if settled {
+        let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+        let known = known.get_or_insert_with(HashMap::new);
+        if known.len() >= MAX_KNOWN_DIGESTS {
+            known.clear();
+        }
+        known.insert(path.to_owned(), (identity, digest.clone()));
+    }
+    Ok(Some(digest))
 }
 
 fn kind_of(file_type: &std::fs::FileType) -> &'static str {
@@ -181,6 +281,27 @@ mod tests {
         file.set_len(MAX_PLUGIN_BYTES + 1).expect("set_len");
         let err = read_plugin_file(&big).expect_err("too large");
         assert!(err.to_string().contains("over the 268435456-byte limit"), "{err}");
+    }
+
+    #[test]
+    fn a_digest_is_remembered_only_while_the_file_is_unchanged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("step.wasm");
+        std::fs::write(&path, b"\0asm\x0d\0\x01\0first").expect("write");
+        // Settled: changed over a second ago, so its digest is remembered.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let first = plugin_digest(&path).expect("read").expect("wasm");
+        assert_eq!(first.kind, WasmKind::Component);
+        assert_eq!(plugin_digest(&path).expect("again"), Some(first.clone()));
+        // Rewritten in place at the same size: the change time moves, so
+        // the remembered digest no longer stands for it.
+        std::fs::write(&path, b"\0asm\x0d\0\x01\0secnd").expect("rewrite");
+        let second = plugin_digest(&path).expect("read").expect("wasm");
+        assert_ne!(second.sha256, first.sha256);
+        assert_eq!(second.sha256, hex::encode(Sha256::digest(b"\0asm\x0d\0\x01\0secnd")));
+        // Not WebAssembly: no digest at all.
+        std::fs::write(&path, b"root:x:0:0").expect("rewrite");
+        assert_eq!(plugin_digest(&path).expect("read"), None);
     }
 
     #[test]

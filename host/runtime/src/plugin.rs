@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
-use stepd_plugin_file::{read_plugin_file, wasm_kind, PluginFileError, WasmKind};
+use stepd_plugin_file::{read_plugin_file, wasm_kind, FileIdentity, PluginFileError, WasmKind};
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
@@ -142,38 +142,11 @@ pub(super) struct PluginCache {
 /// Most paths whose hash is remembered; past it the map starts over.
 const MAX_KNOWN_PATHS: usize = 1024;
 
-/// A file as `stat` sees it: while every field is unchanged, so are its
-/// bytes (a rewrite moves the change time, which nothing can set back).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileIdentity {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i128,
-    ctime_ns: i128,
-}
-
-impl FileIdentity {
-    /// The identity of the regular file at `path` (following links, as
-    /// opening it does), and whether it is settled: changed over a second
-    /// ago, so a rewrite now would move its change time (timestamps are
-    /// coarser than the clock).
-    fn of(path: &Path) -> Option<(FileIdentity, bool)> {
-        use std::os::unix::fs::MetadataExt;
-        let md = std::fs::metadata(path).ok().filter(std::fs::Metadata::is_file)?;
-        let ns = |sec: i64, nsec: i64| i128::from(sec) * 1_000_000_000 + i128::from(nsec);
-        let identity = FileIdentity {
-            dev: md.dev(),
-            ino: md.ino(),
-            size: md.len(),
-            mtime_ns: ns(md.mtime(), md.mtime_nsec()),
-            ctime_ns: ns(md.ctime(), md.ctime_nsec()),
-        };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i128);
-        Some((identity, identity.ctime_ns < now - 1_000_000_000))
-    }
+/// The identity of the regular file at `path` (following links, as
+/// opening it does), and whether it is settled (see [`FileIdentity::of`]).
+fn identity_of(path: &Path) -> Option<(FileIdentity, bool)> {
+    let meta = std::fs::metadata(path).ok().filter(std::fs::Metadata::is_file)?;
+    Some(FileIdentity::of(&meta))
 }
 
 impl PluginCache {
@@ -210,7 +183,7 @@ impl PluginCache {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let identity = FileIdentity::of(path);
+        let identity = identity_of(path);
         if let Some((identity, _)) = identity {
             if let Some(plugin) = self.known(path, identity) {
                 return Ok(Plugin { name, ..plugin });

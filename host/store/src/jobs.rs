@@ -212,6 +212,7 @@ impl Store {
     /// connection cut between the two answered a `201` for a job that never
     /// existed (`tests/tests/store_outage.rs` caught it once).
     pub(super) async fn insert_alone(&self, job: &NewJob, announced: bool) -> Result<JobRecord, StoreError> {
+        let _turn = self.write_turn().await;
         let mut tx = self.durable.begin().await.map_err(db("insert job"))?;
         let record = self
             .insert_in(&mut tx, job, announced)
@@ -404,6 +405,7 @@ impl Store {
                 format!("UPDATE jobs SET {set} WHERE id IN ({due}) AND status = 'queued' RETURNING {JOB_COLUMNS}")
             }
         };
+        let _turn = self.write_turn().await;
         let rows = sqlx::query(&self.with_now(&sql))
             .bind(&by.owner)
             .bind(duration_ms(by.lease))
@@ -420,6 +422,7 @@ impl Store {
     /// `None` when it is not: already claimed, ended, held or not yet due —
     /// which makes duplicate messages harmless.
     pub async fn claim_job(&self, id: &str, by: &ClaimedBy) -> Result<Option<JobRecord>, StoreError> {
+        let _turn = self.write_turn().await;
         let row = sqlx::query(&self.with_now(&format!(
             "UPDATE jobs SET status = 'running', lease_owner = $1, lease_expires_at = {{now}} + $2, updated_at = {{now}}, \
              published_at = NULL, version = version + 1 \
@@ -442,6 +445,7 @@ impl Store {
     /// Renew `by`'s lease on job `id` and return the job (with its
     /// `liveControl`). `None` when `by` no longer holds it.
     pub async fn heartbeat(&self, id: &str, by: &ClaimedBy) -> Result<Option<JobRecord>, StoreError> {
+        let _turn = self.write_turn().await;
         let row = sqlx::query(&self.with_now(&format!(
             "UPDATE jobs SET lease_expires_at = {{now}} + $1, updated_at = {{now}} \
              WHERE id = $2 AND lease_owner = $3 AND status = 'running' RETURNING {JOB_COLUMNS}"
@@ -475,6 +479,7 @@ impl Store {
         ending: &EventRecord,
     ) -> Result<bool, StoreError> {
         let ending = JobEnding::of(status, error.map(str::to_owned), version, ending);
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await.map_err(db("finish job"))?;
         if !self.finish_in(&mut tx, id, owner, &ending).await? {
             return Ok(false);
@@ -523,6 +528,7 @@ impl Store {
         attempt: u32,
         delay: Duration,
     ) -> Result<Option<JobState>, StoreError> {
+        let _turn = self.write_turn().await;
         let row = sqlx::query(&self.with_now(
             "UPDATE jobs SET status = CASE WHEN cancel_requested = 1 THEN 'cancelled' ELSE 'queued' END, \
              finished_at = CASE WHEN cancel_requested = 1 THEN {now} ELSE NULL END, \
@@ -550,6 +556,7 @@ impl Store {
     /// Give up a claim without ending the job (shutdown): queued again at
     /// once, same attempt.
     pub async fn release(&self, id: &str, owner: &str) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
         let done = sqlx::query(&self.with_now(
             "UPDATE jobs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL, published_at = NULL, \
              next_attempt_at = {now}, updated_at = {now}, version = version + 1 \

@@ -236,6 +236,7 @@ impl Store {
         owner: &str,
         batch: &ProgressBatch,
     ) -> Result<ProgressWritten, StoreError> {
+        let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await.map_err(db("record progress"))?;
         Self::append_values_in(&mut tx, job_id, &batch.events).await?;
         if let Some(step) = &batch.current_step {

@@ -90,6 +90,7 @@ impl Store {
     /// [`StoreError::DuplicateJob`] when its id was taken (by an earlier
     /// job or one before it in the group).
     async fn insert_group(&self, group: &[Pending]) -> Result<Vec<Result<JobRecord, StoreError>>, StoreError> {
+        let _turn = self.write_turn().await;
         let mut tx = self.durable.begin().await.map_err(db("insert jobs"))?;
         let mut answers = Vec::with_capacity(group.len());
         for pending in group {

@@ -171,8 +171,7 @@ impl JobHost for ServiceHost {
     }
 
     async fn interruption(&mut self) -> Option<Interruption> {
-        self.recorder.flush().await;
-        if self.link.lease_lost() {
+        let interruption = if self.link.lease_lost() {
             Some(Interruption::Lost)
         } else if self.link.cancel_requested() {
             Some(Interruption::Cancel {
@@ -182,7 +181,14 @@ impl JobHost for ServiceHost {
             Some(Interruption::HandBack)
         } else {
             self.link.take_pending().map(Interruption::Recover)
+        };
+        // What an interruption writes comes after every record so far. A
+        // pass that simply ended needs no flush: its ending goes through
+        // the recorder, behind them.
+        if interruption.is_some() {
+            self.recorder.flush().await;
         }
+        interruption
     }
 
     /// Settle with the store first — a recovery request or a cancel that

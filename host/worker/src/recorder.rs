@@ -1,11 +1,11 @@
 //! Copies a running job's events into the store, in order, off the
 //! attempt loop's path: the loop's event sink is synchronous, so it hands
-//! each record to a channel and this task writes them. Whatever queued up
-//! while the last write ran goes into the next transaction together
-//! (`Store::record_progress`): the events, numbered once per batch, the
-//! running step, each finished attempt, and a finished step's checkpoint,
-//! so a step's end costs one commit. With PostgreSQL it copies the job's
-//! artifacts too (see [`EventRecorder::artifact_mirror`]), in the same
+//! each record to a channel and this task writes them. A record waits (up
+//! to [`LINGER`]) for the next checkpoint or ending, and goes into its
+//! transaction (`Store::record_progress`): the events, numbered once per
+//! batch, the running step, each finished attempt, and a finished step's
+//! checkpoint, so a step's end costs one commit. With PostgreSQL it copies
+//! the job's artifacts too (see [`EventRecorder::artifact_mirror`]), in the same
 //! batches, appends to one artifact folded into one statement. `flush` waits until
 //! everything handed over so far is written, so a job's status never
 //! changes before its events and artifacts are readable.
@@ -38,6 +38,13 @@ enum Message {
 /// Most messages folded into one transaction.
 const MAX_BATCH: usize = 512;
 
+/// How long a record may wait for the step's end (its checkpoint) or the
+/// job's end to share their transaction. Written one by one as they came,
+/// a trivial job's events took four or five commits besides those two;
+/// the store's readers (the dashboard, `--run`'s follower) see an event at
+/// most this much later.
+const LINGER: Duration = Duration::from_millis(50);
+
 /// The sending side; the observer it makes goes on the job's event sink.
 #[derive(Clone)]
 pub struct EventRecorder {
@@ -55,8 +62,8 @@ struct Writer {
 
 impl EventRecorder {
     /// Start the writer task for job `job_id`, run by `worker` whose
-    /// workspace is `workspace`. Whatever has queued up while it wrote goes
-    /// into the next transaction together.
+    /// workspace is `workspace`. Records wait for the next checkpoint,
+    /// ending or flush, or at most [`LINGER`].
     pub fn start(store: Store, job_id: String, worker: String, workspace: String) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
         let mut writer = Writer {
@@ -67,7 +74,28 @@ impl EventRecorder {
             pending: ProgressBatch::default(),
         };
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            // When the oldest record not yet written must be written by.
+            let mut due: Option<tokio::time::Instant> = None;
+            loop {
+                let received = match due {
+                    None => rx.recv().await,
+                    Some(at) => tokio::select! {
+                        biased;
+                        message = rx.recv() => message,
+                        () = tokio::time::sleep_until(at) => {
+                            due = None;
+                            // A failure is logged where it happened; the
+                            // events stay in events.jsonl.
+                            let _ = writer.write().await;
+                            continue;
+                        }
+                    },
+                };
+                let Some(first) = received else {
+                    // Every sender is gone: write what is left, and stop.
+                    let _ = writer.write().await;
+                    break;
+                };
                 let mut next = Some(first);
                 let mut taken = 0;
                 while let Some(message) = next.take() {
@@ -77,9 +105,14 @@ impl EventRecorder {
                         next = rx.try_recv().ok();
                     }
                 }
-                // A failure is logged where it happened; the events
-                // stay in events.jsonl.
-                let _ = writer.write().await;
+                if writer.pending.is_empty() {
+                    due = None;
+                } else if taken >= MAX_BATCH {
+                    let _ = writer.write().await;
+                    due = None;
+                } else if due.is_none() {
+                    due = Some(tokio::time::Instant::now() + LINGER);
+                }
             }
         });
         EventRecorder { tx }
