@@ -50,7 +50,7 @@ async fn twenty_jobs_claimed_by_four_racing_workers_are_each_claimed_once() {
         let again = db.open().await;
         assert_eq!(
             again.schema_versions().await.expect("versions"),
-            vec![1, 2, 3, 4, 5, 6, 7]
+            vec![1, 2, 3, 4, 5, 6, 7, 8]
         );
         for i in 0..20 {
             submit(&store, &format!("job-{i:02}"), 1).await;

@@ -401,8 +401,12 @@ impl Store {
                  UPDATE jobs SET {set} FROM due WHERE jobs.id = due.picked RETURNING {JOB_COLUMNS}"
             ),
             // SQLite has one writer at a time: nobody races the picking.
+            // The unary `+` keeps the status test off the index: with it
+            // there, SQLite walked every queued job by its status to test
+            // `id IN (…)` (2.4 ms of the write lock at 1,000 queued)
+            // rather than find the few picked by their id.
             super::Backend::Sqlite => {
-                format!("UPDATE jobs SET {set} WHERE id IN ({due}) AND status = 'queued' RETURNING {JOB_COLUMNS}")
+                format!("UPDATE jobs SET {set} WHERE id IN ({due}) AND +status = 'queued' RETURNING {JOB_COLUMNS}")
             }
         };
         let _turn = self.write_turn().await;
