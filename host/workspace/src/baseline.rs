@@ -196,10 +196,13 @@ fn plain_directory(repo: &Repository, repository: &str, path: &Path) -> Result<T
         source,
     })?;
     let context = |what: &str| format!("{what} for baseline {repository}");
-    // A second handle on the store, so the in-memory backend does not stay
-    // attached to the workspace's own.
-    let import = Repository::open_bare(repo.path()).map_err(git_err(context("opening the object store")))?;
-    let odb = import.odb().map_err(git_err(context("opening the object store")))?;
+    // The files are read into an object store of their own, in memory:
+    // nothing of it stays attached to the workspace's store, and no second
+    // handle on that store is opened (opening one reads git's config files
+    // and lists the object directories, on every job).
+    let empty = git2::Odb::new().map_err(git_err(context("preparing an in-memory store")))?;
+    let import = Repository::from_odb(empty).map_err(git_err(context("preparing an in-memory store")))?;
+    let odb = import.odb().map_err(git_err(context("preparing an in-memory store")))?;
     let mempack = odb
         .add_new_mempack_backend(1000)
         .map_err(git_err(context("preparing an in-memory pack")))?;
