@@ -194,31 +194,25 @@ pub struct PluginDigest {
 /// Most paths whose digest is remembered; past it the memory starts over.
 const MAX_KNOWN_DIGESTS: usize = 1024;
 
-/// The kind and digest of the plugin file at `path`, or `None` when it is
-/// not WebAssembly (no digest of it is taken). Checked as
-/// [`read_plugin_file`] checks; read and hashed only when the file's
-/// identity changed since it was last hashed here: every submit names its
-/// plugin, and a Python or JavaScript step is 12–20 MB, tens of
-/// milliseconds to read and hash, paid on every submit before this.
-pub fn plugin_digest(path: &Path) -> Result<Option<PluginDigest>, PluginFileError> {
-    static KNOWN: Mutex<Option<HashMap<PathBuf, (FileIdentity, PluginDigest)>>> = Mutex::new(None);
-    let (file, meta) = open_plugin_file(path)?;
-    let (identity, settled) = FileIdentity::of(&meta);
-    {
-        let known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((seen, digest)) = known.as_ref().and_then(|known| known.get(path)) {
-            if *seen == identity {
-                return Ok(Some(digest.clone()));
-            }
-        }
+/// Digests by path, each with the identity of the file it was taken of.
+type Known = HashMap<PathBuf, (FileIdentity, PluginDigest)>;
+static KNOWN: Mutex<Option<Known>> = Mutex::new(None);
+
+fn known_as(path: &Path, identity: FileIdentity) -> Option<PluginDigest> {
+    let known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
+    match known.as_ref()?.get(path) {
+        Some((seen, digest)) if *seen == identity => Some(digest.clone()),
+        _ => None,
     }
-    let bytes = read_opened(path, file, &meta)?;
-    let Some(kind) = wasm_kind(&bytes) else {
-        return Ok(None);
-    };
+}
+
+/// The kind and digest of `bytes`, or `None` when they are not
+/// WebAssembly (no digest of them is taken); remembered for `path` when
+/// its `identity`, taken before the read, is settled.
+fn digest_read(path: &Path, (identity, settled): (FileIdentity, bool), bytes: &[u8]) -> Option<PluginDigest> {
     let digest = PluginDigest {
-        kind,
-        sha256: hex::encode(Sha256::digest(&bytes)),
+        kind: wasm_kind(bytes)?,
+        sha256: hex::encode(Sha256::digest(bytes)),
     };
     if settled {
         let mut known = KNOWN.lock().unwrap_or_else(PoisonError::into_inner);
@@ -228,7 +222,40 @@ pub fn plugin_digest(path: &Path) -> Result<Option<PluginDigest>, PluginFileErro
         }
         known.insert(path.to_owned(), (identity, digest.clone()));
     }
-    Ok(Some(digest))
+    Some(digest)
+}
+
+/// The kind and digest of the plugin file at `path`, or `None` when it is
+/// not WebAssembly (no digest of it is taken). Checked as
+/// [`read_plugin_file`] checks; read and hashed only when the file's
+/// identity changed since it was last hashed in this process: every submit
+/// names its plugin, and a Python or JavaScript step is 12–20 MB, tens of
+/// milliseconds to read and hash, paid on every submit before this.
+pub fn plugin_digest(path: &Path) -> Result<Option<PluginDigest>, PluginFileError> {
+    let (file, meta) = open_plugin_file(path)?;
+    let identity = FileIdentity::of(&meta);
+    if let Some(digest) = known_as(path, identity.0) {
+        return Ok(Some(digest));
+    }
+    let bytes = read_opened(path, file, &meta)?;
+    Ok(digest_read(path, identity, &bytes))
+}
+
+/// The digest remembered for the file at `path`, if the file is still the
+/// one it was taken of; nothing is read.
+pub fn remembered_digest(path: &Path) -> Option<PluginDigest> {
+    let (_, meta) = open_plugin_file(path).ok()?;
+    known_as(path, FileIdentity::of(&meta).0)
+}
+
+/// [`read_plugin_file`], with the bytes' kind and digest, which are
+/// remembered as [`plugin_digest`] remembers them.
+pub fn read_plugin_digested(path: &Path) -> Result<(Vec<u8>, Option<PluginDigest>), PluginFileError> {
+    let (file, meta) = open_plugin_file(path)?;
+    let identity = FileIdentity::of(&meta);
+    let bytes = read_opened(path, file, &meta)?;
+    let digest = digest_read(path, identity, &bytes);
+    Ok((bytes, digest))
 }
 
 fn kind_of(file_type: &std::fs::FileType) -> &'static str {

@@ -7,8 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use sha2::{Digest, Sha256};
-use stepd_plugin_file::{read_plugin_file, wasm_kind, FileIdentity, PluginFileError, WasmKind};
+use stepd_plugin_file::{read_plugin_digested, remembered_digest, wasm_kind, PluginDigest, PluginFileError, WasmKind};
 use wasmtime::component::{Component, Linker};
 use wasmtime::Engine;
 
@@ -129,42 +128,23 @@ impl Plugin {
 /// warm-up, say: a Python step takes seconds) waits for that compile
 /// instead of doing it again.
 ///
-/// And the hash of each file by its identity: every job loads its plugin
-/// again, and reading and hashing a Python or JavaScript step (12–19 MB)
-/// costs tens of milliseconds, so a file whose `stat` is what it was when
-/// it was hashed is taken to hold the same bytes, as git's index does.
+/// Every job loads its plugin again, and reading and hashing a Python or
+/// JavaScript step (12–19 MB) costs tens of milliseconds, so the hash is
+/// taken from `stepd-plugin-file`'s memory of it while the file's `stat`
+/// is what it was when it was hashed, as git's index does.
 #[derive(Default)]
 pub(super) struct PluginCache {
     by_hash: Mutex<HashMap<String, Arc<Mutex<Option<Plugin>>>>>,
-    by_identity: Mutex<HashMap<PathBuf, (FileIdentity, String)>>,
-}
-
-/// Most paths whose hash is remembered; past it the map starts over.
-const MAX_KNOWN_PATHS: usize = 1024;
-
-/// The identity of the regular file at `path` (following links, as
-/// opening it does), and whether it is settled (see [`FileIdentity::of`]).
-fn identity_of(path: &Path) -> Option<(FileIdentity, bool)> {
-    let meta = std::fs::metadata(path).ok().filter(std::fs::Metadata::is_file)?;
-    Some(FileIdentity::of(&meta))
 }
 
 impl PluginCache {
-    /// The plugin compiled from the file at `path`, if that file is known
-    /// by its identity and its bytes were compiled.
-    fn known(&self, path: &Path, identity: FileIdentity) -> Option<Plugin> {
-        let sha256 = {
-            let known = self.by_identity.lock().unwrap_or_else(PoisonError::into_inner);
-            match known.get(path) {
-                Some((seen, sha256)) if *seen == identity => sha256.clone(),
-                _ => return None,
-            }
-        };
+    /// The plugin compiled from the bytes whose hash is `sha256`, if any.
+    fn compiled(&self, sha256: &str) -> Option<Plugin> {
         let slot = self
             .by_hash
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&sha256)?
+            .get(sha256)?
             .clone();
         let compiled = slot.lock().unwrap_or_else(PoisonError::into_inner);
         compiled.clone()
@@ -183,23 +163,10 @@ impl PluginCache {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let identity = identity_of(path);
-        if let Some((identity, _)) = identity {
-            if let Some(plugin) = self.known(path, identity) {
-                return Ok(Plugin { name, ..plugin });
-            }
+        if let Some(plugin) = remembered_digest(path).and_then(|digest| self.compiled(&digest.sha256)) {
+            return Ok(Plugin { name, ..plugin });
         }
-        let plugin = self.read_and_compile(engine, linker, path, name)?;
-        // Taken before the read: if the file changed since, its identity
-        // did too, and this entry never matches.
-        if let Some((identity, true)) = identity {
-            let mut known = self.by_identity.lock().unwrap_or_else(PoisonError::into_inner);
-            if known.len() >= MAX_KNOWN_PATHS {
-                known.clear();
-            }
-            known.insert(path.to_owned(), (identity, plugin.sha256.clone()));
-        }
-        Ok(plugin)
+        self.read_and_compile(engine, linker, path, name)
     }
 
     fn read_and_compile(
@@ -209,7 +176,7 @@ impl PluginCache {
         path: &Path,
         name: String,
     ) -> Result<Plugin, PluginError> {
-        let bytes = read_plugin_file(path).map_err(|e| match e {
+        let (bytes, digest) = read_plugin_digested(path).map_err(|e| match e {
             PluginFileError::Open { path, source } | PluginFileError::Read { path, source } => {
                 PluginError::Unreadable { path, source }
             }
@@ -218,7 +185,9 @@ impl PluginCache {
                 reason: refused.to_string(),
             },
         })?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let Some(PluginDigest { sha256, .. }) = digest else {
+            return Err(PluginError::NotWasm { path: path.to_owned() });
+        };
         let slot = self
             .by_hash
             .lock()

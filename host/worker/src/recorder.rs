@@ -76,6 +76,8 @@ impl EventRecorder {
         tokio::spawn(async move {
             // When the oldest record not yet written must be written by.
             let mut due: Option<tokio::time::Instant> = None;
+            // Messages taken since the last write.
+            let mut held = 0;
             loop {
                 let received = match due {
                     None => rx.recv().await,
@@ -83,7 +85,7 @@ impl EventRecorder {
                         biased;
                         message = rx.recv() => message,
                         () = tokio::time::sleep_until(at) => {
-                            due = None;
+                            (due, held) = (None, 0);
                             // A failure is logged where it happened; the
                             // events stay in events.jsonl.
                             let _ = writer.write().await;
@@ -101,15 +103,19 @@ impl EventRecorder {
                 while let Some(message) = next.take() {
                     writer.take(message).await;
                     taken += 1;
-                    if taken < MAX_BATCH {
+                    if held + taken < MAX_BATCH {
                         next = rx.try_recv().ok();
                     }
                 }
+                held += taken;
+                let overdue = due.is_some_and(|at| at <= tokio::time::Instant::now());
                 if writer.pending.is_empty() {
-                    due = None;
-                } else if taken >= MAX_BATCH {
+                    (due, held) = (None, 0);
+                } else if held >= MAX_BATCH || overdue {
+                    // A step that floods its log keeps the channel busy:
+                    // what is held is still bounded, by count and by age.
                     let _ = writer.write().await;
-                    due = None;
+                    (due, held) = (None, 0);
                 } else if due.is_none() {
                     due = Some(tokio::time::Instant::now() + LINGER);
                 }
