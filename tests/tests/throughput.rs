@@ -126,18 +126,17 @@ async fn a_worker_killed_while_writing_step_ends_leaves_every_job_intact() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_inside_its_step_end_transaction_leaves_the_job_intact() {
+/// Given a worker that holds its first step-end transaction open, when it
+/// is SIGKILLed inside it, then nothing of that transaction is visible and
+/// a worker that takes over runs the held step again and ends the job with
+/// one checkpoint a step and gap-free events.
+async fn killed_inside_the_first_step_end(steps: serde_json::Value) {
+    let step_count = steps.as_array().map_or(0, Vec::len);
     for mode in Mode::BOTH {
         let mut cluster = Cluster::start(mode, 0, 0).await;
-        // This worker writes step one's end (events, attempt, checkpoint)
-        // and holds that transaction uncommitted: SIGKILL lands inside it.
         let held = cluster.spawn_worker_with(&[(crashpoint::HOLD_VARIABLE, "step_end")]);
         let store = Store::open(&cluster.store_url()).await.expect("open the store");
-        let job = json!({"type": "task", "maxAttempts": 3, "task": {"repository": repo_dir(), "steps": [
-            {"id": "one", "plugin": "write-file", "inputs": {"path": "one.txt", "text": "1\n"}},
-            {"id": "two", "plugin": "write-file", "inputs": {"path": "two.txt", "text": "2\n"}}
-        ]}});
+        let job = json!({"type": "task", "maxAttempts": 3, "task": {"repository": repo_dir(), "steps": steps}});
         let id = cluster.submit(&job).await;
         cluster.workers[held].wait_for_log(crashpoint::HOLDING_MESSAGE, Duration::from_secs(120));
         cluster.workers[held].kill();
@@ -145,6 +144,12 @@ async fn a_worker_killed_inside_its_step_end_transaction_leaves_the_job_intact()
         assert!(
             held_checkpoints.is_empty(),
             "{mode:?}: an uncommitted checkpoint is visible"
+        );
+        let held_job = store.get_job(&id).await.expect("get").expect("job");
+        assert_eq!(
+            held_job.status,
+            JobState::Running,
+            "{mode:?}: an uncommitted ending is visible"
         );
 
         cluster.spawn_worker();
@@ -154,19 +159,46 @@ async fn a_worker_killed_inside_its_step_end_transaction_leaves_the_job_intact()
         // over ran step one again, and each step has one checkpoint.
         let checkpoints = store.checkpoints(&id).await.expect("checkpoints");
         let steps: Vec<u32> = checkpoints.iter().map(|c| c.step_index).collect();
-        assert_eq!(steps, [0, 1], "{mode:?}");
+        let expected: Vec<u32> = (0..u32::try_from(step_count).expect("steps")).collect();
+        assert_eq!(steps, expected, "{mode:?}");
         let attempts = store.attempts(&id).await.expect("attempts");
         let takeover = attempts
             .iter()
-            .find(|a| a.step_id == "two")
+            .rfind(|a| a.step_id == "one")
             .map(|a| a.worker.clone())
-            .expect("step two's attempt");
+            .expect("step one's attempt");
+        let first = attempts.iter().find(|a| a.step_id == "one").map(|a| a.worker.clone());
+        assert_eq!(
+            first.as_deref(),
+            Some(takeover.as_str()),
+            "{mode:?}: the killed worker's attempt row outlived its transaction: {attempts:?}"
+        );
         assert!(
-            attempts.iter().any(|a| a.step_id == "one" && a.worker == takeover),
-            "{mode:?}: step one was not run again after the kill: {attempts:?}"
+            attempts.iter().all(|a| a.worker == takeover),
+            "{mode:?}: every kept attempt is the takeover's: {attempts:?}"
         );
         store.close().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_inside_its_step_end_transaction_leaves_the_job_intact() {
+    // Step one's end (events, attempt, checkpoint) is its own transaction.
+    killed_inside_the_first_step_end(json!([
+        {"id": "one", "plugin": "write-file", "inputs": {"path": "one.txt", "text": "1\n"}},
+        {"id": "two", "plugin": "write-file", "inputs": {"path": "two.txt", "text": "2\n"}}
+    ]))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_inside_a_one_step_jobs_only_commit_leaves_the_job_intact() {
+    // The last step's checkpoint waits for the job's ending: the step's
+    // end and the job's end are one transaction.
+    killed_inside_the_first_step_end(json!([
+        {"id": "one", "plugin": "write-file", "inputs": {"path": "one.txt", "text": "1\n"}}
+    ]))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

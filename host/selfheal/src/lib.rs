@@ -76,8 +76,19 @@ pub trait RunHooks: Send + Sync {
     /// once unless paused or taken over; early when the run is cancelled).
     fn before_attempt<'a>(&'a self, at: &'a StepAttemptRef) -> BoxFuture<'a, ()>;
     /// Called once a step's checkpoint is in the artifacts; the step does
-    /// not count as done until this returns `Ok`.
-    fn checkpointed<'a>(&'a self, patch: &'a [u8], state: &'a StepState) -> BoxFuture<'a, Result<(), String>>;
+    /// not count as done until this returns `Ok`. For the job's
+    /// `last_step` the host may keep the checkpoint with the job's ending
+    /// (one commit instead of two): nothing but that ending, an
+    /// interruption or a requeue follows it, and the host writes it before
+    /// any of them. A crash in between loses it as it would lose a
+    /// checkpoint not yet written: the lease expires and the step runs
+    /// again.
+    fn checkpointed<'a>(
+        &'a self,
+        patch: &'a [u8],
+        state: &'a StepState,
+        last_step: bool,
+    ) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// How one pass over the steps ended.

@@ -278,8 +278,9 @@ impl JobRun<'_> {
         let bytes = patch.map(|p| p.bytes.as_slice()).unwrap_or_default();
         blocking(|| self.artifacts.write_step_checkpoint(bytes, &checkpoint))?;
         if let Some(hooks) = self.hooks.clone() {
+            let last_step = self.job.steps.last().is_some_and(|last| last.index == step.index);
             hooks
-                .checkpointed(bytes, &checkpoint)
+                .checkpointed(bytes, &checkpoint, last_step)
                 .await
                 .map_err(|message| SelfHealError::Checkpoint {
                     step_index: step.index,

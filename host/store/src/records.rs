@@ -240,11 +240,17 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(db("record progress"))?;
         Self::append_values_in(&mut tx, job_id, &batch.events).await?;
         if let Some(step) = &batch.current_step {
-            sqlx::query(&self.with_now(
+            // The version moves so that a control write planned against
+            // the old step is refused — except under the job's ending,
+            // which moves it itself and was decided at the version before
+            // this batch (a one-step job's start, step end and ending are
+            // one batch).
+            let bump = if batch.ending.is_some() { 0 } else { 1 };
+            sqlx::query(&self.with_now(&format!(
                 "UPDATE jobs SET current_step_id = $1, current_step_index = $2, workspace_path = $3, \
-                 updated_at = {now}, version = version + 1 \
+                 updated_at = {{now}}, version = version + {bump} \
                  WHERE id = $4 AND lease_owner = $5 AND status = 'running'",
-            ))
+            )))
             .bind(&step.step_id)
             .bind(i64::from(step.step_index))
             .bind(&step.workspace)

@@ -282,6 +282,8 @@ impl JobHost for ServiceHost {
     }
 
     async fn forget_checkpoints_from(&mut self, k: u32) -> Result<(), LifecycleError> {
+        // A held checkpoint written after the delete would come back.
+        self.recorder.flush().await;
         self.store
             .delete_checkpoints_from(&self.job_id, k)
             .await

@@ -226,7 +226,12 @@ impl RunHooks for ServiceHooks {
         })
     }
 
-    fn checkpointed<'a>(&'a self, patch: &'a [u8], state: &'a StepState) -> BoxFuture<'a, Result<(), String>> {
+    fn checkpointed<'a>(
+        &'a self,
+        patch: &'a [u8],
+        state: &'a StepState,
+        last_step: bool,
+    ) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let row = CheckpointRow {
                 step_index: state.step_index,
@@ -234,6 +239,12 @@ impl RunHooks for ServiceHooks {
                 patch: patch.to_vec(),
                 state: serde_json::to_string(state).map_err(|e| e.to_string())?,
             };
+            // The job's ending (or whatever comes instead) writes it; a
+            // lease lost meanwhile shows there.
+            if last_step {
+                self.recorder.hold_checkpoint(row);
+                return Ok(());
+            }
             match self.recorder.checkpoint(row).await? {
                 true => Ok(()),
                 false => Err("this worker no longer holds the job's lease".into()),

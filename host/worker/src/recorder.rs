@@ -31,6 +31,8 @@ enum Message {
     Record(Box<EventRecord>),
     Artifact(ArtifactChange),
     Checkpoint(CheckpointRow, Answer),
+    /// The job's last step's checkpoint: written with what comes next.
+    HeldCheckpoint(CheckpointRow),
     Finish(JobEnding, Answer),
     Flush(oneshot::Sender<()>),
 }
@@ -131,6 +133,15 @@ impl EventRecorder {
         self.ask(|done| Message::Checkpoint(row, done)).await
     }
 
+    /// Keep the job's last step's checkpoint with the next batch — the
+    /// job's ending, or the flush before an interruption or a requeue —
+    /// so a one-step job's run costs one commit after its claim. Written
+    /// under the lease like any checkpoint; a lease lost meanwhile shows
+    /// when the ending is refused.
+    pub fn hold_checkpoint(&self, row: CheckpointRow) {
+        let _ = self.tx.send(Message::HeldCheckpoint(row));
+    }
+
     /// End the job with `ending`, in one transaction with everything
     /// recorded before it: `Ok(false)` when the store refused the end (the
     /// lease lost, or the job changed since `ending.version`); the records
@@ -206,6 +217,7 @@ impl Writer {
                 self.pending.checkpoint = Some(row);
                 let _ = done.send(self.write().await.map(|w| w.checkpoint_kept));
             }
+            Message::HeldCheckpoint(row) => self.pending.checkpoint = Some(row),
             Message::Finish(ending, done) => {
                 self.pending.ending = Some(ending);
                 let _ = done.send(self.write().await.map(|w| w.finished));
