@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde_json::json;
 use stepd_api::control::{plan, ControlRequest};
 use stepd_records::events::{Event, EventRecord};
-use stepd_store::{AttemptRow, CheckpointRow, ClaimedBy, JobState, NewJob, Store};
+use stepd_store::{
+    AttemptRow, CheckpointRow, ClaimedBy, CurrentStep, JobEnding, JobState, NewJob, ProgressBatch, Store,
+};
 use stepd_tests::services::TestDb;
 
 fn payload(steps: &[&str]) -> serde_json::Value {
@@ -177,6 +179,64 @@ async fn a_job_ends_with_its_last_event_in_one_write_and_a_refused_ending_writes
         assert_eq!(names, ["task.job.succeeded"], "{}", db.kind());
         let job = store.get_job("a").await.expect("get").expect("exists");
         assert_eq!(job.status, JobState::Succeeded, "{}", db.kind());
+        store.close().await;
+        db.drop_now().await;
+    }
+}
+
+#[tokio::test]
+async fn a_one_step_jobs_start_checkpoint_and_ending_are_one_batch_decided_at_the_version_before_it() {
+    for db in TestDb::both().await {
+        let store = db.open().await;
+        submit(&store, "a", 2).await;
+        assert_eq!(store.job_counts().await.expect("counts"), (1, 1), "{}", db.kind());
+        let by = worker("w1", Duration::from_secs(30));
+        let job = store.claim_next(&by).await.expect("claim").expect("a job");
+        let started = json!({"event": "task.step.attempt.started", "payload": {"stepId": "one"}});
+        let batch = ProgressBatch {
+            events: vec![("2026-12-02T00:00:00.000Z".into(), started)],
+            current_step: Some(CurrentStep {
+                step_id: "one".into(),
+                step_index: 0,
+                workspace: "/work/a".into(),
+            }),
+            checkpoint: Some(CheckpointRow {
+                step_index: 0,
+                step_id: "one".into(),
+                patch: b"patch".to_vec(),
+                state: "{}".into(),
+            }),
+            // Decided at the version the worker read before the batch:
+            // the running step written with it does not move it first.
+            ending: Some(JobEnding::of(JobState::Succeeded, None, job.version, &succeeded("a"))),
+            ..ProgressBatch::default()
+        };
+        let written = store.record_progress("a", "w1", &batch).await.expect("record");
+        assert!(
+            written.checkpoint_kept && written.finished,
+            "{}: {written:?}",
+            db.kind()
+        );
+        let job = store.get_job("a").await.expect("get").expect("exists");
+        assert_eq!(job.status, JobState::Succeeded, "{}", db.kind());
+        assert_eq!(job.current_step_id.as_deref(), Some("one"), "{}", db.kind());
+        let steps: Vec<u32> = store
+            .checkpoints("a")
+            .await
+            .expect("checkpoints")
+            .iter()
+            .map(|c| c.step_index)
+            .collect();
+        assert_eq!(steps, [0], "{}", db.kind());
+        let events = store.events_after("a", 0, 10).await.expect("events");
+        let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+        assert_eq!(
+            names,
+            ["task.step.attempt.started", "task.job.succeeded"],
+            "{}",
+            db.kind()
+        );
+        assert_eq!(store.job_counts().await.expect("counts"), (1, 0), "{}", db.kind());
         store.close().await;
         db.drop_now().await;
     }

@@ -356,6 +356,24 @@ impl Store {
         Ok(ended)
     }
 
+    /// How many jobs the store holds, and how many of them have not ended
+    /// (queued or running): what `stepd bench queue` polls while a burst
+    /// runs, so that its waiting costs the machine it measures a count,
+    /// not every row.
+    pub async fn job_counts(&self) -> Result<(u64, u64), StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS total, COUNT(*) FILTER (WHERE status IN ('queued', 'running')) AS open FROM jobs",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db("count jobs"))?;
+        let count = |name: &str| -> Result<u64, StoreError> {
+            let n: i64 = row.try_get(name).map_err(db("count jobs"))?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        };
+        Ok((count("total")?, count("open")?))
+    }
+
     /// Every job's status, submit time and end time (Unix ms), oldest
     /// first: what `stepd bench queue` measures a run by, with the store's
     /// own clock.
