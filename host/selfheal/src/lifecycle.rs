@@ -314,12 +314,18 @@ pub async fn run_job<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<Opti
 
 async fn run_job_in_span<H: JobHost>(spec: JobSpec<'_>, host: &mut H) -> Result<Option<JobStatus>, LifecycleError> {
     let redactor = spec.redactor.clone();
-    let mut artifacts = blocking(|| JobArtifacts::open(&spec.artifact_root, &spec.job_id, redactor.clone()))?
-        .with_durability(spec.artifact_durability);
-    if let Some(mirror) = spec.artifact_mirror {
-        artifacts = artifacts.with_mirror(mirror);
-    }
-    let mut events = blocking(|| EventSink::new(&spec.job_id, artifacts.clone(), redactor.clone()))?;
+    let (durability, mirror) = (spec.artifact_durability, spec.artifact_mirror);
+    // One hand-off to a blocking thread for both: each costs a thread
+    // switch, which a trivial job feels.
+    let (artifacts, mut events) = blocking(|| -> Result<_, LifecycleError> {
+        let mut artifacts =
+            JobArtifacts::open(&spec.artifact_root, &spec.job_id, redactor.clone())?.with_durability(durability);
+        if let Some(mirror) = mirror {
+            artifacts = artifacts.with_mirror(mirror);
+        }
+        let events = EventSink::new(&spec.job_id, artifacts.clone(), redactor.clone())?;
+        Ok((artifacts, events))
+    })?;
     if let Some(observer) = spec.observer {
         events = events.with_observer(observer);
     }

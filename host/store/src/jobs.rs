@@ -512,7 +512,24 @@ impl Store {
 
     /// [`Store::finish`] inside `tx`: false (and nothing written) when
     /// `owner` lost the lease or the job changed since `ending.version`.
-    pub(super) async fn finish_in(
+    async fn finish_in(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        id: &str,
+        owner: &str,
+        ending: &JobEnding,
+    ) -> Result<bool, StoreError> {
+        if !self.end_status_in(tx, id, owner, ending).await? {
+            return Ok(false);
+        }
+        Self::append_value_in(tx, id, &ending.at, &ending.event).await?;
+        Ok(true)
+    }
+
+    /// The status half of [`Store::finish_in`]: the job's row ended, its
+    /// last event left to the caller (`record_progress` numbers it with
+    /// the batch's others). False when nothing was written.
+    pub(super) async fn end_status_in(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         id: &str,
@@ -532,11 +549,7 @@ impl Store {
         .execute(&mut **tx)
         .await
         .map_err(db("finish job"))?;
-        if done.rows_affected() != 1 {
-            return Ok(false);
-        }
-        Self::append_value_in(tx, id, &ending.at, &ending.event).await?;
-        Ok(true)
+        Ok(done.rows_affected() == 1)
     }
 
     /// Put job `id` back in the queue for job attempt `attempt`, claimable

@@ -124,8 +124,9 @@ pub struct ProgressBatch {
     /// Changes to the job's artifact copy (PostgreSQL deployments), in
     /// order.
     pub artifacts: Vec<ArtifactChange>,
-    /// The job's end, written after everything else in the batch (see
-    /// [`Store::finish`]).
+    /// The job's end: its status written under the same conditions as
+    /// [`Store::finish`], its last event numbered after the batch's
+    /// others (and not written when the status was refused).
     pub ending: Option<JobEnding>,
 }
 
@@ -238,7 +239,6 @@ impl Store {
     ) -> Result<ProgressWritten, StoreError> {
         let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await.map_err(db("record progress"))?;
-        Self::append_values_in(&mut tx, job_id, &batch.events).await?;
         if let Some(step) = &batch.current_step {
             // The version moves so that a control write planned against
             // the old step is refused — except under the job's ending,
@@ -271,9 +271,18 @@ impl Store {
             apply_artifact_change(self.backend, &mut *tx, job_id, change).await?;
         }
         let finished = match &batch.ending {
-            Some(ending) => self.finish_in(&mut tx, job_id, owner, ending).await?,
+            Some(ending) => self.end_status_in(&mut tx, job_id, owner, ending).await?,
             None => false,
         };
+        // The batch's events, and the ending's last when the job ended:
+        // numbered together (one statement takes the numbers, one inserts
+        // them), after the writes above, which read none of them.
+        let mut events: Vec<(&str, &serde_json::Value)> =
+            batch.events.iter().map(|(at, event)| (at.as_str(), event)).collect();
+        if let Some(ending) = batch.ending.as_ref().filter(|_| finished) {
+            events.push((&ending.at, &ending.event));
+        }
+        Self::append_values_in(&mut tx, job_id, &events).await?;
         if batch.checkpoint.is_some() {
             hold_before_commit("step_end").await;
         }
@@ -289,7 +298,7 @@ impl Store {
     pub(super) async fn append_values_in(
         tx: &mut Transaction<'static, Any>,
         job_id: &str,
-        events: &[(String, serde_json::Value)],
+        events: &[(&str, &serde_json::Value)],
     ) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
@@ -323,7 +332,7 @@ impl Store {
                 query = query
                     .bind(job_id)
                     .bind(seq)
-                    .bind(at.as_str())
+                    .bind(*at)
                     .bind(event["event"].as_str().unwrap_or_default().to_owned())
                     .bind(event["payload"].to_string());
                 seq += 1;

@@ -60,6 +60,10 @@ struct Writer {
     worker: String,
     workspace: String,
     pending: ProgressBatch,
+    /// The pending checkpoint is the job's last step's, which nobody waits
+    /// on: a write that fails keeps it for the next batch (the ending's)
+    /// rather than drop it with the events.
+    checkpoint_held: bool,
 }
 
 impl EventRecorder {
@@ -74,6 +78,7 @@ impl EventRecorder {
             worker,
             workspace,
             pending: ProgressBatch::default(),
+            checkpoint_held: false,
         };
         tokio::spawn(async move {
             // When the oldest record not yet written must be written by.
@@ -215,9 +220,13 @@ impl Writer {
             Message::Record(record) => self.add(&record),
             Message::Checkpoint(row, done) => {
                 self.pending.checkpoint = Some(row);
+                self.checkpoint_held = false;
                 let _ = done.send(self.write().await.map(|w| w.checkpoint_kept));
             }
-            Message::HeldCheckpoint(row) => self.pending.checkpoint = Some(row),
+            Message::HeldCheckpoint(row) => {
+                self.pending.checkpoint = Some(row);
+                self.checkpoint_held = true;
+            }
             Message::Finish(ending, done) => {
                 self.pending.ending = Some(ending);
                 let _ = done.send(self.write().await.map(|w| w.finished));
@@ -310,7 +319,12 @@ impl Writer {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             match on_store(self.store.record_progress(&self.job_id, &self.worker, &batch)).await {
-                Ok(kept) => return Ok(kept),
+                Ok(kept) => {
+                    if batch.checkpoint.is_some() {
+                        self.checkpoint_held = false;
+                    }
+                    return Ok(kept);
+                }
                 Err(e) => {
                     tracing::warn!(job = %self.job_id, error = %e, "storing events failed; retrying");
                     last = e.to_string();
@@ -323,6 +337,9 @@ impl Writer {
             error = %last,
             "events lost from the store"
         );
+        if self.checkpoint_held && self.pending.checkpoint.is_none() {
+            self.pending.checkpoint = batch.checkpoint;
+        }
         Err(last)
     }
 }
