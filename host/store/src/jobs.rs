@@ -503,32 +503,18 @@ impl Store {
         let ending = JobEnding::of(status, error.map(str::to_owned), version, ending);
         let _turn = self.write_turn().await;
         let mut tx = self.pool.begin().await.map_err(db("finish job"))?;
-        if !self.finish_in(&mut tx, id, owner, &ending).await? {
+        if !self.end_status_in(&mut tx, id, owner, &ending).await? {
             return Ok(false);
         }
+        Self::append_value_in(&mut tx, id, &ending.at, &ending.event).await?;
         tx.commit().await.map_err(db("finish job"))?;
         Ok(true)
     }
 
-    /// [`Store::finish`] inside `tx`: false (and nothing written) when
+    /// The status half of [`Store::finish`], inside `tx`: the job's row
+    /// ended, its last event left to the caller (`record_progress` numbers
+    /// it with the batch's others). False, and nothing written, when
     /// `owner` lost the lease or the job changed since `ending.version`.
-    async fn finish_in(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        id: &str,
-        owner: &str,
-        ending: &JobEnding,
-    ) -> Result<bool, StoreError> {
-        if !self.end_status_in(tx, id, owner, ending).await? {
-            return Ok(false);
-        }
-        Self::append_value_in(tx, id, &ending.at, &ending.event).await?;
-        Ok(true)
-    }
-
-    /// The status half of [`Store::finish_in`]: the job's row ended, its
-    /// last event left to the caller (`record_progress` numbers it with
-    /// the batch's others). False when nothing was written.
     pub(super) async fn end_status_in(
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
