@@ -50,11 +50,13 @@ async fn an_operator_watches_pauses_resumes_and_reruns_the_hang_sample_in_the_br
     )
     .await;
     // The hang sample, with a longer idle deadline: the page has time to
-    // press Pause while the first step is silent.
+    // press Pause while the first step is silent. A cold Chromium on a
+    // fresh machine took 8 s to ask for its first page (the job had ended
+    // by then), so the deadline leaves room for that and more.
     let text = std::fs::read_to_string(samples().join("self-heal-hang.json")).expect("sample");
     let mut payload: serde_json::Value = serde_json::from_str(&text).expect("json");
     payload["task"]["repository"] = samples().join("repos/hello").display().to_string().into();
-    payload["task"]["selfHeal"]["stepIdleTimeoutSeconds"] = 8.into();
+    payload["task"]["selfHeal"]["stepIdleTimeoutSeconds"] = 20.into();
     // A declared capability, which the timeline shows by name.
     payload["task"]["steps"][0]["capabilities"] = serde_json::json!({"env": {"LANG": "C.UTF-8"}});
     // A last step that calls the server once and an origin it was not
